@@ -1,0 +1,262 @@
+"""The per-token lookup shared by every tokenized architecture.
+
+A Tokenized SAE (Dooms & Wilhelm, arXiv 2502.17332, Sec. 3) reconstructs
+
+    x_hat_t = W_dec a_t + b_dec + W_lookup[t]
+
+where ``t`` is the input token at the activation's position. The encoder is the base
+architecture's, unchanged: the authors found that subtracting unigram directions from
+the encoder input stopped features from firing on their own tokens (Sec. 5), so only
+the decoder sees the lookup.
+
+This module holds everything that is about the lookup and not about a particular
+sparsity rule, so each architecture file only has to add ``self.lookup_bias(...)`` to
+its decoder:
+
+* ``LookupConfig`` / ``LookupTrainingConfig``: the config fields (dataclass mixins).
+* ``TokenLookupMixin``: the ``W_lookup`` parameter, token-id resolution (explicit
+  argument, a scoped context, or the ids captured from a model's input), range and
+  shape checks, and lookup-aware folding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class TokenIdsError(ValueError):
+    """Token ids are missing, malformed, or do not match the activations."""
+
+
+@dataclass(kw_only=True)
+class LookupConfig:
+    """Config fields every tokenized SAE carries (saved in cfg.json).
+
+    Args:
+        d_vocab: Rows of the lookup table: the model's ``cfg.d_vocab``, which can exceed
+            ``len(tokenizer)`` (Pythia: 50,304 vs 50,277). In a training config it may be
+            left ``None`` and is then taken from the model by the runner.
+        unigram_strategy: The prompt template the lookup was initialised from (see
+            ``sae_lens_tokenized.unigrams``). Recorded so analyses can recompute the same
+            unigram table; it has no effect on the forward pass.
+        lookup_init_scale: ``W_lookup = lookup_init_scale * U`` at initialisation. 0.5 is
+            the authors' final default ("lookup_scale"); the workshop paper used 1.0.
+    """
+
+    d_vocab: int | None = None
+    unigram_strategy: str = "bos,t"
+    lookup_init_scale: float = 0.5
+
+
+@dataclass(kw_only=True)
+class LookupTrainingConfig(LookupConfig):
+    """Training-only lookup fields (recorded in cfg.json metadata, not needed to run).
+
+    Args:
+        train_lookup: Train ``W_lookup`` (True) or keep it frozen at its init (False).
+        lookup_lr: Learning rate of the lookup's own Adam parameter group. The authors
+            used 1e-2 with an SAE lr of 1e-4 (swept 1e-2, 5e-3, 1e-3). ``None`` uses the
+            runner's ``lr``. The lr schedule multiplies both groups alike.
+        unigram_table_path: A precomputed unigram table (safetensors with a tensor
+            ``unigrams`` of shape [d_vocab, d_in]) to initialise from instead of
+            computing one. ``None`` computes it from the model.
+        init_lookup_from_unigrams: Initialise the lookup from unigrams before training
+            (the method). False keeps the zero init (an ablation).
+        unigram_cache: Reuse/write computed tables in the user cache folder
+            (``sae_lens_tokenized.unigrams.get_unigram_table``).
+
+    ``unigram_strategy`` may also be ``"auto"`` in a training config: the runner measures
+    the candidate strategies on a few training sequences, keeps the best, and records the
+    measurement in the saved cfg.json metadata (``unigram_strategy_selection``).
+    """
+
+    train_lookup: bool = True
+    lookup_lr: float | None = 1e-2
+    unigram_table_path: str | None = None
+    init_lookup_from_unigrams: bool = True
+    unigram_cache: bool = True
+
+
+SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+def validate_lookup_config(cfg: Any) -> None:
+    """Check the lookup fields of a config; raise ``ValueError`` naming the fix."""
+    if cfg.d_vocab is not None and (not isinstance(cfg.d_vocab, int) or cfg.d_vocab <= 0):
+        raise ValueError(f"d_vocab must be a positive int (the model's cfg.d_vocab), got {cfg.d_vocab!r}")
+    if cfg.normalize_activations not in SUPPORTED_NORMALIZATIONS:
+        # The lookup lives in the SAE's input space. Per-activation normalisations
+        # (layer_norm, constant_norm_rescale) make that space differ per position, and
+        # whitening would need the unigram table whitened too; neither is implemented.
+        raise ValueError(
+            f"normalize_activations={cfg.normalize_activations!r} is not supported by "
+            f"tokenized SAEs; use one of {SUPPORTED_NORMALIZATIONS}."
+        )
+    if getattr(cfg, "lookup_lr", None) is not None and cfg.lookup_lr <= 0:
+        raise ValueError(f"lookup_lr must be > 0 or None, got {cfg.lookup_lr}")
+
+
+class TokenIdSource(Protocol):
+    """Anything that knows the token ids of the model's current input."""
+
+    def current_token_ids(self) -> torch.Tensor | None: ...
+
+    def describe(self) -> str: ...
+
+
+class TokenLookupMixin:
+    """Adds ``W_lookup`` and token-id handling to an SAELens SAE class.
+
+    Put it first in the bases (``class TokenizedTopKSAE(TokenLookupMixin, TopKSAE)``) so
+    its ``initialize_weights``/``forward``/folding wrap the base class's.
+    """
+
+    W_lookup: nn.Parameter
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+
+    # ---- construction -------------------------------------------------------------
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]
+        validate_lookup_config(self.cfg)
+        if self.cfg.d_vocab is None:
+            raise ValueError(
+                f"{type(self).__name__} needs d_vocab (the model's cfg.d_vocab) to size its "
+                "lookup. Pass d_vocab=..., or train through TokenizedSAETrainingRunner, which "
+                "takes it from the model."
+            )
+        # Zero init: an untrained lookup is exactly the base architecture. The runner
+        # overwrites it with lookup_init_scale * unigrams before training.
+        self.W_lookup = nn.Parameter(
+            torch.zeros(self.cfg.d_vocab, self.cfg.d_in, dtype=self.dtype, device=self.device),
+            requires_grad=bool(getattr(self.cfg, "train_lookup", True)),
+        )
+        self._scoped_token_ids: list[torch.Tensor] = []
+        self._token_id_sources: list[TokenIdSource] = []
+
+    # ---- token ids ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def token_ids(self, token_ids: torch.Tensor) -> Iterator[None]:
+        """Use these ids for every encode/decode inside the ``with`` block (then forget them)."""
+        self._scoped_token_ids.append(self._check_id_values(token_ids))
+        try:
+            yield
+        finally:
+            self._scoped_token_ids.pop()
+
+    def _push_token_id_source(self, source: TokenIdSource) -> None:
+        self._token_id_sources.append(source)
+
+    def _pop_token_id_source(self, source: TokenIdSource) -> None:
+        self._token_id_sources.remove(source)
+
+    def _check_id_values(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(token_ids, torch.Tensor):
+            token_ids = torch.as_tensor(token_ids)
+        if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
+            raise TokenIdsError(
+                f"token_ids must be an integer tensor, got dtype {token_ids.dtype}. "
+                "Pass the model's input tokens (torch.long)."
+            )
+        if token_ids.numel() > 0:
+            lo, hi = int(token_ids.min()), int(token_ids.max())
+            if lo < 0 or hi >= self.cfg.d_vocab:
+                raise TokenIdsError(
+                    f"token id out of range: got ids in [{lo}, {hi}] but this SAE's lookup "
+                    f"has d_vocab={self.cfg.d_vocab} rows (valid ids 0..{self.cfg.d_vocab - 1}). "
+                    "Are these tokens from the model the SAE was trained on?"
+                )
+        return token_ids
+
+    def resolve_token_ids(
+        self, batch_shape: torch.Size | tuple[int, ...], token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The ids for activations of batch shape ``batch_shape`` (all dims but the last).
+
+        Order: the explicit argument, then the innermost ``token_ids(...)`` scope, then the
+        ids captured from the model's current input by ``token_ids_from(model, sae)``.
+        Nothing else: ids are never remembered from an earlier call.
+        """
+        if token_ids is not None:
+            ids, origin = self._check_id_values(token_ids), "token_ids argument"
+        elif self._scoped_token_ids:
+            ids, origin = self._scoped_token_ids[-1], "token_ids(...) scope"
+        elif self._token_id_sources:
+            source = self._token_id_sources[-1]
+            captured = source.current_token_ids()
+            if captured is None:
+                raise TokenIdsError(
+                    f"{type(self).__name__} is attached to {source.describe()} but that model "
+                    "has not run a forward pass with tokens since (a forward with "
+                    "start_at_layer skips the embedding). Pass token_ids=... explicitly."
+                )
+            ids, origin = self._check_id_values(captured), source.describe()
+        else:
+            raise TokenIdsError(
+                f"{type(self).__name__} adds a per-token lookup, so it needs the input token id "
+                f"of every activation (batch shape {tuple(batch_shape)}). Either pass "
+                "token_ids=... (e.g. sae(x, token_ids=tokens)), or run the model inside "
+                "`with sae_lens_tokenized.token_ids_from(model, sae): ...` so the ids are "
+                "taken from the model's input."
+            )
+        if tuple(ids.shape) != tuple(batch_shape):
+            raise TokenIdsError(
+                f"token ids from the {origin} have shape {tuple(ids.shape)} but the activations "
+                f"have batch shape {tuple(batch_shape)}: each activation needs exactly one id "
+                "(ids [batch, pos] for activations [batch, pos, d_in])."
+            )
+        return ids
+
+    def lookup_bias(self, batch_shape: torch.Size, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``W_lookup[t]`` for every position: shape ``[*batch_shape, d_in]``."""
+        ids = self.resolve_token_ids(batch_shape, token_ids)
+        return nn.functional.embedding(ids.to(self.W_lookup.device), self.W_lookup)
+
+    # ---- forward ------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """``sae(x, token_ids=ids)``: x is [..., d_in] and ids [...]."""
+        if token_ids is None:
+            return super().forward(x)  # type: ignore[misc]
+        with self.token_ids(token_ids):
+            return super().forward(x)  # type: ignore[misc]
+
+    # ---- folding: keep outputs equal, lookup included ----------------------------------
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        # The lookup sits next to b_dec in the (scaled) SAE space, so it scales like b_dec.
+        self.W_lookup.data /= scaling_factor
+        super().fold_activation_norm_scaling_factor(scaling_factor)  # type: ignore[misc]
+
+    @torch.no_grad()
+    def fold_activation_whitening(
+        self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
+    ) -> None:
+        # x = z @ M^-1 + mean; the mean is added once through b_dec, the lookup only rotates.
+        dtype = torch.promote_types(self.W_lookup.dtype, unwhitening_matrix.dtype)
+        self.W_lookup.data.copy_(self.W_lookup.data.to(dtype) @ unwhitening_matrix.to(self.W_lookup.device, dtype))
+        super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)  # type: ignore[misc]
+
+    # ---- initialisation from unigrams ----------------------------------------------------
+    @torch.no_grad()
+    def init_lookup_from_unigrams(self, unigrams: torch.Tensor, scale: float | None = None) -> None:
+        """Set ``W_lookup = scale * unigrams`` (scale defaults to ``cfg.lookup_init_scale``)."""
+        expected = (self.cfg.d_vocab, self.cfg.d_in)
+        if tuple(unigrams.shape) != expected:
+            raise ValueError(
+                f"unigram table has shape {tuple(unigrams.shape)} but this SAE's lookup needs "
+                f"[d_vocab, d_in] = {list(expected)}. Was it computed for another model or hook?"
+            )
+        if not torch.isfinite(unigrams).all():
+            raise ValueError("unigram table contains NaN or inf values; recompute it.")
+        scale = self.cfg.lookup_init_scale if scale is None else scale
+        self.W_lookup.data.copy_((scale * unigrams).to(self.W_lookup.device, self.W_lookup.dtype))
+
+    def set_lookup_trainable(self, trainable: bool) -> None:
+        self.W_lookup.requires_grad_(trainable)

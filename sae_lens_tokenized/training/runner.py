@@ -1,0 +1,360 @@
+"""Train tokenized SAEs through SAELens: same config, same outputs, ids carried along.
+
+``TokenizedSAETrainingRunner`` is SAELens's ``LanguageModelSAETrainingRunner`` with three
+changes, each needed by the method and nothing else:
+
+1. the activation store is ``TokenizedActivationsStore`` (ids ride through the mixing
+   buffer and the prefetch thread beside their activations);
+2. the trainer is ``TokenizedSAETrainer``: each step hands the batch's ids to the SAE, and
+   the lookup gets its own Adam parameter group and learning rate (the authors trained it
+   at 1e-2 against 1e-4 for the SAE);
+3. before training, the lookup is initialised from the model's unigram table
+   (``lookup_init_scale * U``), and every input is checked against the model first.
+
+Saving, checkpoints, wandb logging, evals, interruption handling and compilation are
+SAELens's own methods, inherited unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import wandb
+from torch.optim import Adam
+
+from sae_lens import logger
+from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
+from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, LLMSaeEvaluator
+from sae_lens.load_model import load_model
+from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+from sae_lens.training.activation_scaler import ActivationScaler
+from sae_lens.training.optim import get_lr_scheduler
+from sae_lens.training.prefetch import PrefetchingIterator
+from sae_lens.training.sae_trainer import SAETrainer
+
+from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.splicing import token_ids_from
+from sae_lens_tokenized.training.activations_store import (
+    TokenIdsSideChannel,
+    TokenizedActivationsStore,
+)
+from sae_lens_tokenized.unigrams import (
+    UnigramCacheError,
+    UnigramStrategy,
+    activations_at_hook,
+    get_unigram_table,
+    load_unigram_table_file,
+    resolve_hook,
+    sample_activations,
+    select_unigram_strategy,
+    table_metadata,
+    unigram_fit,
+    warn_if_sink,
+)
+
+#: sequences of the training data used to measure unigram strategies ('auto', sink check)
+N_MEASURE_SEQUENCES = 8
+
+
+class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
+    """SAELens's SAETrainer, feeding token ids to the SAE and a separate lookup lr."""
+
+    def __init__(self, cfg: Any, sae: Any, data_provider: TokenIdsSideChannel, **kwargs: Any):
+        if not isinstance(data_provider, TokenIdsSideChannel):
+            raise TypeError("TokenizedSAETrainer needs a TokenIdsSideChannel data provider")
+        if not isinstance(sae, TokenLookupMixin):
+            raise TypeError(f"{type(sae).__name__} is not a tokenized SAE")
+        super().__init__(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
+        self.token_ids_channel = data_provider
+        # Rebuild Adam with the lookup in its own group (sae-lens 6.54.12 builds
+        # Adam(sae.parameters(), lr) in __init__; see _compat.py). A frozen lookup stays in
+        # its group with no grad, and Adam skips it: it stays bitwise unchanged.
+        lookup_lr = sae.cfg.lookup_lr if sae.cfg.lookup_lr is not None else cfg.lr
+        other = [p for n, p in sae.named_parameters() if n != "W_lookup"]
+        self.optimizer = Adam(
+            [
+                {"params": other, "lr": cfg.lr, "name": "sae"},
+                {"params": [sae.W_lookup], "lr": lookup_lr, "name": "lookup"},
+            ],
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+        )
+        self.lr_scheduler = get_lr_scheduler(
+            cfg.lr_scheduler_name,
+            lr=cfg.lr,
+            optimizer=self.optimizer,
+            warm_up_steps=cfg.lr_warm_up_steps,
+            decay_steps=cfg.lr_decay_steps,
+            training_steps=cfg.total_training_steps,
+            lr_end=cfg.lr_end,
+            num_cycles=cfg.n_restart_cycles,
+        )
+        # With normalize_activations="expected_average_only_in" the SAE trains on
+        # activations multiplied by a factor estimated at the start of fit(); the lookup
+        # was initialised from raw unigrams, so it is scaled by the same factor once.
+        self._lookup_scale_pending = sae.cfg.normalize_activations == "expected_average_only_in"
+
+    def step(self, batch: torch.Tensor):  # type: ignore[override]
+        ids = self.token_ids_channel.token_ids_for(batch)
+        if self._lookup_scale_pending and self.activation_scaler.scaling_factor is not None:
+            with torch.no_grad():
+                self.sae.W_lookup.mul_(self.activation_scaler.scaling_factor)
+            self._lookup_scale_pending = False
+        with self.sae.token_ids(ids.to(self.sae.device)):
+            return super().step(batch)
+
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        super().load_trainer_state(checkpoint_path)
+        self._lookup_scale_pending = False  # the checkpointed lookup is already scaled
+
+
+class TokenizedEvaluator(LLMSaeEvaluator):  # type: ignore[type-arg]
+    """SAELens's evaluator with the SAE's ids taken from the model's input."""
+
+    def __call__(self, sae: Any, data_provider: Any, activation_scaler: ActivationScaler) -> dict[str, Any]:
+        # Hand SAELens the prefetcher itself so it pauses the producer thread during evals.
+        inner = data_provider.source if isinstance(data_provider, TokenIdsSideChannel) else data_provider
+        with token_ids_from(self.model, sae):
+            return super().__call__(sae, inner, activation_scaler)
+
+
+def check_against_model(model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    """Raise before any training if the config does not fit the model."""
+    sae_cfg = cfg.sae
+    resolve_hook(model, cfg.hook_name)
+    model_vocab = int(model.cfg.d_vocab)
+    if sae_cfg.d_vocab != model_vocab:
+        raise ValueError(
+            f"d_vocab={sae_cfg.d_vocab} but the model has d_vocab={model_vocab}; the lookup "
+            f"needs one row per model token id. Set d_vocab={model_vocab} or leave it None."
+        )
+    probe = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    width = activations_at_hook(model, probe, cfg.hook_name, cfg.hook_head_index).shape[-1]
+    if width != sae_cfg.d_in:
+        raise ValueError(
+            f"d_in={sae_cfg.d_in} but activations at {cfg.hook_name!r} have width {width}; "
+            f"set d_in={width}."
+        )
+    if (sae_cfg.init_lookup_from_unigrams and sae_cfg.unigram_table_path is None
+            and sae_cfg.unigram_strategy != "auto"):
+        strategy = UnigramStrategy.parse(sae_cfg.unigram_strategy)
+        if not strategy.has_t:
+            raise ValueError(
+                f"unigram_strategy '{strategy}' contains no 't', so every lookup row would be "
+                "the same vector; it is an analysis control, not an initialisation."
+            )
+        strategy.resolve(getattr(model, "tokenizer", None), model_vocab, str(cfg.model_name))
+
+
+EXPLICIT_MATCH_FIELDS = ("model_fingerprint", "hook_name", "hook_head_index", "strategy", "d_vocab")
+
+
+def load_unigram_table(path: str | Path, model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> torch.Tensor:
+    """A table the user named explicitly. A file written by this package carries metadata;
+    if it says the table was computed for another model, hook or strategy, that is an error
+    (never silently used). A plain safetensors file with a 'unigrams' tensor is accepted."""
+    table, meta = load_unigram_table_file(path)
+    if meta.get("format", "").startswith("sae_lens_tokenized.unigrams"):
+        want = table_metadata(model, cfg.hook_name, meta["strategy"], cfg.hook_head_index, table.dtype)
+        if cfg.sae.unigram_strategy != "auto":
+            want["strategy"] = str(UnigramStrategy.parse(cfg.sae.unigram_strategy))
+        wrong = [f"{k}: file {meta.get(k)!r} vs this run {want[k]!r}"
+                 for k in EXPLICIT_MATCH_FIELDS if meta.get(k) != want[k]]
+        if wrong:
+            raise UnigramCacheError(f"unigram table {path} does not match this run: " + "; ".join(wrong))
+    return table
+
+
+def _check_buffer(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    # SAELens would crash on the first batch with a bare "Buffer size must be >= batch size".
+    buffer = cfg.n_batches_in_buffer * len(range(cfg.context_size)[slice(*cfg.seqpos_slice)])
+    if buffer < cfg.train_batch_size_tokens:
+        raise ValueError(
+            f"the activation buffer holds n_batches_in_buffer * context_size = {buffer} "
+            f"activations, fewer than train_batch_size_tokens={cfg.train_batch_size_tokens}; "
+            "raise n_batches_in_buffer or lower train_batch_size_tokens."
+        )
+
+
+class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
+    """``LanguageModelSAETrainingRunner`` for tokenized architectures.
+
+    Args:
+        cfg: an ordinary ``LanguageModelSAERunnerConfig`` whose ``sae`` is a tokenized
+            training config (e.g. ``TokenizedTopKTrainingSAEConfig``).
+        override_dataset, override_model, override_sae: as in SAELens.
+        unigram_table: a precomputed [d_vocab, d_in] table (overrides
+            ``cfg.sae.unigram_table_path`` and the computation).
+
+    The lookup is initialised from unigrams when the runner builds the SAE itself; an
+    ``override_sae``, ``from_pretrained_path`` or ``resume_from_checkpoint`` keeps the
+    lookup it brings.
+    """
+
+    #: The activation store class; a subclass of TokenizedActivationsStore may replace it.
+    store_class: type[TokenizedActivationsStore] = TokenizedActivationsStore
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        override_dataset: HfDataset | None = None,
+        override_model: Any | None = None,
+        override_sae: TrainingSAE[Any] | None = None,
+        unigram_table: torch.Tensor | None = None,
+    ):
+        if not isinstance(cfg.sae, LookupTrainingConfig):
+            raise TypeError(
+                f"cfg.sae is a {type(cfg.sae).__name__}, not a tokenized SAE config; use e.g. "
+                "TokenizedTopKTrainingSAEConfig, or SAELens's LanguageModelSAETrainingRunner "
+                "for untokenized SAEs."
+            )
+        _check_buffer(cfg)
+        if override_dataset is not None:
+            logger.warning(
+                f"You just passed in a dataset which will override the one specified in your configuration: {cfg.dataset_path}. As a consequence this run will not be reproducible via configuration alone."
+            )
+        if override_model is not None:
+            logger.warning(
+                f"You just passed in a model which will override the one specified in your configuration: {cfg.model_name}. As a consequence this run will not be reproducible via configuration alone."
+            )
+        self.cfg = cfg
+        llm_device = self.cfg.llm_device
+        assert llm_device is not None
+        if override_model is None:
+            self.model = load_model(
+                self.cfg.model_class_name,
+                self.cfg.model_name,
+                device=llm_device,
+                model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs,
+                hook_names=[self.cfg.hook_name],
+            )
+        else:
+            self.model = override_model
+
+        if cfg.sae.d_vocab is None:
+            cfg.sae.d_vocab = int(self.model.cfg.d_vocab)
+        check_against_model(self.model, cfg)
+        if unigram_table is None and cfg.sae.unigram_table_path is not None:
+            unigram_table = load_unigram_table(cfg.sae.unigram_table_path, self.model, cfg)
+        if unigram_table is not None:
+            expected = (cfg.sae.d_vocab, cfg.sae.d_in)
+            if tuple(unigram_table.shape) != expected:
+                raise ValueError(
+                    f"the precomputed unigram table has shape {tuple(unigram_table.shape)} "
+                    f"but this SAE needs [d_vocab, d_in] = {list(expected)}"
+                )
+
+        self._compile_llm_if_needed()
+        self.activations_store = self.store_class.from_config(
+            self.model, self.cfg, override_dataset=override_dataset
+        )
+
+        fresh = override_sae is None and self.cfg.from_pretrained_path is None
+        will_init = fresh and cfg.sae.init_lookup_from_unigrams and cfg.resume_from_checkpoint is None
+        self.unigram_report: dict[str, Any] = {}
+        if will_init and unigram_table is None:
+            measure_tokens = self.activations_store.get_batch_tokens(N_MEASURE_SEQUENCES)
+            excluded = self.activations_store.exclude_special_tokens
+            self._measure = sample_activations(
+                self.model, measure_tokens, cfg.hook_name, cfg.hook_head_index,
+                exclude_ids=[] if excluded is None else excluded.tolist())
+            if cfg.sae.unigram_strategy == "auto":
+                chosen, report = select_unigram_strategy(
+                    self.model, cfg.hook_name, measure_tokens, hook_head_index=cfg.hook_head_index,
+                    exclude_ids=[] if excluded is None else excluded.tolist())
+                logger.info(f"unigram_strategy='auto' chose '{chosen}': {report}")
+                cfg.sae.unigram_strategy = chosen
+                self.unigram_report["unigram_strategy_selection"] = report
+        elif cfg.sae.unigram_strategy == "auto" and will_init:
+            raise ValueError("unigram_strategy='auto' cannot be used with a precomputed unigram table")
+        if override_sae is not None:
+            self.sae = override_sae
+        elif self.cfg.from_pretrained_path is not None:
+            self.sae = TrainingSAE.load_from_disk(self.cfg.from_pretrained_path, self.cfg.device)
+        else:
+            self.sae = TrainingSAE.from_dict(
+                TrainingSAEConfig.from_dict(self.cfg.get_training_sae_cfg_dict()).to_dict()
+            )
+        if not isinstance(self.sae, TokenLookupMixin):
+            raise TypeError(f"{type(self.sae).__name__} is not a tokenized SAE")
+        self.sae.to(self.cfg.device)
+
+        self.unigram_table: torch.Tensor | None = None
+        if will_init:
+            if unigram_table is None:
+                unigram_table = get_unigram_table(
+                    self.model,
+                    cfg.hook_name,
+                    strategy=cfg.sae.unigram_strategy,
+                    hook_head_index=cfg.hook_head_index,
+                    cache_dir=cfg.sae.unigram_cache,
+                )
+                # Guard the choice: compare the table with real activations of its tokens.
+                fit = unigram_fit(unigram_table, *self._measure, strategy=cfg.sae.unigram_strategy)
+                warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
+                self.unigram_report["unigram_fit"] = fit.as_dict()
+            self.unigram_table = unigram_table
+            self.sae.init_lookup_from_unigrams(unigram_table)
+        for key, value in self.unigram_report.items():
+            setattr(self.sae.cfg.metadata, key, value)
+        self.sae.set_lookup_trainable(cfg.sae.train_lookup)
+
+        self.evaluator = TokenizedEvaluator(
+            model=self.model,
+            activations_store=self.activations_store,
+            eval_batch_size_prompts=self.cfg.eval_batch_size_prompts,
+            n_eval_batches=self.cfg.n_eval_batches,
+            model_kwargs=self.cfg.model_kwargs,
+        )
+
+    def run(self):
+        """Train the SAE (mirrors LanguageModelSAETrainingRunner.run, sae-lens 6.54.12)."""
+        self._set_sae_metadata()
+        if self.cfg.logger.log_to_wandb:
+            wandb.init(
+                project=self.cfg.logger.wandb_project,
+                entity=self.cfg.logger.wandb_entity,
+                config=self.cfg.to_dict(),
+                name=self.cfg.logger.run_name,
+                id=self.cfg.logger.wandb_id,
+            )
+
+        source: Any = self.activations_store.iter_with_token_ids()
+        if self.cfg.prefetch_llm_batches:
+            prefetch_size = (
+                1 if isinstance(self.cfg.prefetch_llm_batches, bool) else self.cfg.prefetch_llm_batches
+            )
+            source = PrefetchingIterator(source, prefetch=prefetch_size)
+        data_provider = TokenIdsSideChannel(source)
+
+        try:
+            trainer = TokenizedSAETrainer(
+                sae=self.sae,
+                data_provider=data_provider,
+                evaluator=self.evaluator,
+                save_checkpoint_fn=self.save_checkpoint,
+                cfg=self.cfg.to_sae_trainer_config(),
+            )
+            if self.cfg.resume_from_checkpoint is not None:
+                logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
+                trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
+                self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
+                self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
+
+            self._compile_sae_if_needed()
+            sae = self.run_trainer_with_interruption_handling(trainer)
+
+            if self.cfg.output_path is not None:
+                self.save_final_sae(
+                    sae=sae,
+                    output_path=self.cfg.output_path,
+                    log_feature_sparsity=trainer.log_feature_sparsity,
+                )
+            if self.cfg.logger.log_to_wandb:
+                wandb.finish()
+            return sae
+        finally:
+            if isinstance(source, PrefetchingIterator):
+                source.close()

@@ -1,0 +1,488 @@
+"""Unigram tables: the model's activation for a token seen (almost) without context.
+
+The unigram of token t under a strategy is the activation at the hook, at the last
+position, of a short prompt built from a template (Dooms & Wilhelm, Sec. 3; the follow-up
+note "Massive activations and why <bos> is important"). Template items:
+
+* ``t``: the token itself;
+* ``bos``, ``eos``, ``pad``: the tokenizer's special tokens;
+* ``space``: the tokenizer's single-space token;
+* an integer: that literal token id.
+
+Strings are comma-separated: ``"bos,t"`` (the method's default), ``"t"``, ``"t,t"``,
+``"space,t"``, ``"space,space,t"``, ``"220,t"`` ([X, t]) and the control ``"bos,220"`` (no
+t: the same prompt for every row). Lists work too: ``["bos", "t"]``, ``[220, "t"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
+
+SPECIAL_ITEMS = ("bos", "eos", "pad", "space")
+BUILTIN_STRATEGIES = ("t", "bos,t", "t,t", "space,t", "space,space,t")
+
+
+class UnigramStrategyError(ValueError):
+    """A unigram strategy cannot be parsed or resolved for a model."""
+
+
+def _model_label(model: Any) -> str:
+    cfg = getattr(model, "cfg", None)
+    name = getattr(cfg, "model_name", None) or type(model).__name__
+    return str(name)
+
+
+@dataclass(frozen=True)
+class UnigramStrategy:
+    """A parsed template. ``items`` holds 't', special names, or ints."""
+
+    items: tuple[str | int, ...]
+
+    @classmethod
+    def parse(cls, strategy: str | Sequence[str | int] | UnigramStrategy) -> UnigramStrategy:
+        if isinstance(strategy, UnigramStrategy):
+            return strategy
+        if isinstance(strategy, str):
+            if strategy.strip() == "auto":
+                raise UnigramStrategyError(
+                    "strategy 'auto' is chosen by measurement (select_unigram_strategy), "
+                    "not parsed as a template"
+                )
+            raw: list[str | int] = [p.strip() for p in strategy.split(",")]
+        else:
+            raw = list(strategy)
+        if not raw or any(p == "" for p in raw):
+            raise UnigramStrategyError(
+                f"empty unigram strategy template {strategy!r}; use e.g. 'bos,t' or ['bos', 't']"
+            )
+        items: list[str | int] = []
+        for p in raw:
+            if isinstance(p, bool):
+                raise UnigramStrategyError(f"bad item {p!r} in unigram strategy {strategy!r}")
+            if isinstance(p, int):
+                items.append(p)
+                continue
+            if not isinstance(p, str):
+                raise UnigramStrategyError(f"bad item {p!r} in unigram strategy {strategy!r}")
+            low = p.strip().lower()
+            if low.lstrip("-").isdigit():
+                items.append(int(low))
+            elif low == "t" or low in SPECIAL_ITEMS:
+                items.append(low)
+            else:
+                raise UnigramStrategyError(
+                    f"unknown item {p!r} in unigram strategy {strategy!r}: items are 't', "
+                    f"{', '.join(repr(s) for s in SPECIAL_ITEMS)} or a token id"
+                )
+        return cls(tuple(items))
+
+    @property
+    def has_t(self) -> bool:
+        return "t" in self.items
+
+    def __str__(self) -> str:
+        return ",".join(str(i) for i in self.items)
+
+    def resolve(self, tokenizer: Any, d_vocab: int, model_label: str = "the model") -> list[int | None]:
+        """Token ids of the template, ``None`` standing for t. Raises naming template and model."""
+        out: list[int | None] = []
+        for item in self.items:
+            if item == "t":
+                out.append(None)
+            elif isinstance(item, int):
+                if not 0 <= item < d_vocab:
+                    raise UnigramStrategyError(
+                        f"unigram strategy '{self}': token id {item} is out of range for "
+                        f"{model_label} (d_vocab={d_vocab})"
+                    )
+                out.append(item)
+            else:
+                out.append(_special_id(item, tokenizer, self, model_label))
+                if out[-1] is not None and not 0 <= out[-1] < d_vocab:  # type: ignore[operator]
+                    raise UnigramStrategyError(
+                        f"unigram strategy '{self}': {item} id {out[-1]} is out of range for "
+                        f"{model_label} (d_vocab={d_vocab})"
+                    )
+        return out
+
+
+def _special_id(item: str, tokenizer: Any, strategy: UnigramStrategy, model_label: str) -> int:
+    if tokenizer is None:
+        raise UnigramStrategyError(
+            f"unigram strategy '{strategy}' uses '{item}' but {model_label} has no tokenizer; "
+            "use literal token ids (e.g. '0,t') or the strategy 't'"
+        )
+    if item == "space":
+        ids = tokenizer.encode(" ", add_special_tokens=False)
+        if len(ids) != 1:
+            raise UnigramStrategyError(
+                f"unigram strategy '{strategy}': {model_label}'s tokenizer encodes ' ' as "
+                f"{len(ids)} tokens {ids}, not one; use a literal token id instead of 'space'"
+            )
+        return int(ids[0])
+    token_id = getattr(tokenizer, f"{item}_token_id", None)
+    if token_id is None:
+        alternatives = "'space,t' or 't'" if item == "bos" else "'bos,t' or 'space,t'"
+        raise UnigramStrategyError(
+            f"unigram strategy '{strategy}' needs a {item.upper()} token but {model_label}'s "
+            f"tokenizer has none ({item}_token_id is None); choose another strategy, e.g. "
+            f"{alternatives}, or a literal token id"
+        )
+    return int(token_id)
+
+
+def resolve_hook(model: nn.Module, hook_name: str) -> None:
+    """Raise a clear error if ``model`` has no hook point ``hook_name``."""
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None:
+        raise TypeError(f"{type(model).__name__} is not a TransformerLens model (no hook_dict)")
+    if hook_name not in hook_dict:
+        import difflib
+
+        close = difflib.get_close_matches(hook_name, list(hook_dict), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"the model has no hook point {hook_name!r}.{hint}")
+
+
+def _hook_to_d_in(act: torch.Tensor, hook_head_index: int | None) -> torch.Tensor:
+    # Same reshaping as SAELens's ActivationsStore.get_activations.
+    if hook_head_index is not None:
+        return act[:, :, hook_head_index]
+    if act.ndim > 3:
+        return act.flatten(2)
+    return act
+
+
+@torch.no_grad()
+def activations_at_hook(
+    model: Any,
+    tokens: torch.Tensor,
+    hook_name: str,
+    hook_head_index: int | None = None,
+) -> torch.Tensor:
+    """Activations [batch, pos, d_in] at ``hook_name``; the forward stops after its layer."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(act: torch.Tensor, hook: Any) -> None:
+        captured["act"] = act
+
+    model.run_with_hooks(
+        tokens,
+        fwd_hooks=[(hook_name, grab)],
+        stop_at_layer=extract_stop_at_layer_from_tlens_hook_name(hook_name),
+        return_type=None,
+    )
+    return _hook_to_d_in(captured["act"], hook_head_index)
+
+
+@torch.no_grad()
+def compute_unigram_table(
+    model: Any,
+    hook_name: str,
+    strategy: str | Sequence[str | int] | UnigramStrategy = "bos,t",
+    batch_size: int = 1024,
+    hook_head_index: int | None = None,
+    token_ids: torch.Tensor | None = None,
+    show_progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The [d_vocab, d_in] unigram table of ``model`` at ``hook_name``.
+
+    Row t is the activation at the last position of the strategy's prompt for t. The whole
+    vocabulary is run in batches of ``batch_size`` prompts, each forward stopping right
+    after the hook's layer, on the model's device; only the last position of the one
+    hook is kept, so memory is O(batch_size * prompt_len * d_model).
+    ``token_ids`` restricts the computation to those rows (others are left zero).
+    """
+    resolve_hook(model, hook_name)
+    d_vocab = int(model.cfg.d_vocab)
+    parsed = UnigramStrategy.parse(strategy)
+    template = parsed.resolve(getattr(model, "tokenizer", None), d_vocab, _model_label(model))
+    device = model.cfg.device if getattr(model.cfg, "device", None) is not None else "cpu"
+    rows = torch.arange(d_vocab, device=device) if token_ids is None else token_ids.to(device)
+    table: torch.Tensor | None = None
+    n_batches = math.ceil(len(rows) / batch_size)
+    for start in tqdm(
+        range(0, len(rows), batch_size),
+        total=n_batches,
+        desc=f"Unigrams [{parsed}] at {hook_name}",
+        disable=not show_progress,
+    ):
+        t = rows[start : start + batch_size]
+        prompt = torch.stack(
+            [t if item is None else torch.full_like(t, item) for item in template], dim=1
+        )
+        act = activations_at_hook(model, prompt, hook_name, hook_head_index)[:, -1]
+        if table is None:
+            table = torch.zeros(d_vocab, act.shape[-1], dtype=dtype, device=act.device)
+        table[t.to(act.device)] = act.to(dtype)
+    assert table is not None
+    return table
+
+
+# =========================================================================== quality ===
+# Is a table a good initialisation for a lookup? The activation a lookup row stands in for
+# is the token's activation in ordinary text, so compare with that directly.
+
+AUTO_CANDIDATES = ("bos,t", "space,t", "t,t", "space,space,t", "eos,t", "t")
+
+
+@dataclass
+class UnigramFit:
+    """How well unigram rows match the real activations of their tokens.
+
+    ``nmse``: mean over positions of |x - U_t|^2 / |x|^2 (the method's NMSE of the unigram
+    used as a reconstruction; >1 is worse than predicting zero). ``nmse_of_mean``: the same
+    for the mean activation, a baseline. ``cosine``: mean cos(x, U_t). ``norm_ratio``:
+    median |U_t| over median |x|.
+    """
+
+    strategy: str
+    nmse: float
+    nmse_of_mean: float
+    cosine: float
+    norm_ratio: float
+    n_positions: int
+
+    def looks_like_a_sink(self) -> bool:
+        return self.norm_ratio > 3.0 or self.nmse > 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def sample_activations(
+    model: Any,
+    tokens: torch.Tensor,
+    hook_name: str,
+    hook_head_index: int | None = None,
+    skip_first: int = 1,
+    exclude_ids: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(activations [N, d_in], token ids [N]) from real sequences, position 0 skipped."""
+    acts = activations_at_hook(model, tokens, hook_name, hook_head_index)[:, skip_first:]
+    ids = tokens[:, skip_first:].to(acts.device)
+    keep = ~torch.isin(ids, torch.tensor(list(exclude_ids), dtype=ids.dtype, device=ids.device))
+    return acts[keep].float(), ids[keep]
+
+
+def unigram_fit(
+    table: torch.Tensor, acts: torch.Tensor, ids: torch.Tensor, strategy: str = ""
+) -> UnigramFit:
+    """Compare table rows with the activations of their tokens (see ``UnigramFit``)."""
+    u = table.to(acts.device, torch.float32)[ids]
+    sq = acts.pow(2).sum(-1).clamp_min(1e-12)
+    return UnigramFit(
+        strategy=strategy,
+        nmse=float(((acts - u).pow(2).sum(-1) / sq).mean()),
+        nmse_of_mean=float(((acts - acts.mean(0)).pow(2).sum(-1) / sq).mean()),
+        cosine=float(torch.nn.functional.cosine_similarity(acts, u, dim=-1).mean()),
+        norm_ratio=float(u.norm(dim=-1).median() / acts.norm(dim=-1).median().clamp_min(1e-12)),
+        n_positions=int(len(ids)),
+    )
+
+
+def warn_if_sink(fit: UnigramFit, model_label: str, hook_name: str) -> None:
+    if fit.looks_like_a_sink():
+        warnings.warn(
+            f"unigram strategy '{fit.strategy}' on {model_label} at {hook_name} looks like an "
+            f"attention sink: its unigrams have {fit.norm_ratio:.1f}x the norm of ordinary "
+            f"activations and reconstruct them with NMSE {fit.nmse:.2f} (the mean activation: "
+            f"{fit.nmse_of_mean:.2f}). A lookup initialised from it starts far off. Try "
+            "unigram_strategy='auto' (measures the candidates and picks the best) or 'space,t'.",
+            UnigramSinkWarning,
+            stacklevel=2,
+        )
+
+
+class UnigramSinkWarning(UserWarning):
+    """A unigram table looks like an attention sink rather than ordinary activations."""
+
+
+def select_unigram_strategy(
+    model: Any,
+    hook_name: str,
+    sample_tokens: torch.Tensor,
+    candidates: Sequence[str] = AUTO_CANDIDATES,
+    hook_head_index: int | None = None,
+    exclude_ids: Sequence[int] = (),
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``strategy='auto'``: measure each resolvable candidate on real sequences, pick the best.
+
+    Only the rows of tokens that occur in ``sample_tokens`` are computed, so this costs a
+    few small forward passes, not a vocabulary sweep per candidate. Best = lowest
+    ``UnigramFit.nmse``. Returns (chosen strategy, {strategy: measurement}).
+    """
+    acts, ids = sample_activations(model, sample_tokens, hook_name, hook_head_index, exclude_ids=exclude_ids)
+    if len(ids) == 0:
+        raise ValueError("no positions left to measure unigram strategies on")
+    rows = torch.unique(ids)
+    label = _model_label(model)
+    report: dict[str, dict[str, Any]] = {}
+    for cand in candidates:
+        try:
+            UnigramStrategy.parse(cand).resolve(getattr(model, "tokenizer", None), int(model.cfg.d_vocab), label)
+        except UnigramStrategyError as e:
+            report[cand] = {"skipped": str(e)}
+            continue
+        table = compute_unigram_table(model, hook_name, cand, hook_head_index=hook_head_index,
+                                      token_ids=rows, show_progress=False)
+        report[cand] = unigram_fit(table, acts, ids, cand).as_dict()
+    scored = {k: v["nmse"] for k, v in report.items() if "nmse" in v}
+    if not scored:
+        raise UnigramStrategyError(f"no candidate unigram strategy resolves for {label}: {report}")
+    return min(scored, key=scored.__getitem__), report
+
+
+# =========================================================================== cache =====
+class UnigramCacheError(RuntimeError):
+    """A cached unigram table is corrupted or does not match what was asked for."""
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap, stable fingerprint of a model's weights.
+
+    Hashes every parameter's name, shape and dtype, plus its first 4,096 values and a
+    strided sample of up to 65,536 more: different checkpoints differ there, and hashing
+    all of a large model's weights would cost seconds to minutes per lookup.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        stride = max(1, flat.numel() // 65536)
+        sample = torch.cat([flat[:4096], flat[::stride][:65536]]).to("cpu", torch.float32)
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _library_versions() -> str:
+    import sae_lens
+    import transformer_lens  # noqa: F401
+    from importlib.metadata import version
+
+    return f"sae-lens {sae_lens.__version__}; transformer-lens {version('transformer-lens')}; torch {torch.__version__}"
+
+
+def table_metadata(
+    model: Any, hook_name: str, strategy: str, hook_head_index: int | None, dtype: torch.dtype
+) -> dict[str, str]:
+    return {
+        "format": "sae_lens_tokenized.unigrams/1",
+        "model_name": _model_label(model),
+        "model_fingerprint": model_fingerprint(model),
+        "hook_name": hook_name,
+        "hook_head_index": str(hook_head_index),
+        "strategy": str(UnigramStrategy.parse(strategy)),
+        "d_vocab": str(int(model.cfg.d_vocab)),
+        "dtype": str(dtype).replace("torch.", ""),
+        "library_versions": _library_versions(),
+    }
+
+
+# The fields that must match for a cached table to be reused (versions too: a library
+# upgrade that changes a forward pass must not silently reuse an old table).
+MATCH_FIELDS = ("model_name", "model_fingerprint", "hook_name", "hook_head_index", "strategy",
+                "d_vocab", "dtype", "library_versions")
+
+
+def save_unigram_table(path: str | Path, table: torch.Tensor, metadata: dict[str, str]) -> Path:
+    """Write a table with its metadata and a content checksum (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.contiguous().cpu()
+    meta = dict(metadata, sha256=hashlib.sha256(table.numpy().tobytes()).hexdigest(),
+                shape=f"{tuple(table.shape)}")
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    save_file({"unigrams": table}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_unigram_table_file(path: str | Path, expect: dict[str, str] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
+    """Load and verify a table file; raise ``UnigramCacheError`` on corruption or mismatch."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"unigram table {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            if "unigrams" not in f.keys():
+                raise UnigramCacheError(
+                    f"{path} has no tensor named 'unigrams' (found {sorted(f.keys())}); save the "
+                    "table with safetensors.torch.save_file({'unigrams': table}, path)"
+                )
+            table = f.get_tensor("unigrams")
+    except UnigramCacheError:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors raises several types on bad files)
+        raise UnigramCacheError(f"unigram table {path} is corrupted or truncated: {e}") from e
+    if "sha256" in meta and hashlib.sha256(table.contiguous().numpy().tobytes()).hexdigest() != meta["sha256"]:
+        raise UnigramCacheError(f"unigram table {path} is corrupted: its checksum does not match")
+    if expect is not None:
+        wrong = {k: (meta.get(k), expect[k]) for k in MATCH_FIELDS if k in expect and meta.get(k) != expect[k]}
+        if wrong:
+            details = "; ".join(f"{k}: file has {a!r}, wanted {b!r}" for k, (a, b) in wrong.items())
+            raise UnigramCacheError(f"unigram table {path} was computed for something else ({details})")
+    return table, meta
+
+
+def default_cache_dir() -> Path:
+    from sae_lens_tokenized.offline import cache_dir
+
+    return cache_dir() / "unigrams"
+
+
+def get_unigram_table(
+    model: Any,
+    hook_name: str,
+    strategy: str | Sequence[str | int] = "bos,t",
+    hook_head_index: int | None = None,
+    cache_dir: str | Path | None | bool = True,
+    batch_size: int = 1024,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """``compute_unigram_table`` with an on-disk cache.
+
+    A cached table is reused only if every field in ``MATCH_FIELDS`` matches; otherwise,
+    or if the file is corrupted (checksum), it is recomputed and rewritten.
+    ``cache_dir=True`` uses ``default_cache_dir()``; ``False``/``None`` disables caching.
+    """
+    strategy_str = str(UnigramStrategy.parse(strategy))
+    dtype = torch.float32
+    if cache_dir is False or cache_dir is None:
+        return compute_unigram_table(model, hook_name, strategy_str, batch_size, hook_head_index,
+                                     show_progress=show_progress, dtype=dtype)
+    folder = default_cache_dir() if cache_dir is True else Path(cache_dir)
+    meta = table_metadata(model, hook_name, strategy_str, hook_head_index, dtype)
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+    safe_hook = hook_name.replace("/", "_")
+    path = folder / f"{meta['model_name'].replace('/', '_')}__{safe_hook}__{key}.safetensors"
+    if path.is_file():
+        try:
+            table, _ = load_unigram_table_file(path, expect=meta)
+            return table
+        except UnigramCacheError as e:
+            warnings.warn(f"{e}; recomputing it", stacklevel=2)
+    table = compute_unigram_table(model, hook_name, strategy_str, batch_size, hook_head_index,
+                                  show_progress=show_progress, dtype=dtype)
+    save_unigram_table(path, table, meta)
+    return table

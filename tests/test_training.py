@@ -1,0 +1,260 @@
+"""Training through SAELens: alignment of ids, the lookup's training, quality, errors."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sae_lens import SAE, LanguageModelSAETrainingRunner, TopKTrainingSAEConfig
+from sae_lens.training.prefetch import PrefetchingIterator
+
+from helpers import nmse, runner_cfg, token_dataset, tiny_model
+from sae_lens_tokenized import (
+    TokenizedSAETrainingRunner,
+    TokenizedTopKSAE,
+    TokenizedTopKTrainingSAEConfig,
+    UnigramStrategyError,
+    compute_unigram_table,
+    token_ids_from,
+)
+from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
+from sae_lens_tokenized.unigrams import UnigramCacheError, activations_at_hook
+
+EMBED = "hook_embed"  # activation == W_E[token]: the token explains everything
+RESID = "blocks.1.hook_resid_pre"
+
+
+def tok_cfg(model, **kw):
+    kw.setdefault("d_sae", 64)
+    kw.setdefault("k", 4)
+    return TokenizedTopKTrainingSAEConfig(d_in=model.cfg.d_model, **kw)
+
+
+# ---------------------------------------------------------------- alignment ------------
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_every_activation_reaches_the_trainer_with_its_own_token(model, dataset, prefetch):
+    cfg = runner_cfg(tok_cfg(model, d_vocab=model.cfg.d_vocab), EMBED, 20_000)
+    store = TokenizedActivationsStore.from_config(model, cfg, override_dataset=dataset)
+    source = store.iter_with_token_ids()
+    if prefetch:
+        source = PrefetchingIterator(source, prefetch=2)
+    seen = []
+    for _ in range(12):  # several buffer refills: rows are shuffled across LLM batches
+        acts, ids = next(source)
+        # at hook_embed the activation *is* the embedding row of its token
+        assert torch.equal(acts, model.W_E[ids]), "ids and activations were shuffled apart"
+        seen.append(ids)
+    if prefetch:
+        source.close()
+    ids = torch.cat(seen)
+    # and the stream really is shuffled (not trivially in order)
+    assert not torch.equal(ids[:32], dataset[0]["tokens"][:32])
+
+
+def test_exclude_special_tokens_removes_bos_positions(model, dataset):
+    bos = model.tokenizer.bos_token_id
+    for exclude, expect_bos in [(False, True), (True, False)]:
+        cfg = runner_cfg(tok_cfg(model, d_vocab=512), EMBED, 20_000, exclude_special_tokens=exclude)
+        store = TokenizedActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        ids = torch.cat([next(store.iter_with_token_ids())[1] for _ in range(4)])
+        assert bool((ids == bos).any()) is expect_bos
+
+
+# ------------------------------------------------------- end to end -----------------------
+def test_train_save_load_evaluate_splice(tmp_path, model, dataset):
+    from sae_lens import run_evals
+    from sae_lens.evals import EvalConfig
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    out = tmp_path / "sae"
+    cfg = runner_cfg(
+        tok_cfg(model), RESID, 30_000, output_path=str(out), checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1
+    )
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    assert runner.sae.cfg.d_vocab == model.cfg.d_vocab  # taken from the model
+    trained = runner.run()
+    assert sorted(os.listdir(out)) == ["cfg.json", "runner_cfg.json", "sae_weights.safetensors", "sparsity.safetensors"]
+    ckpts = list((tmp_path / "ckpt").rglob("sae_weights.safetensors"))
+    assert ckpts, "no checkpoint written"
+
+    loaded = SAE.load_from_disk(out)
+    assert isinstance(loaded, TokenizedTopKSAE)
+    assert loaded.cfg.metadata.hook_name == RESID
+    assert torch.equal(loaded.W_lookup, trained.W_lookup)
+    tokens = torch.stack([dataset[-i]["tokens"] for i in range(1, 5)])
+    x = activations_at_hook(model, tokens, RESID)
+    torch.testing.assert_close(loaded(x, token_ids=tokens), trained(x, token_ids=tokens), rtol=1e-5, atol=1e-5)
+
+    eval_cfg = EvalConfig(n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=2,
+                          compute_ce_loss=True, compute_variance_metrics=True)
+    with token_ids_from(model, loaded):
+        metrics, _ = run_evals(loaded, runner.activations_store, model, ActivationScaler(), eval_cfg)
+        logits = model.run_with_saes(tokens, saes=[loaded])
+    assert metrics["reconstruction_quality"]["explained_variance"] > 0.5
+    assert logits.shape == (4, 32, model.cfg.d_vocab)
+
+
+def test_evals_during_training_with_wandb_offline(tmp_path, model, dataset, monkeypatch):
+    from sae_lens import LoggingConfig
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    calls = []
+    cfg = runner_cfg(
+        tok_cfg(model), RESID, 8_000,
+        logger=LoggingConfig(log_to_wandb=True, wandb_log_frequency=5, eval_every_n_wandb_logs=1),
+    )
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    original = runner.evaluator.__class__.__call__
+
+    def spy(self, *a, **k):
+        result = original(self, *a, **k)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(runner.evaluator.__class__, "__call__", spy)
+    runner.run()
+    assert calls and "ce_loss_score" in calls[0]["model_performance_preservation"]
+
+
+# ------------------------------------------------------- the lookup -------------------------
+def test_lookup_is_initialised_from_unigrams_and_moves_when_trained(model, dataset):
+    cfg = runner_cfg(tok_cfg(model), RESID, 20_000)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    u = compute_unigram_table(model, RESID, "bos,t", show_progress=False)
+    assert torch.equal(runner.sae.W_lookup.data, 0.5 * u)
+    init = runner.sae.W_lookup.detach().clone()
+    sae = runner.run()
+    moved = (sae.W_lookup.detach() - init).norm(dim=-1)
+    assert (moved > 1e-3).sum() > 50, "the lookup did not train"
+
+
+def test_frozen_lookup_stays_bitwise_put_while_the_rest_trains(model, dataset):
+    cfg = runner_cfg(tok_cfg(model, train_lookup=False), RESID, 20_000)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    init = runner.sae.W_lookup.detach().clone()
+    w_enc = runner.sae.W_enc.detach().clone()
+    sae = runner.run()
+    assert torch.equal(sae.W_lookup.detach(), init)
+    assert not torch.equal(sae.W_enc.detach(), w_enc)
+
+
+def test_lookup_has_its_own_learning_rate(model, dataset):
+    from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
+    from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+
+    cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-4)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    trainer = TokenizedSAETrainer(
+        cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
+        data_provider=TokenIdsSideChannel(runner.activations_store.iter_with_token_ids()),
+    )
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["lookup"]["lr"] == 0.02 and groups["sae"]["lr"] == 1e-4
+    assert groups["lookup"]["params"][0] is runner.sae.W_lookup
+    assert all(p is not runner.sae.W_lookup for p in groups["sae"]["params"])
+
+
+# ------------------------------------------------------- quality (planted) ----------------
+class ShuffledIdsStore(TokenizedActivationsStore):
+    """A deliberately broken store: ids permuted within each LLM batch."""
+
+    def get_filtered_llm_batch_with_ids(self, raise_on_epoch_end=False):
+        acts, ids = super().get_filtered_llm_batch_with_ids(raise_on_epoch_end)
+        return acts, ids[torch.randperm(len(ids))]
+
+
+def _heldout_nmse(sae, model, hook, tokenized):
+    tokens = torch.stack([token_dataset()[-i]["tokens"] for i in range(1, 33)])[:, 1:]  # skip BOS
+    x = activations_at_hook(model, tokens, hook)
+    with torch.no_grad():
+        x_hat = sae(x, token_ids=tokens) if tokenized else sae(x)
+    return nmse(x_hat, x)
+
+
+def test_tokenized_beats_topk_where_the_token_explains_the_activation(model, dataset):
+    budget = dict(hook_name=EMBED, training_tokens=120_000)
+    base = dict(d_in=model.cfg.d_model, d_sae=64, k=4)
+
+    def train(sae_cfg, runner_cls, **kw):
+        torch.manual_seed(0)
+        cfg = runner_cfg(sae_cfg, budget["hook_name"], budget["training_tokens"])
+        return runner_cls(cfg, override_model=model, override_dataset=dataset, **kw).run()
+
+    topk = train(TopKTrainingSAEConfig(**base), LanguageModelSAETrainingRunner)
+    tok = train(TokenizedTopKTrainingSAEConfig(**base), TokenizedSAETrainingRunner)
+
+    class ShuffledRunner(TokenizedSAETrainingRunner):
+        store_class = ShuffledIdsStore
+
+    shuffled = train(TokenizedTopKTrainingSAEConfig(**base, init_lookup_from_unigrams=False), ShuffledRunner)
+
+    n_topk = _heldout_nmse(topk, model, EMBED, False)
+    n_tok = _heldout_nmse(tok, model, EMBED, True)
+    n_shuf = _heldout_nmse(shuffled, model, EMBED, True)
+    print(f"held-out NMSE: topk {n_topk:.4f} tokenized {n_tok:.4f} shuffled-ids {n_shuf:.4f}")
+    assert n_tok < 0.02, "a trained lookup should reconstruct the embedding almost exactly"
+    assert n_tok < 0.1 * n_topk
+    assert n_shuf > 10 * n_tok, "with misaligned ids the tokenized SAE must lose its edge"
+
+
+# ------------------------------------------------------- bad input --------------------------
+@pytest.mark.parametrize(
+    "kw, runner_kw, match",
+    [
+        (dict(d_vocab=1000), {}, "d_vocab=1000 but the model has d_vocab=512"),
+        (dict(d_in=48), {}, "d_in=48 but activations at"),
+        ({}, dict(unigram_table=torch.zeros(10, 32)), r"unigram table has shape \(10, 32\)"),
+        ({}, dict(hook_name="blocks.1.hook_resid_prex"), "no hook point 'blocks.1.hook_resid_prex'"),
+        (dict(unigram_strategy="bos,7"), {}, "contains no 't'"),
+        (dict(unigram_strategy="bos,t,99999"), {}, "out of range"),
+        ({}, dict(train_batch_size_tokens=4096), "buffer holds"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, model, dataset, kw, runner_kw, match):
+    sae_kw = dict(d_in=model.cfg.d_model, d_sae=64, k=4)
+    sae_kw.update(kw)
+    hook = runner_kw.pop("hook_name", RESID)
+    table = runner_kw.pop("unigram_table", None)
+    out = tmp_path / "out"
+    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(**sae_kw), hook, 10_000, output_path=str(out), **runner_kw)
+    with pytest.raises((ValueError, UnigramStrategyError), match=match):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset, unigram_table=table).run()
+    assert not out.exists()
+
+
+def test_precomputed_table_from_file(tmp_path, model, dataset):
+    u = torch.randn(model.cfg.d_vocab, model.cfg.d_model)
+    save_file({"unigrams": u}, tmp_path / "u.safetensors")
+    cfg = runner_cfg(tok_cfg(model, unigram_table_path=str(tmp_path / "u.safetensors")), RESID, 10_000)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    assert torch.equal(runner.sae.W_lookup.data, 0.5 * u)
+    save_file({"table": u}, tmp_path / "bad.safetensors")
+    cfg = runner_cfg(tok_cfg(model, unigram_table_path=str(tmp_path / "bad.safetensors")), RESID, 10_000)
+    with pytest.raises(UnigramCacheError, match="no tensor named 'unigrams'"):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+
+
+def test_model_without_bos_gets_a_clear_error(dataset):
+    model = tiny_model()
+    model.tokenizer.bos_token = None
+    cfg = runner_cfg(tok_cfg(model), RESID, 10_000)
+    with pytest.raises(UnigramStrategyError, match="needs a BOS token"):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    cfg = runner_cfg(tok_cfg(model, unigram_strategy="space,t"), RESID, 10_000)
+    TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+
+
+def test_expected_average_only_in_scales_the_lookup_consistently(tmp_path, model, dataset):
+    cfg = runner_cfg(tok_cfg(model, normalize_activations="expected_average_only_in"), EMBED, 60_000,
+                     output_path=str(tmp_path / "sae"), n_batches_for_norm_estimate=5)
+    TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
+    loaded = SAE.load_from_disk(tmp_path / "sae")
+    assert loaded.cfg.normalize_activations == "none"  # folded
+    assert _heldout_nmse(loaded, model, EMBED, True) < 0.05
+
+
+def test_non_tokenized_config_is_rejected(model, dataset):
+    cfg = runner_cfg(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
+    with pytest.raises(TypeError, match="not a tokenized SAE config"):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
