@@ -131,7 +131,7 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"median step (s): " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
+    print("median step (s): " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
     print("ratio vs SAELens TopK: " + ", ".join(f"{k} {v:.3f}x" for k, v in result["ratio_vs_topk"].items()))
     for kind, ph in phases.items():
         print(f"  {kind:24s} " + "  ".join(f"{n} {v:.3f}s" for n, v in ph.items()))

@@ -44,15 +44,25 @@ def _register() -> None:
             register_sae_training_class(name, train_cls, train_cfg_cls)
 
 
+    from sae_lens_tokenized.saes.topk_raw_sae import RawTopKSAE, RawTopKSAEConfig
+
+    # inference only: converted original baselines are loaded, never trained
+    SAE_CLASS_REGISTRY["topk_raw"] = (RawTopKSAE, RawTopKSAEConfig)
+
+
 _register()
 
 # Imported after registration: building a training config looks the architecture up.
+from sae_lens_tokenized.convert import convert_original_checkpoint  # noqa: E402
+from sae_lens_tokenized.hub import load_from_hub, push_to_hub  # noqa: E402
 from sae_lens_tokenized.splicing import token_ids_from  # noqa: E402
 from sae_lens_tokenized.training import TokenizedSAETrainingRunner  # noqa: E402
 from sae_lens_tokenized.unigrams import (  # noqa: E402
     UnigramStrategy,
     UnigramStrategyError,
     compute_unigram_table,
+    get_unigram_table,
+    select_unigram_strategy,
 )
 
 __all__ = [
@@ -65,5 +75,10 @@ __all__ = [
     "UnigramStrategy",
     "UnigramStrategyError",
     "compute_unigram_table",
+    "convert_original_checkpoint",
+    "get_unigram_table",
+    "load_from_hub",
+    "push_to_hub",
+    "select_unigram_strategy",
     "token_ids_from",
 ]

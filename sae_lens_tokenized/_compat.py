@@ -36,6 +36,10 @@ MAX_PACKABLE_TOKEN_ID = 2**24
 # 4. LLMSaeEvaluator pauses a PrefetchingIterator data provider while it runs evals
 #    (isinstance check, sae-lens 6.54.12). We hand it the inner prefetcher.
 
+# 5. The CLI reuses SAELens's private argument parser
+#    `sae_lens.llm_sae_training_runner._parse_cfg_args(args)` (sae-lens 6.54.12), so
+#    `sae-lens-tokenized train` takes exactly SAELens's arguments.
+
 
 def check_seams() -> list[str]:
     """Return a list of problems with the SAELens internals this plugin relies on."""
@@ -54,6 +58,13 @@ def check_seams() -> list[str]:
             problems.append(f"ActivationsStore.{RAW_BATCH_METHOD} no longer returns ids")
     if not hasattr(_mixing_buffer_module, "mixing_buffer"):
         problems.append("sae_lens.training.mixing_buffer.mixing_buffer is gone")
+    from sae_lens import llm_sae_training_runner as _runner
+    from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
+
+    if not callable(getattr(_runner, "_parse_cfg_args", None)):
+        problems.append("sae_lens.llm_sae_training_runner._parse_cfg_args is gone")
+    if "PrefetchingIterator" not in inspect.getsource(LLMSaeEvaluator.__call__):
+        problems.append("LLMSaeEvaluator no longer pauses a PrefetchingIterator")
     if "torch.zeros(" not in inspect.getsource(ActivationsStore.get_activations):
         problems.append("ActivationsStore.get_activations no longer builds a float32 buffer")
     return problems

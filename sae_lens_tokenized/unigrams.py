@@ -246,20 +246,26 @@ class UnigramFit:
     """How well unigram rows match the real activations of their tokens.
 
     ``nmse``: mean over positions of |x - U_t|^2 / |x|^2 (the method's NMSE of the unigram
-    used as a reconstruction; >1 is worse than predicting zero). ``nmse_of_mean``: the same
-    for the mean activation, a baseline. ``cosine``: mean cos(x, U_t). ``norm_ratio``:
-    median |U_t| over median |x|.
+    used as a reconstruction; >1 is worse than predicting zero); ``nmse_median`` the same,
+    median. ``nmse_of_mean``: the mean activation's NMSE, a baseline. ``cosine``: mean
+    cos(x, U_t). ``norm_ratio``: mean |U_t| / mean |x| over positions (frequency-weighted:
+    a sink on a frequent token counts as often as it occurs). ``sink_fraction``: share of
+    positions whose token's unigram is over 4x the median activation norm; ``sink_tokens``
+    the most frequent of those tokens.
     """
 
     strategy: str
     nmse: float
+    nmse_median: float
     nmse_of_mean: float
     cosine: float
     norm_ratio: float
+    sink_fraction: float
+    sink_tokens: list[int]
     n_positions: int
 
     def looks_like_a_sink(self) -> bool:
-        return self.norm_ratio > 3.0 or self.nmse > 1.0
+        return self.norm_ratio > 2.0 or self.sink_fraction > 0.05
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -286,12 +292,19 @@ def unigram_fit(
     """Compare table rows with the activations of their tokens (see ``UnigramFit``)."""
     u = table.to(acts.device, torch.float32)[ids]
     sq = acts.pow(2).sum(-1).clamp_min(1e-12)
+    per = (acts - u).pow(2).sum(-1) / sq
+    u_norm, x_norm = u.norm(dim=-1), acts.norm(dim=-1)
+    sink = u_norm > 4 * x_norm.median()
+    sink_ids, counts = torch.unique(ids[sink], return_counts=True)
     return UnigramFit(
         strategy=strategy,
-        nmse=float(((acts - u).pow(2).sum(-1) / sq).mean()),
+        nmse=float(per.mean()),
+        nmse_median=float(per.median()),
         nmse_of_mean=float(((acts - acts.mean(0)).pow(2).sum(-1) / sq).mean()),
         cosine=float(torch.nn.functional.cosine_similarity(acts, u, dim=-1).mean()),
-        norm_ratio=float(u.norm(dim=-1).median() / acts.norm(dim=-1).median().clamp_min(1e-12)),
+        norm_ratio=float(u_norm.mean() / x_norm.mean().clamp_min(1e-12)),
+        sink_fraction=float(sink.float().mean()),
+        sink_tokens=[int(i) for i in sink_ids[counts.argsort(descending=True)][:10]],
         n_positions=int(len(ids)),
     )
 
@@ -300,9 +313,11 @@ def warn_if_sink(fit: UnigramFit, model_label: str, hook_name: str) -> None:
     if fit.looks_like_a_sink():
         warnings.warn(
             f"unigram strategy '{fit.strategy}' on {model_label} at {hook_name} looks like an "
-            f"attention sink: its unigrams have {fit.norm_ratio:.1f}x the norm of ordinary "
-            f"activations and reconstruct them with NMSE {fit.nmse:.2f} (the mean activation: "
-            f"{fit.nmse_of_mean:.2f}). A lookup initialised from it starts far off. Try "
+            f"attention sink: weighted by frequency its unigrams have {fit.norm_ratio:.1f}x the "
+            f"norm of ordinary activations, {fit.sink_fraction:.0%} of positions get a sink-sized "
+            f"unigram (token ids {fit.sink_tokens[:5]}), and as reconstructions they give NMSE "
+            f"{fit.nmse:.2f} (the mean activation: {fit.nmse_of_mean:.2f}). A lookup initialised "
+            "from it starts far off. Try "
             "unigram_strategy='auto' (measures the candidates and picks the best) or 'space,t'.",
             UnigramSinkWarning,
             stacklevel=2,

@@ -258,3 +258,28 @@ def test_non_tokenized_config_is_rejected(model, dataset):
     cfg = runner_cfg(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
     with pytest.raises(TypeError, match="not a tokenized SAE config"):
         TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+
+
+def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path, model, dataset):
+    cfg = runner_cfg(tok_cfg(model), RESID, 20_000, checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1)
+    TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
+    (ckpt,) = [p.parent for p in (tmp_path / "ckpt").rglob("trainer_state.pt")]
+    saved_lookup = SAE.load_from_disk(ckpt).W_lookup.detach().clone()
+    cfg2 = runner_cfg(tok_cfg(model), RESID, 30_000, resume_from_checkpoint=str(ckpt), output_path=str(tmp_path / "out"))
+    runner = TokenizedSAETrainingRunner(cfg2, override_model=model, override_dataset=dataset)
+    assert runner.unigram_table is None  # no fresh init when resuming
+    sae = runner.run()
+    assert not torch.equal(sae.W_lookup.detach(), saved_lookup)  # it went on training from there
+    assert (sae.W_lookup.detach() - saved_lookup).abs().max() < (saved_lookup.abs().max() + 1)
+
+
+def test_side_channel_refuses_a_foreign_batch():
+    from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
+
+    channel = TokenIdsSideChannel(iter([(torch.zeros(2, 3), torch.tensor([1, 2]))] * 3))
+    batch = next(channel)
+    with pytest.raises(RuntimeError, match="did not come from"):
+        channel.token_ids_for(batch.clone())
+    assert torch.equal(channel.token_ids_for(batch), torch.tensor([1, 2]))
+    with pytest.raises(RuntimeError, match="already used"):
+        channel.token_ids_for(batch)

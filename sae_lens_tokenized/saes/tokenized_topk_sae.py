@@ -7,12 +7,15 @@ AuxK loss are SAELens's own; the only change is ``+ W_lookup[t]`` in ``decode``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from typing_extensions import override
 
 from sae_lens.saes.topk_sae import (
+    TopK,
     TopKSAE,
     TopKSAEConfig,
     TopKTrainingSAE,
@@ -30,10 +33,34 @@ from sae_lens_tokenized.saes.lookup import (
 ARCHITECTURE = "tokenized_topk"
 
 
+class RawTopK(nn.Module):
+    """TopK keeping the raw top-k pre-activations (no ReLU), as the authors' code did."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, indices = torch.topk(x, k=self.k, dim=-1, sorted=False)
+        return torch.zeros_like(x).scatter_(-1, indices, values)
+
+
+def _activation(cfg: TokenizedTopKSAEConfig | TokenizedTopKTrainingSAEConfig, sparse: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    if not cfg.topk_relu:
+        return RawTopK(cfg.k)
+    return TopK(cfg.k, use_sparse_activations=sparse)
+
+
 @dataclass(kw_only=True)
 class TokenizedTopKSAEConfig(TopKSAEConfig, LookupConfig):
     """Inference config: TopKSAEConfig's fields plus ``d_vocab``, ``unigram_strategy``,
-    ``lookup_init_scale`` (see ``LookupConfig``)."""
+    ``lookup_init_scale`` (see ``LookupConfig``) and ``topk_relu``.
+
+    ``topk_relu``: SAELens's TopK applies a ReLU to the kept values (True, default); the
+    authors' code kept the raw values (False; set by ``convert_original_checkpoint``).
+    """
+
+    topk_relu: bool = True
 
     @override
     @classmethod
@@ -52,6 +79,8 @@ class TokenizedTopKTrainingSAEConfig(TopKTrainingSAEConfig, LookupTrainingConfig
     ``TokenizedTopKTrainingSAEConfig(d_in=768, d_sae=12288, k=30, d_vocab=50257)``
     suffices; ``d_vocab`` may be left out and is then taken from the model.
     """
+
+    topk_relu: bool = True
 
     @override
     @classmethod
@@ -90,6 +119,10 @@ class TokenizedTopKSAE(TokenLookupMixin, TopKSAE):
     cfg: TokenizedTopKSAEConfig  # type: ignore[assignment]
 
     @override
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _activation(self.cfg)
+
+    @override
     def decode(self, feature_acts: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         return _decode_with_lookup(self, feature_acts, token_ids)
 
@@ -98,6 +131,10 @@ class TokenizedTopKTrainingSAE(TokenLookupMixin, TopKTrainingSAE):
     """Training tokenized TopK SAE (SAELens TopK training: AuxK loss, decoder-norm rescaling)."""
 
     cfg: TokenizedTopKTrainingSAEConfig  # type: ignore[assignment]
+
+    @override
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _activation(self.cfg, self.cfg.use_sparse_activations)
 
     @override
     def decode(self, feature_acts: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:

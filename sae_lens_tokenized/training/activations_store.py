@@ -84,14 +84,15 @@ class TokenizedActivationsStore(ActivationsStore):
                 yield pack_token_ids(*self.get_filtered_llm_batch_with_ids(raise_on_epoch_end=True))
             except StopIteration:
                 warnings.warn(
-                    "All samples in the training dataset have been exhausted, beginning new epoch."
+                    "All samples in the training dataset have been exhausted, beginning new epoch.",
+                    stacklevel=2,
                 )
                 try:
                     yield pack_token_ids(*self.get_filtered_llm_batch_with_ids())
                 except StopIteration:
                     raise ValueError(
                         "Unable to fill buffer after starting new epoch. Dataset may be too small."
-                    )
+                    ) from None
 
     def get_data_loader_with_ids(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Auto-refilling stream of shuffled ``(activations [B, d_in], token_ids [B])``."""

@@ -1,0 +1,59 @@
+"""What to do with BOS / separator positions: train with SAELens's exclude_special_tokens
+on or off, for TopK and tokenized TopK, and measure held-out NMSE on ordinary tokens and on
+the separator positions (position 0 of each row: <|endoftext|>, a massive activation).
+
+    python benchmarks/bos_positions.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from sae_lens_tokenized.compare import CompareSettings, heldout_nmse, precompute, train_variant, write_json
+from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--layer", type=int, default=3)
+    ap.add_argument("--training_tokens", type=int, default=200_000)
+    ap.add_argument("--out", default="benchmarks/results/bos_positions.json")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    model = load_offline_model(SMOLLM2)
+    train_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "train")
+    heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "heldout")
+    hook = f"blocks.{args.layer}.hook_resid_pre"
+    base = CompareSettings(hook_name=hook, training_tokens=args.training_tokens, unigram_strategy="space,t")
+    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.05), desc="train acts")
+    ev, ev_ids = precompute(model, heldout_ds, hook, base.n_eval_activations * 2, desc="held-out acts")
+    special = torch.isin(ev_ids, torch.tensor(sorted(set(model.tokenizer.all_special_ids))))
+    ordinary = (ev[~special][: base.n_eval_activations], ev_ids[~special][: base.n_eval_activations])
+    separators = (ev[special], ev_ids[special])
+    norms = {"ordinary_mean_norm": float(ordinary[0].norm(dim=-1).mean()),
+             "separator_mean_norm": float(separators[0].norm(dim=-1).mean()),
+             "separator_share_of_positions": float(special.float().mean())}
+    print(norms, flush=True)
+    results = {}
+    for exclude in (True, False):
+        for variant in ("topk", "tokenized"):
+            s = replace(base, exclude_special_tokens=exclude)
+            r = train_variant(variant, s, model, train_ds, pre, ordinary, None)
+            tok = variant == "tokenized"
+            row = {"nmse_ordinary": heldout_nmse(r["sae"], *ordinary, tok),
+                   "nmse_separators": heldout_nmse(r["sae"], *separators, tok)}
+            results[f"{variant}, exclude_special_tokens={exclude}"] = row
+            print(f"{variant:9s} exclude={exclude}: NMSE ordinary {row['nmse_ordinary']:.4f} "
+                  f"separators {row['nmse_separators']:.4f}", flush=True)
+    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "hook": hook,
+                "compare_settings": base.__dict__, **norms, "results": results,
+                "wall_time_s": time.perf_counter() - t0}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""The analyses of the method's literature: strategies, massive activations, the lookup."""
+
+from sae_lens_tokenized.analysis.lookup import detection_accuracy, lookup_analysis
+from sae_lens_tokenized.analysis.massive import massive_activations, plot_massive
+from sae_lens_tokenized.analysis.strategies import compare_strategies, plot_strategies
+
+__all__ = [
+    "compare_strategies",
+    "detection_accuracy",
+    "lookup_analysis",
+    "massive_activations",
+    "plot_massive",
+    "plot_strategies",
+]

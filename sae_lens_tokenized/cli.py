@@ -1,0 +1,193 @@
+"""``sae-lens-tokenized``: train, demo, unigrams, analyze (and push / convert).
+
+``train`` takes exactly the arguments of ``python -m sae_lens.llm_sae_training_runner``
+(SAELens's own parser, with the tokenized architectures registered) and runs the
+tokenized runner. The offline default is reachable by name:
+``--model_name smollm2-135m-instruct --dataset_path wiki-summaries-en``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TOKENIZED_DEFAULT_ARCH = "tokenized_topk"
+
+
+# ------------------------------------------------------------------------ train ------------
+def parse_train_args(args: Sequence[str]) -> Any:
+    """SAELens's CLI parser (``_parse_cfg_args``, sae-lens 6.54.12; see _compat.py), with
+    ``--architecture tokenized_topk`` as the default instead of ``standard``."""
+    import sae_lens_tokenized  # noqa: F401  (registers the architectures for the parser)
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    args = list(args)
+    if not any(a == "--architecture" or a.startswith("--architecture=") for a in args):
+        args = ["--architecture", TOKENIZED_DEFAULT_ARCH, *args]
+    return _parse_cfg_args(args)
+
+
+def run_train(args: Sequence[str]) -> Any:
+    from sae_lens import LanguageModelSAETrainingRunner
+
+    from sae_lens_tokenized.offline import OFFLINE_DATASETS, OFFLINE_MODELS, load_offline_dataset, load_offline_model
+    from sae_lens_tokenized.saes.lookup import LookupTrainingConfig
+    from sae_lens_tokenized.training.runner import TokenizedSAETrainingRunner
+
+    cfg = parse_train_args(args)
+    kwargs: dict[str, Any] = {}
+    if cfg.model_name in OFFLINE_MODELS:
+        kwargs["override_model"] = load_offline_model(cfg.model_name, device=cfg.llm_device or "cpu")
+    if cfg.dataset_path in OFFLINE_DATASETS:
+        if "override_model" not in kwargs:
+            raise SystemExit(f"--dataset_path {cfg.dataset_path} is tokenized for the offline model; "
+                             f"use --model_name {OFFLINE_MODELS[0]}")
+        kwargs["override_dataset"] = load_offline_dataset(
+            cfg.dataset_path, kwargs["override_model"].tokenizer, context_size=cfg.context_size)
+    runner_cls = TokenizedSAETrainingRunner if isinstance(cfg.sae, LookupTrainingConfig) else LanguageModelSAETrainingRunner
+    sae = runner_cls(cfg, **kwargs).run()
+    if cfg.output_path:
+        print(f"saved {type(sae).__name__} to {cfg.output_path}")
+    return sae
+
+
+# ------------------------------------------------------------------------ unigrams ---------
+def run_unigrams(ns: argparse.Namespace) -> None:
+    from sae_lens_tokenized.unigrams import (
+        UnigramStrategy,
+        get_unigram_table,
+        save_unigram_table,
+        table_metadata,
+    )
+
+    model = _load_model(ns.model_name, ns.device)
+    strategy = str(UnigramStrategy.parse(ns.strategy))
+    table = get_unigram_table(model, ns.hook_name, strategy, batch_size=ns.batch_size,
+                              cache_dir=False if ns.no_cache else True)
+    print(f"unigram table {tuple(table.shape)} for {ns.model_name} at {ns.hook_name} [{strategy}]")
+    if ns.out:
+        meta = table_metadata(model, ns.hook_name, strategy, None, table.dtype)
+        print(f"wrote {save_unigram_table(ns.out, table, meta)}")
+
+
+def _load_model(name: str, device: str) -> Any:
+    from sae_lens_tokenized.offline import OFFLINE_MODELS, load_offline_model
+
+    if name in OFFLINE_MODELS:
+        return load_offline_model(name, device=device)
+    from sae_lens import HookedSAETransformer
+
+    return HookedSAETransformer.from_pretrained_no_processing(name, device=device)
+
+
+def _text_tokens(model: Any, ns: argparse.Namespace) -> torch.Tensor:
+    from sae_lens_tokenized.offline import load_offline_dataset
+
+    ds = load_offline_dataset(ns.dataset, model.tokenizer, context_size=ns.seq_len + 1, split="heldout")
+    # drop the separator each row starts with: the note runs real text with no BOS prepended
+    return ds[: ns.n_sequences]["tokens"][:, 1:]
+
+
+def run_analyze(ns: argparse.Namespace) -> None:
+    from sae_lens_tokenized import analysis
+
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _load_model(ns.model_name, ns.device)
+    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in ns.layers]
+    if ns.what == "strategies":
+        tokens = _text_tokens(model, ns)
+        result = analysis.compare_strategies(model, tokens, hooks, control_token=ns.control_token)
+        analysis.plot_strategies(result, str(out / "strategies.png"))
+    elif ns.what == "massive":
+        tokens = _text_tokens(model, ns)
+        result = analysis.massive_activations(model, tokens, hooks)
+        analysis.plot_massive(result, str(out / "massive.png"))
+    else:
+        from sae_lens import SAE
+
+        from sae_lens_tokenized.unigrams import get_unigram_table
+
+        if not ns.sae:
+            raise SystemExit("analyze lookup needs --sae PATH (a saved tokenized SAE folder)")
+        sae = SAE.load_from_disk(ns.sae)
+        hook = sae.cfg.metadata.hook_name
+        table = get_unigram_table(model, hook, sae.cfg.unigram_strategy)
+        result = analysis.lookup_analysis(sae, table, model, _text_tokens(model, ns), hook)
+    result["command"] = "sae-lens-tokenized " + " ".join(sys.argv[1:])
+    path = out / f"{ns.what}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------ main -------------
+def build_parser() -> argparse.ArgumentParser:
+    from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET
+
+    p = argparse.ArgumentParser(prog="sae-lens-tokenized", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train an SAE; same arguments as python -m sae_lens.llm_sae_training_runner",
+                   add_help=False)
+
+    d = sub.add_parser("demo", help="tokenized TopK vs SAELens TopK on SmolLM2 + Wikipedia, offline")
+    from sae_lens_tokenized.demo import add_demo_args
+
+    add_demo_args(d)
+
+    u = sub.add_parser("unigrams", help="compute (and cache) a unigram table")
+    u.add_argument("--model_name", default=SMOLLM2)
+    u.add_argument("--hook_name", required=True)
+    u.add_argument("--strategy", default="bos,t", help="template, e.g. 'bos,t', 'space,t', '220,t'")
+    u.add_argument("--batch_size", type=int, default=1024)
+    u.add_argument("--device", default="cpu")
+    u.add_argument("--no_cache", action="store_true")
+    u.add_argument("--out", help="also write the table (with metadata) to this .safetensors file")
+
+    a = sub.add_parser("analyze", help="strategy comparison, massive activations, lookup analyses")
+    a.add_argument("what", choices=["strategies", "massive", "lookup"])
+    a.add_argument("--model_name", default=SMOLLM2)
+    a.add_argument("--dataset", default=WIKI_DATASET)
+    a.add_argument("--layers", type=int, nargs="+", default=[2, 6, 12])
+    a.add_argument("--n_sequences", type=int, default=30)
+    a.add_argument("--seq_len", type=int, default=256)
+    a.add_argument("--control_token", type=int, default=None, help="adds [X, t] and the control [bos, X]")
+    a.add_argument("--sae", help="saved tokenized SAE folder (for 'lookup')")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default="analysis_out")
+
+    try:
+        from sae_lens_tokenized.hub import add_hub_commands
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_hub_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        run_train(argv[1:])
+        return
+    ns = build_parser().parse_args(argv)
+    if ns.command == "demo":
+        from sae_lens_tokenized.demo import run_demo
+
+        run_demo(ns)
+    elif ns.command == "unigrams":
+        run_unigrams(ns)
+    elif ns.command == "analyze":
+        run_analyze(ns)
+    else:
+        ns.func(ns)
+
+
+if __name__ == "__main__":
+    main()

