@@ -29,8 +29,8 @@ def main() -> None:
     train_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "train")
     heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "heldout")
     hook = f"blocks.{args.layer}.hook_resid_pre"
-    base = CompareSettings(hook_name=hook, training_tokens=args.training_tokens, unigram_strategy="space,t")
-    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.05), desc="train acts")
+    base = CompareSettings(hook_name=hook, training_tokens=args.training_tokens, unigram_strategy="space,t")  # lr, batch: CompareSettings defaults
+    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc="train acts")
     ev, ev_ids = precompute(model, heldout_ds, hook, base.n_eval_activations * 2, desc="held-out acts")
     special = torch.isin(ev_ids, torch.tensor(sorted(set(model.tokenizer.all_special_ids))))
     ordinary = (ev[~special][: base.n_eval_activations], ev_ids[~special][: base.n_eval_activations])

@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--training_tokens", type=int, default=300_000)
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lookup_lr", type=float, default=1e-2)
     ap.add_argument("--unigram_strategy", default="auto")
     ap.add_argument("--ce_batches", type=int, default=2, help="run_evals batches of 8x128 tokens")
@@ -59,7 +59,7 @@ def main() -> None:
         base = CompareSettings(hook_name=hook, expansion=args.expansion, training_tokens=args.training_tokens,
                                batch=args.batch, lr=args.lr, lookup_lr=args.lookup_lr,
                                unigram_strategy=args.unigram_strategy, n_eval_ce_batches=args.ce_batches)
-        pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.05), desc=f"L{layer} train acts")
+        pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc=f"L{layer} train acts")
         ev, ev_ids = precompute(model, heldout_ds, hook, base.n_eval_activations * 2, desc=f"L{layer} held-out acts")
         keep = ~torch.isin(ev_ids, special)
         eval_acts = (ev[keep][: base.n_eval_activations], ev_ids[keep][: base.n_eval_activations])

@@ -33,7 +33,7 @@ def main() -> None:
     heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "heldout")
     hook = f"blocks.{args.layer}.hook_resid_pre"
     s = CompareSettings(hook_name=hook, k=args.k, expansion=args.expansion, training_tokens=args.training_tokens)
-    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.05), desc="train acts")
+    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc="train acts")
     ev, ev_ids = precompute(model, heldout_ds, hook, s.n_eval_activations * 2, desc="held-out acts")
     keep = ~torch.isin(ev_ids, torch.tensor(sorted(set(model.tokenizer.all_special_ids))))
     eval_acts = (ev[keep][: s.n_eval_activations], ev_ids[keep][: s.n_eval_activations])

@@ -93,7 +93,7 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
     special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
 
     print(f"[2/5] activations at {s.hook_name}: {s.training_tokens:,} training tokens (shared by both SAEs)")
-    pre = precompute(model, train_ds, s.hook_name, int(s.training_tokens * 1.05), desc="training activations")
+    pre = precompute(model, train_ds, s.hook_name, int(s.training_tokens * 1.1), desc="training activations")
     ev_acts, ev_ids = precompute(model, heldout_ds, s.hook_name, s.n_eval_activations * 2, desc="held-out activations")
     keep = ~torch.isin(ev_ids, special)  # the method's NMSE on ordinary tokens
     eval_acts = (ev_acts[keep][: s.n_eval_activations], ev_ids[keep][: s.n_eval_activations])
