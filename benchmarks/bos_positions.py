@@ -1,6 +1,12 @@
-"""What to do with BOS / separator positions: train with SAELens's exclude_special_tokens
-on or off, for TopK and tokenized TopK, and measure held-out NMSE on ordinary tokens and on
-the separator positions (position 0 of each row: <|endoftext|>, a massive activation).
+"""What to do with BOS / separator positions: train TopK and tokenized TopK with SAELens's
+``exclude_special_tokens`` set to False, True, and an explicit list of every special id, and
+measure held-out NMSE on ordinary tokens and on the separator positions (position 0 of each
+row: <|endoftext|>, a massive activation).
+
+On SmolLM2-Instruct, ``True`` means SAELens's *structural* ids (bos/eos/pad/sep attributes:
+<|im_start|>, <|im_end|>), which do not include the document separator <|endoftext|>, so
+``True`` and ``False`` train on the same activations; the explicit list is what removes the
+separators.
 
     python benchmarks/bos_positions.py
 """
@@ -39,8 +45,14 @@ def main() -> None:
              "separator_mean_norm": float(separators[0].norm(dim=-1).mean()),
              "separator_share_of_positions": float(special.float().mean())}
     print(norms, flush=True)
+    from sae_lens.util import get_special_token_ids
+
+    all_special = sorted(set(model.tokenizer.all_special_ids))
+    structural = sorted(get_special_token_ids(model.tokenizer))
+    norms["structural_special_ids (exclude_special_tokens=True)"] = structural
+    norms["all_special_ids"] = all_special
     results = {}
-    for exclude in (True, False):
+    for exclude in (False, True, all_special):
         for variant in ("topk", "tokenized"):
             s = replace(base, exclude_special_tokens=exclude)
             r = train_variant(variant, s, model, train_ds, pre, ordinary, None)
@@ -48,7 +60,7 @@ def main() -> None:
             row = {"nmse_ordinary": heldout_nmse(r["sae"], *ordinary, tok),
                    "nmse_separators": heldout_nmse(r["sae"], *separators, tok)}
             results[f"{variant}, exclude_special_tokens={exclude}"] = row
-            print(f"{variant:9s} exclude={exclude}: NMSE ordinary {row['nmse_ordinary']:.4f} "
+            print(f"{variant:9s} exclude_special_tokens={exclude}: NMSE ordinary {row['nmse_ordinary']:.4f} "
                   f"separators {row['nmse_separators']:.4f}", flush=True)
     write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "hook": hook,
                 "compare_settings": base.__dict__, **norms, "results": results,

@@ -120,7 +120,7 @@ def run_analyze(ns: argparse.Namespace) -> None:
         hook = sae.cfg.metadata.hook_name
         table = get_unigram_table(model, hook, sae.cfg.unigram_strategy)
         result = analysis.lookup_analysis(sae, table, model, _text_tokens(model, ns), hook)
-    result["command"] = "sae-lens-tokenized " + " ".join(sys.argv[1:])
+    result["command"] = "sae-lens-tokenized " + " ".join(ns.argv)
     path = out / f"{ns.what}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_train(argv[1:])
         return
     ns = build_parser().parse_args(argv)
+    ns.argv = argv
     if ns.command == "demo":
         from sae_lens_tokenized.demo import run_demo
 

@@ -59,7 +59,7 @@ class CompareSettings:
     n_eval_activations: int = 20_000
     n_eval_ce_batches: int = 4
     eval_batch_prompts: int = 8
-    exclude_special_tokens: bool = True
+    exclude_special_tokens: bool | list[int] = True
     dead_feature_window: int = 1000
     variants: tuple[str, ...] = ("topk", "tokenized")
     extra: dict[str, Any] = field(default_factory=dict)

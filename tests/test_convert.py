@@ -105,3 +105,15 @@ def test_arbitrary_pickles_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointFormatError, match="tensors-only"):
         convert_original_checkpoint(tmp_path / "gpt2_resid_pre_8_ot30.pt", tmp_path / "out")
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_cli_convert(tmp_path, capsys):
+    from sae_lens_tokenized.cli import main
+
+    sd = original_state(True)
+    torch.save(sd, tmp_path / "gpt2_resid_pre_8_ot30.pt")
+    main(["convert", str(tmp_path / "gpt2_resid_pre_8_ot30.pt"), str(tmp_path / "out")])
+    assert "wrote" in capsys.readouterr().out
+    x, ids = torch.randn(7, D_IN), torch.randint(0, V, (7,))
+    torch.testing.assert_close(SAE.load_from_disk(tmp_path / "out")(x, token_ids=ids), original_forward(sd, x, ids),
+                               rtol=1e-5, atol=1e-4)

@@ -96,3 +96,12 @@ def test_unigrams_cli_writes_a_verified_table(tmp_path, smollm2):
     table, meta = load_unigram_table_file(tmp_path / "u.safetensors")
     assert table.shape == (49152, 576) and meta["strategy"] == "space,t" and meta["model_name"] == SMOLLM2
     assert torch.isfinite(table).all()
+
+
+def test_analyze_cli_writes_json_and_png(tmp_path, smollm2):
+    for what in ("strategies", "massive"):
+        main(["analyze", what, "--layers", "0", "1", "--n_sequences", "2", "--seq_len", "16", "--out", str(tmp_path)])
+        result = json.loads((tmp_path / f"{what}.json").read_text())
+        assert set(result["hooks"]) == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"}
+        assert (tmp_path / f"{what}.png").stat().st_size > 10_000
+        assert result["command"].startswith("sae-lens-tokenized")

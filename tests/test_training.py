@@ -60,6 +60,25 @@ def test_exclude_special_tokens_removes_bos_positions(model, dataset):
         assert bool((ids == bos).any()) is expect_bos
 
 
+def test_special_tokens_that_true_leaves_in_are_named_with_the_fix(dataset):
+    import warnings
+
+    from sae_lens_tokenized.training.runner import SpecialTokensNotExcludedWarning
+
+    # SmolLM2-Instruct's case: bos/eos are chat markers, the text separator is another
+    # special token, so SAELens's exclude_special_tokens=True keeps every separator.
+    model = tiny_model()
+    model.tokenizer.bos_token = model.tokenizer.eos_token = "<|pad|>"
+    sep, pad = model.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|pad|>"])
+    cfg = runner_cfg(tok_cfg(model), EMBED, 2_000, exclude_special_tokens=True)
+    with pytest.warns(SpecialTokensNotExcludedWarning, match=rf"exclude_special_tokens=\[{min(sep, pad)}, {max(sep, pad)}\]"):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    cfg = runner_cfg(tok_cfg(model), EMBED, 2_000, exclude_special_tokens=[sep, pad])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecialTokensNotExcludedWarning)
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+
+
 # ------------------------------------------------------- end to end -----------------------
 def test_train_save_load_evaluate_splice(tmp_path, model, dataset):
     from sae_lens import run_evals

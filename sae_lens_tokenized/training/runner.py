@@ -17,6 +17,7 @@ SAELens's own methods, inherited unchanged.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,38 @@ from sae_lens_tokenized.unigrams import (
     unigram_fit,
     warn_if_sink,
 )
+
+class SpecialTokensNotExcludedWarning(UserWarning):
+    """The training data holds special tokens that exclude_special_tokens=True keeps."""
+
+
+def warn_unexcluded_special_tokens(tokenizer: Any, tokens: torch.Tensor, excluded: torch.Tensor | None) -> None:
+    """Warn when ``exclude_special_tokens=True`` leaves special tokens of the data in.
+
+    SAELens's ``True`` means the tokenizer's *structural* ids (bos/eos/pad/sep attributes).
+    Document separators can be other special tokens: SmolLM2-Instruct's bos/eos are
+    <|im_start|>/<|im_end|>, while its text separator is <|endoftext|> (id 0), so ``True``
+    trains on every separator, a massive-norm sink (benchmarks/bos_positions.py).
+    """
+    if tokenizer is None:
+        return
+    excluded_ids = set() if excluded is None else set(excluded.tolist())
+    present = set(torch.unique(tokens).tolist())
+    special = set(tokenizer.all_special_ids)
+    # added tokens flagged special (e.g. <|endoftext|> when bos/eos were reassigned)
+    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+    kept = sorted((present & special) - excluded_ids)
+    if kept:
+        names = ", ".join(f"{i} {tokenizer.convert_ids_to_tokens(i)!r}" for i in kept)
+        warnings.warn(
+            f"exclude_special_tokens=True excludes SAELens's structural ids {sorted(excluded_ids)}, "
+            f"but the training data also holds the special token(s) {names}, which will be trained "
+            f"on. To exclude them too, pass exclude_special_tokens="
+            f"{sorted(excluded_ids | set(kept))}; to keep them silently, pass a list without them.",
+            SpecialTokensNotExcludedWarning,
+            stacklevel=3,
+        )
+
 
 #: sequences of the training data used to measure unigram strategies ('auto', sink check)
 N_MEASURE_SEQUENCES = 8
@@ -257,6 +290,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         if will_init and unigram_table is None:
             measure_tokens = self.activations_store.get_batch_tokens(N_MEASURE_SEQUENCES)
             excluded = self.activations_store.exclude_special_tokens
+            if cfg.exclude_special_tokens is True:
+                warn_unexcluded_special_tokens(self.model.tokenizer, measure_tokens, excluded)
             self._measure = sample_activations(
                 self.model, measure_tokens, cfg.hook_name, cfg.hook_head_index,
                 exclude_ids=[] if excluded is None else excluded.tolist())
