@@ -41,6 +41,10 @@ MAX_PACKABLE_TOKEN_ID = 2**24
 #    `sae-lens-tokenized train` takes exactly SAELens's arguments.
 
 
+# 6. PrefetchingIterator.close() exists from sae-lens 6.54; the runner calls it only where
+#    present (before 6.54 SAELens never stopped its daemon producer thread either).
+
+
 def check_seams() -> list[str]:
     """Return a list of problems with the SAELens internals this plugin relies on."""
     problems: list[str] = []

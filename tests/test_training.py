@@ -44,7 +44,7 @@ def test_every_activation_reaches_the_trainer_with_its_own_token(model, dataset,
         # at hook_embed the activation *is* the embedding row of its token
         assert torch.equal(acts, model.W_E[ids]), "ids and activations were shuffled apart"
         seen.append(ids)
-    if prefetch:
+    if prefetch and hasattr(source, "close"):  # close() exists from sae-lens 6.54
         source.close()
     ids = torch.cat(seen)
     # and the stream really is shuffled (not trivially in order)
@@ -67,7 +67,10 @@ def test_special_tokens_that_true_leaves_in_are_named_with_the_fix(dataset):
 
     # SmolLM2-Instruct's case: bos/eos are chat markers, the text separator is another
     # special token, so SAELens's exclude_special_tokens=True keeps every separator.
+    from transformers import AutoTokenizer
+
     model = tiny_model()
+    model.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer.name_or_path)  # not the shared one
     model.tokenizer.bos_token = model.tokenizer.eos_token = "<|pad|>"
     sep, pad = model.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|pad|>"])
     cfg = runner_cfg(tok_cfg(model), EMBED, 2_000, exclude_special_tokens=True)

@@ -391,5 +391,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 wandb.finish()
             return sae
         finally:
-            if isinstance(source, PrefetchingIterator):
-                source.close()
+            # PrefetchingIterator.close() exists from sae-lens 6.54; before that the producer
+            # is a daemon thread that SAELens itself never stopped.
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
