@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 
 import torch
+from sae_lens.util import get_special_token_ids
 
 from sae_lens_tokenized.compare import CompareSettings, heldout_nmse, precompute, train_variant, write_json
 from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
@@ -38,16 +39,14 @@ def main() -> None:
     base = CompareSettings(hook_name=hook, training_tokens=args.training_tokens, unigram_strategy="space,t")  # lr, batch: CompareSettings defaults
     pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc="train acts")
     ev, ev_ids = precompute(model, heldout_ds, hook, base.n_eval_activations * 2, desc="held-out acts")
-    special = torch.isin(ev_ids, torch.tensor(sorted(set(model.tokenizer.all_special_ids))))
+    all_special = sorted(set(model.tokenizer.all_special_ids))
+    special = torch.isin(ev_ids, torch.tensor(all_special))
     ordinary = (ev[~special][: base.n_eval_activations], ev_ids[~special][: base.n_eval_activations])
     separators = (ev[special], ev_ids[special])
     norms = {"ordinary_mean_norm": float(ordinary[0].norm(dim=-1).mean()),
              "separator_mean_norm": float(separators[0].norm(dim=-1).mean()),
              "separator_share_of_positions": float(special.float().mean())}
     print(norms, flush=True)
-    from sae_lens.util import get_special_token_ids
-
-    all_special = sorted(set(model.tokenizer.all_special_ids))
     structural = sorted(get_special_token_ids(model.tokenizer))
     norms["structural_special_ids (exclude_special_tokens=True)"] = structural
     norms["all_special_ids"] = all_special

@@ -61,7 +61,7 @@ class CompareSettings:
     eval_batch_prompts: int = 8
     # Train on separator positions (<|endoftext|> at the start of each row): excluding them
     # left ordinary-token NMSE unchanged (TopK 0.1134 -> 0.1131, tokenized 0.0649 -> 0.0649)
-    # but made them 8-10x worse reconstructed where the spliced SAE still runs
+    # but made them 8-11x worse reconstructed where the spliced SAE still runs
     # (benchmarks/results/bos_positions.json). On SmolLM2 True means the same as False here:
     # SAELens's structural ids (<|im_start|>, <|im_end|>) never occur in the text.
     exclude_special_tokens: bool | list[int] = False

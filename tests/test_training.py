@@ -63,12 +63,12 @@ def test_exclude_special_tokens_removes_bos_positions(model, dataset):
 def test_special_tokens_that_true_leaves_in_are_named_with_the_fix(dataset):
     import warnings
 
+    from transformers import AutoTokenizer
+
     from sae_lens_tokenized.training.runner import SpecialTokensNotExcludedWarning
 
     # SmolLM2-Instruct's case: bos/eos are chat markers, the text separator is another
     # special token, so SAELens's exclude_special_tokens=True keeps every separator.
-    from transformers import AutoTokenizer
-
     model = tiny_model()
     model.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer.name_or_path)  # not the shared one
     model.tokenizer.bos_token = model.tokenizer.eos_token = "<|pad|>"
