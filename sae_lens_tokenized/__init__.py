@@ -14,9 +14,34 @@ from sae_lens.registry import (
     register_sae_training_class,
 )
 
+from sae_lens_tokenized import saes as _saes
 from sae_lens_tokenized.saes import (
     ARCHITECTURES,
     TokenIdsError,
+    TokenizedAbsTopKSAE,
+    TokenizedAbsTopKSAEConfig,
+    TokenizedAbsTopKTrainingSAE,
+    TokenizedAbsTopKTrainingSAEConfig,
+    TokenizedBatchTopKTrainingSAE,
+    TokenizedBatchTopKTrainingSAEConfig,
+    TokenizedGatedSAE,
+    TokenizedGatedSAEConfig,
+    TokenizedGatedTrainingSAE,
+    TokenizedGatedTrainingSAEConfig,
+    TokenizedJumpReLUSAE,
+    TokenizedJumpReLUSAEConfig,
+    TokenizedJumpReLUTrainingSAE,
+    TokenizedJumpReLUTrainingSAEConfig,
+    TokenizedMatchingPursuitSAE,
+    TokenizedMatchingPursuitSAEConfig,
+    TokenizedMatchingPursuitTrainingSAE,
+    TokenizedMatchingPursuitTrainingSAEConfig,
+    TokenizedMatryoshkaBatchTopKTrainingSAE,
+    TokenizedMatryoshkaBatchTopKTrainingSAEConfig,
+    TokenizedStandardSAE,
+    TokenizedStandardSAEConfig,
+    TokenizedStandardTrainingSAE,
+    TokenizedStandardTrainingSAEConfig,
     TokenizedTopKSAE,
     TokenizedTopKSAEConfig,
     TokenizedTopKTrainingSAE,
@@ -33,21 +58,19 @@ def _register() -> None:
     this package creates new class objects; we replace the entries directly in that case
     so the registry always points at the classes a user imports now.
     """
-    for name, (sae_cls, cfg_cls, train_cls, train_cfg_cls) in ARCHITECTURES.items():
-        if name in SAE_CLASS_REGISTRY:
-            SAE_CLASS_REGISTRY[name] = (sae_cls, cfg_cls)
-        else:
-            register_sae_class(name, sae_cls, cfg_cls)
-        if name in SAE_TRAINING_CLASS_REGISTRY:
-            SAE_TRAINING_CLASS_REGISTRY[name] = (train_cls, train_cfg_cls)
-        else:
-            register_sae_training_class(name, train_cls, train_cfg_cls)
-
-
     from sae_lens_tokenized.saes.topk_raw_sae import RawTopKSAE, RawTopKSAEConfig
 
-    # inference only: converted original baselines are loaded, never trained
-    SAE_CLASS_REGISTRY["topk_raw"] = (RawTopKSAE, RawTopKSAEConfig)
+    # topk_raw: inference only, converted original baselines are loaded, never trained
+    for (sae_cls, cfg_cls), registry, register in (
+        *(((pair, SAE_CLASS_REGISTRY, register_sae_class)) for pair in _saes.INFERENCE_CLASSES),
+        ((RawTopKSAE, RawTopKSAEConfig), SAE_CLASS_REGISTRY, register_sae_class),
+        *(((pair, SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class)) for pair in _saes.TRAINING_CLASSES),
+    ):
+        name = cfg_cls.architecture()
+        if name in registry:
+            registry[name] = (sae_cls, cfg_cls)
+        else:
+            register(name, sae_cls, cfg_cls)
 
 
 _register()
@@ -66,12 +89,10 @@ from sae_lens_tokenized.unigrams import (  # noqa: E402
 )
 
 __all__ = [
+    "ARCHITECTURES",
     "TokenIdsError",
     "TokenizedSAETrainingRunner",
-    "TokenizedTopKSAE",
-    "TokenizedTopKSAEConfig",
-    "TokenizedTopKTrainingSAE",
-    "TokenizedTopKTrainingSAEConfig",
+    *(cls.__name__ for pair in _saes.INFERENCE_CLASSES + _saes.TRAINING_CLASSES for cls in pair),
     "UnigramStrategy",
     "UnigramStrategyError",
     "compute_unigram_table",

@@ -1,77 +1,84 @@
 """Every place this plugin relies on a detail of SAELens that is not public API.
 
-Each entry names the SAELens version it was written against. ``tests/test_compat.py``
-checks every one of them, so an SAELens release that moves one fails loudly in CI
-instead of silently changing behaviour.
+Written against sae-lens 6.54.12 and tested on 6.53.0 (the supported range is declared in
+pyproject.toml). ``tests/test_compat.py`` checks the *behaviour* each entry relies on by
+running SAELens's real code path, so an SAELens release that changes one fails there
+instead of silently changing what a tokenized SAE does. docs/upstream-seams.md proposes
+the public seams that would retire these entries.
+
+1. ``LanguageModelSAETrainingRunner.__init__`` calls ``self._compile_llm_if_needed()``
+   right after ``self.model`` is set and before it builds the store and the SAE. The
+   tokenized runner checks its config against the model and fills ``d_vocab`` there.
+2. ``SAETrainer.__init__`` builds ``self.optimizer = Adam(sae.parameters(), lr)`` and
+   ``self.lr_scheduler`` (via ``sae_lens.training.optim.get_lr_scheduler``); the tokenized
+   trainer rebuilds both to give the lookup its own parameter group.
+3. Gated's auxiliary loss reconstructs ``relu(pi_gate) W_dec + b_dec`` outside ``decode``;
+   ``TokenizedGatedTrainingSAE`` recomputes that term with the lookup added.
+4. Every SAELens reconstruction (each ``decode``, Matryoshka's ``_iterable_decode``) ends
+   in ``self.run_time_activation_norm_fn_out(...)``, an instance attribute set in
+   ``SAE.__init__``; ``TokenLookupMixin`` wraps it to add ``W_lookup[t]``.
+5. The store's activation buffer is float32 whatever the model dtype
+   (``ActivationsStore.get_activations``); ids ride in it as an extra float32 column,
+   exact below 2**24 (``MAX_PACKABLE_TOKEN_ID``). ``get_raw_llm_batch`` returns
+   ``(activations, token_ids)``, and the rest of the store's pipeline (special-token
+   filter, epochs, ``mixing_buffer``) works on whatever rows it returns.
+6. ``LLMSaeEvaluator`` pauses the data provider during evals only if it *is* a
+   ``PrefetchingIterator`` (isinstance); the tokenized evaluator hands it the inner one.
+7. The runner instantiates its store, evaluator and trainer by the module-global names
+   ``ActivationsStore``, ``LLMSaeEvaluator`` and ``SAETrainer`` in
+   ``sae_lens.llm_sae_training_runner``, with no parameter to choose them;
+   ``runner_classes`` substitutes subclasses for the duration of one call.
+8. The CLI reuses SAELens's private argument parser
+   ``sae_lens.llm_sae_training_runner._parse_cfg_args(args)``, so
+   ``sae-lens-tokenized train`` takes exactly SAELens's arguments.
+9. ``PrefetchingIterator.close()`` exists from sae-lens 6.54 (SAELens's own ``run`` calls
+   it where it exists).
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import sae_lens
-from sae_lens.training import mixing_buffer as _mixing_buffer_module
-from sae_lens.training.activations_store import ActivationsStore
-from sae_lens.training.sae_trainer import SAETrainer
 
-# Written against sae-lens 6.54.12. The supported range is declared in pyproject.toml.
 WRITTEN_AGAINST = "6.54.12"
+SAE_LENS_VERSION = sae_lens.__version__
 
-# 1. SAETrainer.step(batch) is documented as a "public seam", but the optimizer and the
-#    lr scheduler it builds in __init__ are plain attributes that we rebuild to give the
-#    lookup its own parameter group (sae-lens 6.54.12: `self.optimizer`,
-#    `self.lr_scheduler`, built by `sae_lens.training.optim.get_lr_scheduler`).
-TRAINER_OPTIMIZER_ATTRS = ("optimizer", "lr_scheduler")
-
-# 2. ActivationsStore.get_raw_llm_batch() returns (activations, token_ids) with
-#    activations [N, d_in] and token_ids [N] (sae-lens 6.54.12). The stock filtered path
-#    drops the ids; we keep them.
-RAW_BATCH_METHOD = "get_raw_llm_batch"
-
-# 3. The activation buffer is float32 whatever the model dtype (sae-lens 6.54.12,
-#    ActivationsStore.get_activations). We pack token ids as an extra float32 column;
-#    float32 holds every integer below 2**24 exactly, and unpacking re-checks that.
+# entry 5
 MAX_PACKABLE_TOKEN_ID = 2**24
 
-# 4. LLMSaeEvaluator pauses a PrefetchingIterator data provider while it runs evals
-#    (isinstance check, sae-lens 6.54.12). We hand it the inner prefetcher.
-
-# 5. The CLI reuses SAELens's private argument parser
-#    `sae_lens.llm_sae_training_runner._parse_cfg_args(args)` (sae-lens 6.54.12), so
-#    `sae-lens-tokenized train` takes exactly SAELens's arguments.
+_runner_lock = threading.RLock()
 
 
-# 6. PrefetchingIterator.close() exists from sae-lens 6.54; the runner calls it only where
-#    present (before 6.54 SAELens never stopped its daemon producer thread either).
+@contextlib.contextmanager
+def runner_classes(**replacements: type) -> Iterator[None]:
+    """Entry 7: inside the block, SAELens's training runner instantiates the given
+    subclasses in place of ``ActivationsStore`` / ``LLMSaeEvaluator`` / ``SAETrainer``.
 
+    Each replacement must subclass what SAELens has under that name, so a renamed or
+    moved class is an error here, not a silently stock run. The substitution is
+    process-wide for the block, so blocks are serialised by a lock.
+    """
+    from sae_lens import llm_sae_training_runner as module
 
-def check_seams() -> list[str]:
-    """Return a list of problems with the SAELens internals this plugin relies on."""
-    problems: list[str] = []
-    trainer_init = inspect.getsource(SAETrainer.__init__)
-    for attr in TRAINER_OPTIMIZER_ATTRS:
-        if f"self.{attr} =" not in trainer_init:
-            problems.append(f"SAETrainer.__init__ no longer sets self.{attr}")
-    if "clip_grad_norm_" not in inspect.getsource(SAETrainer._train_step):
-        problems.append("SAETrainer._train_step no longer clips grad norms")
-    if not hasattr(ActivationsStore, RAW_BATCH_METHOD):
-        problems.append(f"ActivationsStore.{RAW_BATCH_METHOD} is gone")
-    else:
-        src = inspect.getsource(getattr(ActivationsStore, RAW_BATCH_METHOD))
-        if "return activations, token_ids" not in src:
-            problems.append(f"ActivationsStore.{RAW_BATCH_METHOD} no longer returns ids")
-    if not hasattr(_mixing_buffer_module, "mixing_buffer"):
-        problems.append("sae_lens.training.mixing_buffer.mixing_buffer is gone")
-    from sae_lens import llm_sae_training_runner as _runner
-    from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
-
-    if not callable(getattr(_runner, "_parse_cfg_args", None)):
-        problems.append("sae_lens.llm_sae_training_runner._parse_cfg_args is gone")
-    if "PrefetchingIterator" not in inspect.getsource(LLMSaeEvaluator.__call__):
-        problems.append("LLMSaeEvaluator no longer pauses a PrefetchingIterator")
-    if "torch.zeros(" not in inspect.getsource(ActivationsStore.get_activations):
-        problems.append("ActivationsStore.get_activations no longer builds a float32 buffer")
-    return problems
-
-
-SAE_LENS_VERSION = sae_lens.__version__
+    with _runner_lock:
+        saved = {}
+        for name, cls in replacements.items():
+            current = getattr(module, name, None)
+            if not (isinstance(current, type) and issubclass(cls, current)):
+                raise RuntimeError(
+                    f"sae_lens.llm_sae_training_runner.{name} is {current!r}, not a base of "
+                    f"{cls.__name__}: this SAELens ({SAE_LENS_VERSION}) no longer builds its "
+                    f"runner the way sae-lens-tokenized (written against {WRITTEN_AGAINST}) "
+                    "expects. Install a supported sae-lens (see pyproject.toml)."
+                )
+            saved[name] = current
+        try:
+            for name, cls in replacements.items():
+                setattr(module, name, cls)
+            yield
+        finally:
+            for name, cls in saved.items():
+                setattr(module, name, cls)

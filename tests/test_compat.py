@@ -1,7 +1,139 @@
-"""Fails loudly when SAELens moves an internal this plugin relies on (see _compat.py)."""
+"""The SAELens behaviour each ``_compat.py`` entry relies on, checked by running it.
 
-from sae_lens_tokenized._compat import check_seams
+Entry 3 (Gated's aux term) and entry 4 (every reconstruction passes through
+``run_time_activation_norm_fn_out``) are checked over all architectures in
+test_architectures.py (zero-lookup parity and the per-term gradient identity); entry 8
+(SAELens's argument parser) by test_offline_and_cli.py::test_cli_parses_saelens_arguments_plus_tokenized_ones.
+"""
+
+import pytest
+import torch
+from sae_lens import llm_sae_training_runner as saelens_runner
+from sae_lens.training.mixing_buffer import mixing_buffer
+from sae_lens.training.prefetch import PrefetchingIterator
+
+from helpers import runner_cfg
+from sae_lens_tokenized import TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
+from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID, runner_classes
+from sae_lens_tokenized.training.activations_store import (
+    TokenIdsSideChannel,
+    TokenizedActivationsStore,
+    pack_token_ids,
+    unpack_token_ids,
+)
+from sae_lens_tokenized.training.runner import TokenizedEvaluator, TokenizedSAETrainer
+
+RESID = "blocks.1.hook_resid_pre"
 
 
-def test_saelens_seams_are_where_we_expect_them():
-    assert check_seams() == []
+def test_1_config_is_checked_and_sized_from_the_model_before_the_store_is_built(model, dataset, monkeypatch):
+    built = []
+    original = TokenizedActivationsStore.from_config.__func__
+
+    def spy(cls, *args, **kwargs):
+        built.append(cls)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(TokenizedActivationsStore, "from_config", classmethod(spy))
+    bad = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=48, d_sae=64, k=4), RESID, 10_000)
+    with pytest.raises(ValueError, match="d_in=48"):
+        TokenizedSAETrainingRunner(bad, override_model=model, override_dataset=dataset)
+    assert built == [], "the store was built before the config was checked against the model"
+    good = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
+    runner = TokenizedSAETrainingRunner(good, override_model=model, override_dataset=dataset)
+    assert built == [TokenizedActivationsStore]
+    assert runner.sae.W_lookup.shape == (model.cfg.d_vocab, 32)  # d_vocab came from the model
+
+
+def test_2_rebuilt_optimizer_holds_every_parameter_once_and_the_schedule_drives_both_groups(model, dataset):
+    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_lr=0.02), RESID, 20_000,
+                     lr=1e-3, lr_scheduler_name="cosineannealing", lr_end=1e-5)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    trainer = TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
+                                  data_provider=runner.activations_store)
+    in_groups = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert sorted(map(id, in_groups)) == sorted(map(id, runner.sae.parameters()))
+    ratios = []
+    for _ in range(10):
+        trainer.step(next(trainer.data_provider))
+        sae_lr, lookup_lr = (g["lr"] for g in trainer.optimizer.param_groups)
+        ratios.append(lookup_lr / sae_lr)
+    assert sae_lr < 1e-3  # the schedule moved
+    # and moved both groups alike (SAELens's cosine floor lr_end is absolute, shared by both
+    # groups, hence not exactly 20x late in a schedule)
+    assert ratios == pytest.approx([20.0] * 10, rel=1e-3)
+
+
+def test_5_ids_ride_saelens_mixing_buffer_exactly_up_to_the_packing_limit():
+    n = 4096
+    acts = torch.randn(n, 8)
+    ids = torch.randint(MAX_PACKABLE_TOKEN_ID - 1000, MAX_PACKABLE_TOKEN_ID, (n,))
+    rows = {}
+    for a, i in zip(acts, ids):
+        rows[float(a[0])] = int(i)
+    batches = mixing_buffer(buffer_size=2048, batch_size=512,
+                            activations_loader=iter(pack_token_ids(acts, ids).split(1024)))
+    seen = 0
+    for packed in batches:
+        a, i = unpack_token_ids(packed)
+        assert all(rows[float(x)] == int(t) for x, t in zip(a[:, 0], i))
+        seen += len(i)
+    assert seen >= 2048
+    with pytest.raises(ValueError, match="too large"):
+        pack_token_ids(acts[:1], torch.tensor([MAX_PACKABLE_TOKEN_ID]))
+    corrupted = pack_token_ids(acts[:2], torch.tensor([3, 7]))
+    corrupted[:, -1] += 0.5  # e.g. a buffer that stopped being float32 and was rescaled
+    with pytest.raises(RuntimeError, match="no longer exact integers"):
+        unpack_token_ids(corrupted)
+
+
+def test_6_evals_pause_the_prefetch_thread_behind_the_side_channel(model, dataset, monkeypatch):
+    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    assert isinstance(runner.evaluator, TokenizedEvaluator)
+    prefetcher = PrefetchingIterator(iter(runner.activations_store), prefetch=1)
+    paused = []
+    original = PrefetchingIterator.paused
+
+    def spy(self):
+        paused.append(self)
+        return original(self)
+
+    monkeypatch.setattr(PrefetchingIterator, "paused", spy)
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    runner._set_sae_metadata()  # as SAELens's run() does before evals
+    runner.evaluator(runner.sae, TokenIdsSideChannel(prefetcher), ActivationScaler())
+    assert paused == [prefetcher]
+    if hasattr(prefetcher, "close"):
+        prefetcher.close()
+
+
+def test_7_runner_classes_substitutes_only_subclasses_and_always_restores(model, dataset):
+    stock = saelens_runner.ActivationsStore, saelens_runner.SAETrainer
+    with pytest.raises(RuntimeError, match="not a base of"):
+        with runner_classes(SAETrainer=TokenizedActivationsStore):
+            pass
+    with pytest.raises(KeyError):
+        with runner_classes(ActivationsStore=TokenizedActivationsStore):
+            assert saelens_runner.ActivationsStore is TokenizedActivationsStore
+            raise KeyError("boom")
+    assert (saelens_runner.ActivationsStore, saelens_runner.SAETrainer) == stock
+    # and the real runner ends up with the tokenized store and trainer
+    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 2_048)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    assert type(runner.activations_store) is TokenizedActivationsStore
+    trainers = []
+    init = TokenizedSAETrainer.__init__
+
+    def spy(self, *a, **kw):
+        trainers.append(self)
+        init(self, *a, **kw)
+
+    TokenizedSAETrainer.__init__ = spy
+    try:
+        runner.run()
+    finally:
+        TokenizedSAETrainer.__init__ = init
+    assert len(trainers) == 1
+    assert (saelens_runner.ActivationsStore, saelens_runner.SAETrainer) == stock

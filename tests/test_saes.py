@@ -166,6 +166,28 @@ def test_init_from_unigrams_checks_shape_and_scales():
         sae.init_lookup_from_unigrams(bad)
 
 
-def test_mixin_is_reusable():
-    assert issubclass(TokenizedTopKSAE, TokenLookupMixin)
-    assert issubclass(TokenizedTopKTrainingSAE, TokenLookupMixin)
+def test_lookup_has_its_own_hook_point_and_the_error_term_stays_exact():
+    sae = make_sae()
+    x, ids = torch.randn(8, D_IN), torch.randint(0, V, (8,))
+    _, cache = sae.run_with_cache(x, token_ids=ids)
+    torch.testing.assert_close(cache["hook_sae_lookup"], sae.W_lookup[ids])
+    # hook_sae_recons is the latents' part, hook_sae_output the whole reconstruction
+    torch.testing.assert_close(cache["hook_sae_recons"] + cache["hook_sae_lookup"], cache["hook_sae_output"])
+    # ablating the lookup through its hook leaves the base architecture's reconstruction
+    ablated = sae.run_with_hooks(x, token_ids=ids, fwd_hooks=[("hook_sae_lookup", lambda t, hook: t * 0)])
+    torch.testing.assert_close(ablated, cache["hook_sae_recons"])
+    # SAELens's error term recomputes the reconstruction with hooks disabled: the lookup
+    # is computation, not a hook, so the spliced output is exactly the input
+    sae.use_error_term = True
+    torch.testing.assert_close(sae(x, token_ids=ids), x, rtol=1e-5, atol=1e-5)
+
+
+def test_a_deep_copy_uses_its_own_lookup_and_ids():
+    import copy
+
+    sae = make_sae()
+    twin = copy.deepcopy(sae)
+    with torch.no_grad():
+        twin.W_lookup.add_(1.0)
+    x, ids = torch.randn(4, D_IN), torch.randint(0, V, (4,))
+    torch.testing.assert_close(twin(x, token_ids=ids) - sae(x, token_ids=ids), torch.ones(4, D_IN))

@@ -1,5 +1,6 @@
 """Training through SAELens: alignment of ids, the lookup's training, quality, errors."""
 
+import copy
 import os
 
 import pytest
@@ -162,28 +163,30 @@ def test_frozen_lookup_stays_bitwise_put_while_the_rest_trains(model, dataset):
 
 
 def test_lookup_has_its_own_learning_rate(model, dataset):
-    from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
+    # Adam's first step moves every parameter entry with a gradient by about its lr: run
+    # one real step through SAELens's trainer and read each group's lr off the weights.
     from sae_lens_tokenized.training.runner import TokenizedSAETrainer
 
-    cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-4)
+    cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-4, lr_warm_up_steps=0)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
-    trainer = TokenizedSAETrainer(
-        cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
-        data_provider=TokenIdsSideChannel(runner.activations_store.iter_with_token_ids()),
-    )
-    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
-    assert groups["lookup"]["lr"] == 0.02 and groups["sae"]["lr"] == 1e-4
-    assert groups["lookup"]["params"][0] is runner.sae.W_lookup
-    assert all(p is not runner.sae.W_lookup for p in groups["sae"]["params"])
+    trainer = TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
+                                  data_provider=runner.activations_store)
+    before = {n: p.detach().clone() for n, p in runner.sae.named_parameters()}
+    trainer.step(next(trainer.data_provider))
+    moved = {n: (p.detach() - before[n]).abs() for n, p in runner.sae.named_parameters()}
+    lookup_step = moved["W_lookup"][moved["W_lookup"] > 0].median()
+    enc_step = moved["W_enc"][moved["W_enc"] > 0].median()
+    assert lookup_step / enc_step == pytest.approx(0.02 / 1e-4, rel=0.2)
 
 
 # ------------------------------------------------------- quality (planted) ----------------
 class ShuffledIdsStore(TokenizedActivationsStore):
     """A deliberately broken store: ids permuted within each LLM batch."""
 
-    def get_filtered_llm_batch_with_ids(self, raise_on_epoch_end=False):
-        acts, ids = super().get_filtered_llm_batch_with_ids(raise_on_epoch_end)
-        return acts, ids[torch.randperm(len(ids))]
+    def get_raw_llm_batch(self, raise_on_epoch_end=False):
+        packed, ids = super().get_raw_llm_batch(raise_on_epoch_end)
+        packed[:, -1] = packed[torch.randperm(len(ids)), -1]
+        return packed, ids
 
 
 def _heldout_nmse(sae, model, hook, tokenized):
@@ -282,23 +285,50 @@ def test_non_tokenized_config_is_rejected(model, dataset):
         TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
 
 
-def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path, model, dataset):
-    cfg = runner_cfg(tok_cfg(model), RESID, 20_000, checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1)
+def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path, model, dataset, monkeypatch):
+    from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+
+    cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-3,
+                     checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1)
     TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
     (ckpt,) = [p.parent for p in (tmp_path / "ckpt").rglob("trainer_state.pt")]
+    saved = torch.load(ckpt / "trainer_state.pt")["optimizer"]
     saved_lookup = SAE.load_from_disk(ckpt).W_lookup.detach().clone()
-    cfg2 = runner_cfg(tok_cfg(model), RESID, 30_000, resume_from_checkpoint=str(ckpt), output_path=str(tmp_path / "out"))
+    # the checkpoint holds the lookup's own Adam group, with moments only for seen tokens
+    assert [g["name"] for g in saved["param_groups"]] == ["sae", "lookup"]
+    assert saved["param_groups"][1]["lr"] == 0.02 and saved["param_groups"][0]["lr"] == 1e-3
+    lookup_index = saved["param_groups"][1]["params"][0]
+    exp_avg = saved["state"][lookup_index]["exp_avg"]
+    assert exp_avg.shape == saved_lookup.shape
+    assert 0 < int((exp_avg.abs().sum(-1) > 0).sum()) < model.cfg.d_vocab
+
+    restored = {}
+    load = TokenizedSAETrainer.load_trainer_state
+
+    def spy(self, path):
+        load(self, path)
+        restored["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # training goes on in place
+        restored["lookup_is_W_lookup"] = self.optimizer.param_groups[1]["params"][0] is self.sae.W_lookup
+
+    monkeypatch.setattr(TokenizedSAETrainer, "load_trainer_state", spy)
+    cfg2 = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 30_000, lr=1e-3, resume_from_checkpoint=str(ckpt),
+                      output_path=str(tmp_path / "out"))
     runner = TokenizedSAETrainingRunner(cfg2, override_model=model, override_dataset=dataset)
     assert runner.unigram_table is None  # no fresh init when resuming
     sae = runner.run()
-    assert not torch.equal(sae.W_lookup.detach(), saved_lookup)  # it went on training from there
-    assert (sae.W_lookup.detach() - saved_lookup).abs().max() < (saved_lookup.abs().max() + 1)
+    # the resumed trainer got exactly the checkpoint's optimizer state, lookup group included
+    assert restored["lookup_is_W_lookup"]
+    assert torch.equal(restored["optimizer"]["state"][lookup_index]["exp_avg"], exp_avg)
+    assert restored["optimizer"]["param_groups"] == saved["param_groups"]
+    assert not torch.equal(sae.W_lookup.detach(), saved_lookup)  # and it trained on from there
 
 
 def test_side_channel_refuses_a_foreign_batch():
     from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
 
-    channel = TokenIdsSideChannel(iter([(torch.zeros(2, 3), torch.tensor([1, 2]))] * 3))
+    from sae_lens_tokenized.training.activations_store import pack_token_ids
+
+    channel = TokenIdsSideChannel(iter([pack_token_ids(torch.zeros(2, 3), torch.tensor([1, 2]))] * 3))
     batch = next(channel)
     with pytest.raises(RuntimeError, match="did not come from"):
         channel.token_ids_for(batch.clone())

@@ -1,10 +1,53 @@
-"""Tokenized SAE architectures: the lookup mixin and one file per architecture."""
+"""Tokenized SAE architectures: the lookup component and one file per SAELens architecture.
+
+Each ``Tokenized<Base>`` class is SAELens's ``<Base>`` class with ``TokenLookupMixin`` in
+front; its architecture name is ``"tokenized_" + <base name>``. BatchTopK and Matryoshka
+have no inference class (as in SAELens they save as JumpReLU: here ``tokenized_jumprelu``).
+"""
 
 from sae_lens_tokenized.saes.lookup import (
     LookupConfig,
     LookupTrainingConfig,
     TokenIdsError,
     TokenLookupMixin,
+)
+from sae_lens_tokenized.saes.tokenized_abstopk_sae import (
+    TokenizedAbsTopKSAE,
+    TokenizedAbsTopKSAEConfig,
+    TokenizedAbsTopKTrainingSAE,
+    TokenizedAbsTopKTrainingSAEConfig,
+)
+from sae_lens_tokenized.saes.tokenized_batchtopk_sae import (
+    TokenizedBatchTopKTrainingSAE,
+    TokenizedBatchTopKTrainingSAEConfig,
+)
+from sae_lens_tokenized.saes.tokenized_gated_sae import (
+    TokenizedGatedSAE,
+    TokenizedGatedSAEConfig,
+    TokenizedGatedTrainingSAE,
+    TokenizedGatedTrainingSAEConfig,
+)
+from sae_lens_tokenized.saes.tokenized_jumprelu_sae import (
+    TokenizedJumpReLUSAE,
+    TokenizedJumpReLUSAEConfig,
+    TokenizedJumpReLUTrainingSAE,
+    TokenizedJumpReLUTrainingSAEConfig,
+)
+from sae_lens_tokenized.saes.tokenized_matching_pursuit_sae import (
+    TokenizedMatchingPursuitSAE,
+    TokenizedMatchingPursuitSAEConfig,
+    TokenizedMatchingPursuitTrainingSAE,
+    TokenizedMatchingPursuitTrainingSAEConfig,
+)
+from sae_lens_tokenized.saes.tokenized_matryoshka_batchtopk_sae import (
+    TokenizedMatryoshkaBatchTopKTrainingSAE,
+    TokenizedMatryoshkaBatchTopKTrainingSAEConfig,
+)
+from sae_lens_tokenized.saes.tokenized_standard_sae import (
+    TokenizedStandardSAE,
+    TokenizedStandardSAEConfig,
+    TokenizedStandardTrainingSAE,
+    TokenizedStandardTrainingSAEConfig,
 )
 from sae_lens_tokenized.saes.tokenized_topk_sae import (
     TokenizedTopKSAE,
@@ -13,24 +56,43 @@ from sae_lens_tokenized.saes.tokenized_topk_sae import (
     TokenizedTopKTrainingSAEConfig,
 )
 
-# architecture name -> (inference class, inference config, training class, training config)
-ARCHITECTURES = {
-    "tokenized_topk": (
-        TokenizedTopKSAE,
-        TokenizedTopKSAEConfig,
-        TokenizedTopKTrainingSAE,
-        TokenizedTopKTrainingSAEConfig,
-    ),
-}
+# (inference class, inference config) per architecture that has one
+INFERENCE_CLASSES = [
+    (TokenizedStandardSAE, TokenizedStandardSAEConfig),
+    (TokenizedGatedSAE, TokenizedGatedSAEConfig),
+    (TokenizedTopKSAE, TokenizedTopKSAEConfig),
+    (TokenizedAbsTopKSAE, TokenizedAbsTopKSAEConfig),
+    (TokenizedJumpReLUSAE, TokenizedJumpReLUSAEConfig),
+    (TokenizedMatchingPursuitSAE, TokenizedMatchingPursuitSAEConfig),
+]
+# (training class, training config) for every tokenized architecture
+TRAINING_CLASSES = [
+    (TokenizedStandardTrainingSAE, TokenizedStandardTrainingSAEConfig),
+    (TokenizedGatedTrainingSAE, TokenizedGatedTrainingSAEConfig),
+    (TokenizedTopKTrainingSAE, TokenizedTopKTrainingSAEConfig),
+    (TokenizedAbsTopKTrainingSAE, TokenizedAbsTopKTrainingSAEConfig),
+    (TokenizedJumpReLUTrainingSAE, TokenizedJumpReLUTrainingSAEConfig),
+    (TokenizedBatchTopKTrainingSAE, TokenizedBatchTopKTrainingSAEConfig),
+    (TokenizedMatryoshkaBatchTopKTrainingSAE, TokenizedMatryoshkaBatchTopKTrainingSAEConfig),
+    (TokenizedMatchingPursuitTrainingSAE, TokenizedMatchingPursuitTrainingSAEConfig),
+]
+#: every tokenized architecture name, in SAELens's order
+ARCHITECTURES = [cfg.architecture() for _, cfg in TRAINING_CLASSES]
+
+
+def base_architecture(name: str) -> str:
+    """``"tokenized_jumprelu"`` -> ``"jumprelu"``: the SAELens architecture it extends."""
+    return name.removeprefix("tokenized_")
+
 
 __all__ = [
     "ARCHITECTURES",
+    "INFERENCE_CLASSES",
+    "TRAINING_CLASSES",
     "LookupConfig",
     "LookupTrainingConfig",
     "TokenIdsError",
     "TokenLookupMixin",
-    "TokenizedTopKSAE",
-    "TokenizedTopKSAEConfig",
-    "TokenizedTopKTrainingSAE",
-    "TokenizedTopKTrainingSAEConfig",
+    "base_architecture",
+    *(cls.__name__ for pair in INFERENCE_CLASSES + TRAINING_CLASSES for cls in pair),
 ]

@@ -10,13 +10,25 @@ the encoder input stopped features from firing on their own tokens (Sec. 5), so 
 the decoder sees the lookup.
 
 This module holds everything that is about the lookup and not about a particular
-sparsity rule, so each architecture file only has to add ``self.lookup_bias(...)`` to
-its decoder:
+sparsity rule, so an architecture file holds only what differs in its sparsity rule
+(most hold nothing but their class names):
 
-* ``LookupConfig`` / ``LookupTrainingConfig``: the config fields (dataclass mixins).
+* ``LookupConfig`` / ``LookupTrainingConfig``: the config fields (dataclass mixins). The
+  architecture name is derived: ``"tokenized_" + <SAELens base>.architecture()``.
 * ``TokenLookupMixin``: the ``W_lookup`` parameter, token-id resolution (explicit
   argument, a scoped context, or the ids captured from a model's input), range and
-  shape checks, and lookup-aware folding.
+  shape checks, the lookup's part of every reconstruction, lookup-aware folding and the
+  unigram init.
+
+**Where the lookup enters.** Every SAELens reconstruction ends in
+``self.run_time_activation_norm_fn_out(W_dec a + b_dec)``: each architecture's
+``decode`` and Matryoshka's inner levels (``_iterable_decode``) alike (sae-lens 6.53-6.54;
+see ``_compat.py``). The mixin wraps that one step to add ``W_lookup[t]`` first, so no
+decode is copied and no reconstruction can miss the lookup. The lookup's contribution
+passes through its own hook point, ``hook_sae_lookup``; ``hook_sae_recons`` sees the
+latents' part ``W_dec a + b_dec`` and ``hook_sae_output`` the full reconstruction. The
+one SAELens reconstruction that bypasses that step, Gated's auxiliary "via gate" term,
+is handled in ``tokenized_gated_sae.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from transformer_lens.hook_points import HookPoint
 
 
 class TokenIdsError(ValueError):
@@ -52,6 +65,15 @@ class LookupConfig:
     d_vocab: int | None = None
     unigram_strategy: str = "bos,t"
     lookup_init_scale: float = 0.5
+
+    @classmethod
+    def architecture(cls) -> str:
+        # The SAELens base's name, prefixed: TokenizedJumpReLUSAEConfig -> "tokenized_jumprelu".
+        return "tokenized_" + super().architecture()  # type: ignore[misc]
+
+    def __post_init__(self) -> None:
+        validate_lookup_config(self)
+        super().__post_init__()  # type: ignore[misc]
 
 
 @dataclass(kw_only=True)
@@ -81,6 +103,16 @@ class LookupTrainingConfig(LookupConfig):
     unigram_table_path: str | None = None
     init_lookup_from_unigrams: bool = True
     unigram_cache: bool = True
+
+    def get_inference_config_class(self) -> type:
+        # SAELens saves BatchTopK and Matryoshka for inference as JumpReLU; a tokenized one
+        # saves as the tokenized version of whatever SAELens saves its base as.
+        from sae_lens.registry import get_sae_class
+
+        base = super().get_inference_config_class()  # type: ignore[misc]
+        if issubclass(base, LookupConfig):
+            return base
+        return get_sae_class("tokenized_" + base.architecture())[1]
 
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
@@ -114,7 +146,7 @@ class TokenLookupMixin:
     """Adds ``W_lookup`` and token-id handling to an SAELens SAE class.
 
     Put it first in the bases (``class TokenizedTopKSAE(TokenLookupMixin, TopKSAE)``) so
-    its ``initialize_weights``/``forward``/folding wrap the base class's.
+    its ``initialize_weights``/``forward``/``decode``/folding wrap the base class's.
     """
 
     W_lookup: nn.Parameter
@@ -123,6 +155,19 @@ class TokenLookupMixin:
     device: torch.device
 
     # ---- construction -------------------------------------------------------------
+    def __init__(self, cfg: Any, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)  # type: ignore[call-arg]
+        # The lookup's part of every reconstruction (module docstring). A bound method,
+        # not a closure, so copy.deepcopy(sae) rebinds it to the copy.
+        self._denormalize_out = self.run_time_activation_norm_fn_out
+        self.run_time_activation_norm_fn_out = self._add_lookup_then_denormalize
+        self.hook_sae_lookup = HookPoint()
+        self.setup()  # type: ignore[attr-defined]  # register the new hook point
+
+    def _add_lookup_then_denormalize(self, recons: torch.Tensor) -> torch.Tensor:
+        lookup = self.hook_sae_lookup(self.lookup_bias(recons.shape[:-1]).to(recons.dtype))
+        return self._denormalize_out(recons + lookup)
+
     def initialize_weights(self) -> None:
         super().initialize_weights()  # type: ignore[misc]
         validate_lookup_config(self.cfg)
@@ -220,12 +265,24 @@ class TokenLookupMixin:
         return nn.functional.embedding(ids.to(self.W_lookup.device), self.W_lookup)
 
     # ---- forward ------------------------------------------------------------------
+    def _with_ids(self, token_ids: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if token_ids is None else self.token_ids(token_ids)
+
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         """``sae(x, token_ids=ids)``: x is [..., d_in] and ids [...]."""
-        if token_ids is None:
+        with self._with_ids(token_ids):
             return super().forward(x)  # type: ignore[misc]
-        with self.token_ids(token_ids):
-            return super().forward(x)  # type: ignore[misc]
+
+    def decode(self, feature_acts: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """``sae.decode(acts, token_ids=ids)``: the base decode, plus ``W_lookup[ids]``."""
+        with self._with_ids(token_ids):
+            return super().decode(feature_acts)  # type: ignore[misc]
+
+    def encode(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """The base encoder, unchanged: ids are accepted (and ignored by every architecture
+        whose encoder does not reconstruct) so callers can pass them uniformly."""
+        with self._with_ids(token_ids):
+            return super().encode(x)  # type: ignore[misc]
 
     # ---- folding: keep outputs equal, lookup included ----------------------------------
     @torch.no_grad()

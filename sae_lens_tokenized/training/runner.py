@@ -1,18 +1,20 @@
 """Train tokenized SAEs through SAELens: same config, same outputs, ids carried along.
 
-``TokenizedSAETrainingRunner`` is SAELens's ``LanguageModelSAETrainingRunner`` with three
-changes, each needed by the method and nothing else:
+``TokenizedSAETrainingRunner`` is SAELens's ``LanguageModelSAETrainingRunner``: its
+``__init__`` and ``run`` are SAELens's own, called through ``super()``, with three classes
+substituted where SAELens instantiates them (``_compat.runner_classes``):
 
-1. the activation store is ``TokenizedActivationsStore`` (ids ride through the mixing
-   buffer and the prefetch thread beside their activations);
+1. the activation store is ``TokenizedActivationsStore`` (ids ride through SAELens's
+   mixing buffer and prefetch thread beside their activations);
 2. the trainer is ``TokenizedSAETrainer``: each step hands the batch's ids to the SAE, and
    the lookup gets its own Adam parameter group and learning rate (the authors trained it
    at 1e-2 against 1e-4 for the SAE);
-3. before training, the lookup is initialised from the model's unigram table
-   (``lookup_init_scale * U``), and every input is checked against the model first.
+3. the evaluator is ``TokenizedEvaluator`` (ids for evals from the model's input).
 
-Saving, checkpoints, wandb logging, evals, interruption handling and compilation are
-SAELens's own methods, inherited unchanged.
+Before the store and the SAE are built, the config is checked against the model and
+``d_vocab`` filled in; after, the lookup is initialised from the model's unigram table
+(``lookup_init_scale * U``). Saving, checkpoints, resuming, wandb logging, evals,
+interruption handling and compilation are SAELens's own code.
 """
 
 from __future__ import annotations
@@ -22,18 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import wandb
 from torch.optim import Adam
 
 from sae_lens import logger
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, LLMSaeEvaluator
-from sae_lens.load_model import load_model
-from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.optim import get_lr_scheduler
-from sae_lens.training.prefetch import PrefetchingIterator
 from sae_lens.training.sae_trainer import SAETrainer
+
+from sae_lens_tokenized._compat import runner_classes
 
 from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
 from sae_lens_tokenized.splicing import token_ids_from
@@ -94,16 +95,18 @@ N_MEASURE_SEQUENCES = 8
 class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
     """SAELens's SAETrainer, feeding token ids to the SAE and a separate lookup lr."""
 
-    def __init__(self, cfg: Any, sae: Any, data_provider: TokenIdsSideChannel, **kwargs: Any):
-        if not isinstance(data_provider, TokenIdsSideChannel):
-            raise TypeError("TokenizedSAETrainer needs a TokenIdsSideChannel data provider")
+    def __init__(self, cfg: Any, sae: Any, data_provider: Any, **kwargs: Any):
+        """``data_provider``: packed rows from a ``TokenizedActivationsStore`` (the store, or
+        SAELens's ``PrefetchingIterator`` over it), or a ``TokenIdsSideChannel`` over them."""
         if not isinstance(sae, TokenLookupMixin):
             raise TypeError(f"{type(sae).__name__} is not a tokenized SAE")
+        if not isinstance(data_provider, TokenIdsSideChannel):
+            data_provider = TokenIdsSideChannel(data_provider)
         super().__init__(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
         self.token_ids_channel = data_provider
-        # Rebuild Adam with the lookup in its own group (sae-lens 6.54.12 builds
-        # Adam(sae.parameters(), lr) in __init__; see _compat.py). A frozen lookup stays in
-        # its group with no grad, and Adam skips it: it stays bitwise unchanged.
+        # Rebuild Adam with the lookup in its own group (SAETrainer builds
+        # Adam(sae.parameters(), lr) in __init__; _compat.py entry 2). A frozen lookup stays
+        # in its group with no grad, and Adam skips it: it stays bitwise unchanged.
         lookup_lr = sae.cfg.lookup_lr if sae.cfg.lookup_lr is not None else cfg.lr
         other = [p for n, p in sae.named_parameters() if n != "W_lookup"]
         self.optimizer = Adam(
@@ -216,7 +219,7 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
 
     Args:
         cfg: an ordinary ``LanguageModelSAERunnerConfig`` whose ``sae`` is a tokenized
-            training config (e.g. ``TokenizedTopKTrainingSAEConfig``).
+            training config (e.g. ``TokenizedJumpReLUTrainingSAEConfig``).
         override_dataset, override_model, override_sae: as in SAELens.
         unigram_table: a precomputed [d_vocab, d_in] table (overrides
             ``cfg.sae.unigram_table_path`` and the computation).
@@ -244,155 +247,76 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 "for untokenized SAEs."
             )
         _check_buffer(cfg)
-        if override_dataset is not None:
-            logger.warning(
-                f"You just passed in a dataset which will override the one specified in your configuration: {cfg.dataset_path}. As a consequence this run will not be reproducible via configuration alone."
-            )
-        if override_model is not None:
-            logger.warning(
-                f"You just passed in a model which will override the one specified in your configuration: {cfg.model_name}. As a consequence this run will not be reproducible via configuration alone."
-            )
-        self.cfg = cfg
-        llm_device = self.cfg.llm_device
-        assert llm_device is not None
-        if override_model is None:
-            self.model = load_model(
-                self.cfg.model_class_name,
-                self.cfg.model_name,
-                device=llm_device,
-                model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs,
-                hook_names=[self.cfg.hook_name],
-            )
-        else:
-            self.model = override_model
+        self._unigram_table_arg = unigram_table
+        with runner_classes(ActivationsStore=self.store_class, LLMSaeEvaluator=TokenizedEvaluator):
+            super().__init__(cfg, override_dataset, override_model, override_sae)
+        if not isinstance(self.sae, TokenLookupMixin):
+            raise TypeError(f"{type(self.sae).__name__} is not a tokenized SAE")
+        fresh = override_sae is None and cfg.from_pretrained_path is None
+        self._init_lookup(fresh and cfg.sae.init_lookup_from_unigrams and cfg.resume_from_checkpoint is None)
+        self.sae.set_lookup_trainable(cfg.sae.train_lookup)
 
+    def _compile_llm_if_needed(self) -> None:
+        # SAELens's __init__ calls this right after self.model is set and before it builds
+        # the store and the SAE (_compat.py entry 1): the one moment to check the config
+        # against the model and size the lookup, before any work.
+        self._prepare_for_model()
+        super()._compile_llm_if_needed()
+
+    def _prepare_for_model(self) -> None:
+        cfg = self.cfg
         if cfg.sae.d_vocab is None:
             cfg.sae.d_vocab = int(self.model.cfg.d_vocab)
         check_against_model(self.model, cfg)
-        if unigram_table is None and cfg.sae.unigram_table_path is not None:
-            unigram_table = load_unigram_table(cfg.sae.unigram_table_path, self.model, cfg)
-        if unigram_table is not None:
+        table = self._unigram_table_arg
+        if table is None and cfg.sae.unigram_table_path is not None:
+            table = load_unigram_table(cfg.sae.unigram_table_path, self.model, cfg)
+        if table is not None:
             expected = (cfg.sae.d_vocab, cfg.sae.d_in)
-            if tuple(unigram_table.shape) != expected:
+            if tuple(table.shape) != expected:
                 raise ValueError(
-                    f"the precomputed unigram table has shape {tuple(unigram_table.shape)} "
+                    f"the precomputed unigram table has shape {tuple(table.shape)} "
                     f"but this SAE needs [d_vocab, d_in] = {list(expected)}"
                 )
+        self._unigram_table_arg = table
 
-        self._compile_llm_if_needed()
-        self.activations_store = self.store_class.from_config(
-            self.model, self.cfg, override_dataset=override_dataset
-        )
-
-        fresh = override_sae is None and self.cfg.from_pretrained_path is None
-        will_init = fresh and cfg.sae.init_lookup_from_unigrams and cfg.resume_from_checkpoint is None
+    def _init_lookup(self, will_init: bool) -> None:
+        cfg, table = self.cfg, self._unigram_table_arg
         self.unigram_report: dict[str, Any] = {}
-        if will_init and unigram_table is None:
+        self.unigram_table: torch.Tensor | None = None
+        if not will_init:
+            return
+        if table is None:
             measure_tokens = self.activations_store.get_batch_tokens(N_MEASURE_SEQUENCES)
             excluded = self.activations_store.exclude_special_tokens
+            exclude_ids = [] if excluded is None else excluded.tolist()
             if cfg.exclude_special_tokens is True:
                 warn_unexcluded_special_tokens(self.model.tokenizer, measure_tokens, excluded)
-            self._measure = sample_activations(
-                self.model, measure_tokens, cfg.hook_name, cfg.hook_head_index,
-                exclude_ids=[] if excluded is None else excluded.tolist())
+            measured = sample_activations(self.model, measure_tokens, cfg.hook_name, cfg.hook_head_index,
+                                          exclude_ids=exclude_ids)
             if cfg.sae.unigram_strategy == "auto":
                 chosen, report = select_unigram_strategy(
                     self.model, cfg.hook_name, measure_tokens, hook_head_index=cfg.hook_head_index,
-                    exclude_ids=[] if excluded is None else excluded.tolist())
+                    exclude_ids=exclude_ids)
                 logger.info(f"unigram_strategy='auto' chose '{chosen}': {report}")
-                cfg.sae.unigram_strategy = chosen
+                cfg.sae.unigram_strategy = self.sae.cfg.unigram_strategy = chosen
                 self.unigram_report["unigram_strategy_selection"] = report
-        elif cfg.sae.unigram_strategy == "auto" and will_init:
-            raise ValueError("unigram_strategy='auto' cannot be used with a precomputed unigram table")
-        if override_sae is not None:
-            self.sae = override_sae
-        elif self.cfg.from_pretrained_path is not None:
-            self.sae = TrainingSAE.load_from_disk(self.cfg.from_pretrained_path, self.cfg.device)
-        else:
-            self.sae = TrainingSAE.from_dict(
-                TrainingSAEConfig.from_dict(self.cfg.get_training_sae_cfg_dict()).to_dict()
+            table = get_unigram_table(
+                self.model, cfg.hook_name, strategy=cfg.sae.unigram_strategy,
+                hook_head_index=cfg.hook_head_index, cache_dir=cfg.sae.unigram_cache,
             )
-        if not isinstance(self.sae, TokenLookupMixin):
-            raise TypeError(f"{type(self.sae).__name__} is not a tokenized SAE")
-        self.sae.to(self.cfg.device)
-
-        self.unigram_table: torch.Tensor | None = None
-        if will_init:
-            if unigram_table is None:
-                unigram_table = get_unigram_table(
-                    self.model,
-                    cfg.hook_name,
-                    strategy=cfg.sae.unigram_strategy,
-                    hook_head_index=cfg.hook_head_index,
-                    cache_dir=cfg.sae.unigram_cache,
-                )
-                # Guard the choice: compare the table with real activations of its tokens.
-                fit = unigram_fit(unigram_table, *self._measure, strategy=cfg.sae.unigram_strategy)
-                warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
-                self.unigram_report["unigram_fit"] = fit.as_dict()
-            self.unigram_table = unigram_table
-            self.sae.init_lookup_from_unigrams(unigram_table)
+            # Guard the choice: compare the table with real activations of its tokens.
+            fit = unigram_fit(table, *measured, strategy=cfg.sae.unigram_strategy)
+            warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
+            self.unigram_report["unigram_fit"] = fit.as_dict()
+        elif cfg.sae.unigram_strategy == "auto":
+            raise ValueError("unigram_strategy='auto' cannot be used with a precomputed unigram table")
+        self.unigram_table = table
+        self.sae.init_lookup_from_unigrams(table)
         for key, value in self.unigram_report.items():
             setattr(self.sae.cfg.metadata, key, value)
-        self.sae.set_lookup_trainable(cfg.sae.train_lookup)
-
-        self.evaluator = TokenizedEvaluator(
-            model=self.model,
-            activations_store=self.activations_store,
-            eval_batch_size_prompts=self.cfg.eval_batch_size_prompts,
-            n_eval_batches=self.cfg.n_eval_batches,
-            model_kwargs=self.cfg.model_kwargs,
-        )
 
     def run(self):
-        """Train the SAE (mirrors LanguageModelSAETrainingRunner.run, sae-lens 6.54.12)."""
-        self._set_sae_metadata()
-        if self.cfg.logger.log_to_wandb:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config=self.cfg.to_dict(),
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-            )
-
-        source: Any = self.activations_store.iter_with_token_ids()
-        if self.cfg.prefetch_llm_batches:
-            prefetch_size = (
-                1 if isinstance(self.cfg.prefetch_llm_batches, bool) else self.cfg.prefetch_llm_batches
-            )
-            source = PrefetchingIterator(source, prefetch=prefetch_size)
-        data_provider = TokenIdsSideChannel(source)
-
-        try:
-            trainer = TokenizedSAETrainer(
-                sae=self.sae,
-                data_provider=data_provider,
-                evaluator=self.evaluator,
-                save_checkpoint_fn=self.save_checkpoint,
-                cfg=self.cfg.to_sae_trainer_config(),
-            )
-            if self.cfg.resume_from_checkpoint is not None:
-                logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
-                trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
-                self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
-                self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
-
-            self._compile_sae_if_needed()
-            sae = self.run_trainer_with_interruption_handling(trainer)
-
-            if self.cfg.output_path is not None:
-                self.save_final_sae(
-                    sae=sae,
-                    output_path=self.cfg.output_path,
-                    log_feature_sparsity=trainer.log_feature_sparsity,
-                )
-            if self.cfg.logger.log_to_wandb:
-                wandb.finish()
-            return sae
-        finally:
-            # PrefetchingIterator.close() exists from sae-lens 6.54; before that the producer
-            # is a daemon thread that SAELens itself never stopped.
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+        """Train the SAE: SAELens's ``run``, with the tokenized trainer."""
+        with runner_classes(SAETrainer=TokenizedSAETrainer):
+            return super().run()

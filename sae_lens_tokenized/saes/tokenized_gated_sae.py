@@ -1,0 +1,54 @@
+"""Tokenized Gated: SAELens's gated SAE plus the lookup.
+
+The authors report the lookup "did not improve" gated SAEs (arXiv 2502.17332, Sec. 4);
+it is here so that can be measured. What differs: SAELens's gated auxiliary loss
+reconstructs ``x`` from the gate path alone (``relu(pi_gate) W_dec + b_dec``) without
+going through ``decode``, so the lookup is added to that reconstruction here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig, GatedTrainingSAE, GatedTrainingSAEConfig
+from sae_lens.saes.sae import TrainStepInput
+from typing_extensions import override
+
+from sae_lens_tokenized.saes.lookup import LookupConfig, LookupTrainingConfig, TokenLookupMixin
+
+
+@dataclass(kw_only=True)
+class TokenizedGatedSAEConfig(LookupConfig, GatedSAEConfig):
+    """``GatedSAEConfig`` + the lookup's fields."""
+
+
+@dataclass(kw_only=True)
+class TokenizedGatedTrainingSAEConfig(LookupTrainingConfig, GatedTrainingSAEConfig):
+    """``GatedTrainingSAEConfig`` (``l1_coefficient``, ...) + the lookup's fields."""
+
+
+class TokenizedGatedSAE(TokenLookupMixin, GatedSAE):
+    cfg: TokenizedGatedSAEConfig  # type: ignore[assignment]
+
+
+class TokenizedGatedTrainingSAE(TokenLookupMixin, GatedTrainingSAE):
+    cfg: TokenizedGatedTrainingSAEConfig  # type: ignore[assignment]
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+        # SAELens's "via gate" reconstruction (gated_sae.py, sae-lens 6.53-6.54; _compat.py
+        # entry 3), with the lookup added where b_dec is. tests/test_compat.py checks that
+        # with a zero lookup this equals SAELens's own term exactly.
+        x = step_input.sae_in
+        pi_gate_act = torch.relu((x - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + self.b_gate)
+        via_gate = pi_gate_act @ self.W_dec + self.b_dec + self.lookup_bias(x.shape[:-1])
+        losses["auxiliary_reconstruction_loss"] = (via_gate - x).pow(2).sum(dim=-1).mean()
+        return losses

@@ -1,0 +1,28 @@
+"""Tokenized Matryoshka BatchTopK: SAELens's Matryoshka SAE plus the lookup.
+
+Each inner level reconstructs ``b_dec + W_dec[:width] a[:width]``; SAELens builds those in
+``_iterable_decode`` without calling ``decode``, but passes each through the same
+de-normalisation step as ``decode``, where the mixin adds the lookup. So every level,
+inner and outer, includes ``W_lookup[t]`` and trains it: a token's identity is explained
+once, by the lookup, at every width. Training only; saves as ``tokenized_jumprelu``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sae_lens.saes.matryoshka_batchtopk_sae import (
+    MatryoshkaBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAEConfig,
+)
+
+from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
+
+
+@dataclass(kw_only=True)
+class TokenizedMatryoshkaBatchTopKTrainingSAEConfig(LookupTrainingConfig, MatryoshkaBatchTopKTrainingSAEConfig):
+    """``MatryoshkaBatchTopKTrainingSAEConfig`` (``matryoshka_widths``, ...) + the lookup's fields."""
+
+
+class TokenizedMatryoshkaBatchTopKTrainingSAE(TokenLookupMixin, MatryoshkaBatchTopKTrainingSAE):
+    cfg: TokenizedMatryoshkaBatchTopKTrainingSAEConfig  # type: ignore[assignment]
