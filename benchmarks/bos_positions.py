@@ -21,8 +21,15 @@ from dataclasses import replace
 import torch
 from sae_lens.util import get_special_token_ids
 
-from sae_lens_tokenized.compare import CompareSettings, heldout_nmse, precompute, train_variant, write_json
-from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
+from sae_lens_tokenized.compare import (
+    CompareSettings,
+    HookData,
+    Workbench,
+    heldout_nmse,
+    precompute,
+    train_variant,
+    write_json,
+)
 
 
 def main() -> None:
@@ -32,15 +39,15 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/bos_positions.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    model = load_offline_model(SMOLLM2)
-    train_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "train")
-    heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "heldout")
+    bench = Workbench.offline()
+    model = bench.model
     hook = f"blocks.{args.layer}.hook_resid_pre"
     base = CompareSettings(hook_name=hook, training_tokens=args.training_tokens, unigram_strategy="space,t")  # lr, batch: CompareSettings defaults
-    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc="train acts")
-    ev, ev_ids = precompute(model, heldout_ds, hook, base.n_eval_activations * 2, desc="held-out acts")
-    all_special = sorted(set(model.tokenizer.all_special_ids))
-    special = torch.isin(ev_ids, torch.tensor(all_special))
+    data = bench.prepare(hook, args.training_tokens, base.n_eval_activations)
+    # the separators are what this benchmark is about: held-out activations with them kept
+    ev, ev_ids = precompute(model, bench.heldout_ds, hook, base.n_eval_activations * 2, desc="held-out acts")
+    all_special = bench.special_ids.tolist()
+    special = torch.isin(ev_ids, bench.special_ids)
     ordinary = (ev[~special][: base.n_eval_activations], ev_ids[~special][: base.n_eval_activations])
     separators = (ev[special], ev_ids[special])
     norms = {"ordinary_mean_norm": float(ordinary[0].norm(dim=-1).mean()),
@@ -52,12 +59,11 @@ def main() -> None:
     norms["all_special_ids"] = all_special
     results = {}
     for exclude in (False, True, all_special):
-        for variant in ("topk", "tokenized"):
+        for variant in ("topk", "tokenized_topk"):
             s = replace(base, exclude_special_tokens=exclude)
-            r = train_variant(variant, s, model, train_ds, pre, ordinary, None)
-            tok = variant == "tokenized"
-            row = {"nmse_ordinary": heldout_nmse(r["sae"], *ordinary, tok),
-                   "nmse_separators": heldout_nmse(r["sae"], *separators, tok)}
+            r = train_variant(variant, s, bench, HookData(hook, data.train, ordinary))
+            row = {"nmse_ordinary": heldout_nmse(r["sae"], *ordinary),
+                   "nmse_separators": heldout_nmse(r["sae"], *separators)}
             results[f"{variant}, exclude_special_tokens={exclude}"] = row
             print(f"{variant:9s} exclude_special_tokens={exclude}: NMSE ordinary {row['nmse_ordinary']:.4f} "
                   f"separators {row['nmse_separators']:.4f}", flush=True)

@@ -1,13 +1,16 @@
-"""Quality: tokenized TopK vs SAELens TopK on SmolLM2-135M, several layers, k values, seeds.
+"""Quality: each tokenized architecture against its SAELens base on SmolLM2-135M.
 
-Both variants train through their real runners on the same activations (computed once per
-layer), same hook/width/k/lr/seed (see sae_lens_tokenized/compare.py). Reports, per
-(layer, k): final held-out NMSE of each, the ratio, the training tokens the tokenized
-SAE needed to reach TopK's final NMSE (the method's "speed-up"), and CE added / CE loss
-score from SAELens's run_evals. Writes JSON and a PNG of the NMSE curves.
+For every architecture, layer, sparsity level and seed, the SAELens base and its tokenized
+version train through their real runners on the same activations (computed once per layer),
+at the same hook, width, sparsity, lr and seed (sae_lens_tokenized/compare.py). Reports
+held-out NMSE, CE added and KL (SAELens's run_evals), L0, dead latents, and the training
+tokens the tokenized SAE needed to reach its base's final NMSE. Writes JSON and a PNG.
 
-    python benchmarks/quality.py                                   # the committed run
-    python benchmarks/quality.py --layers 3 --ks 32 --seeds 0 --training_tokens 100000  # quick
+A sparsity level i sets k = --ks[i] (TopK, AbsTopK, BatchTopK, Matryoshka; matching
+pursuit's max_iterations), l1_coefficient = --l1s[i] (Standard, Gated) and
+l0_coefficient = --l0s[i] (JumpReLU).
+
+    python benchmarks/quality.py --architectures topk jumprelu --layers 3 9 --training_tokens 100000
 """
 
 from __future__ import annotations
@@ -19,26 +22,32 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from sae_lens_tokenized.compare import (
+    SPARSITY,
     CompareSettings,
+    Workbench,
     evaluate,
-    precompute,
+    new_figure,
+    save_figure,
     tokens_to_reach,
     train_variant,
     write_json,
 )
-from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
+
+METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "train_s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--architectures", nargs="+", default=list(SPARSITY), choices=list(SPARSITY),
+                    help="SAELens base architectures; each is compared with tokenized_<name>")
     ap.add_argument("--layers", type=int, nargs="+", default=[3, 9])
     ap.add_argument("--ks", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--l1s", type=float, nargs="+", default=[5.0, 2.0])
+    ap.add_argument("--l0s", type=float, nargs="+", default=[5.0, 2.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--expansion", type=int, default=8)
-    ap.add_argument("--training_tokens", type=int, default=300_000)
+    ap.add_argument("--training_tokens", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lookup_lr", type=float, default=1e-2)
@@ -46,93 +55,98 @@ def main() -> None:
     ap.add_argument("--ce_batches", type=int, default=2, help="run_evals batches of 8x128 tokens")
     ap.add_argument("--out", default="benchmarks/results/quality")
     args = ap.parse_args()
+    if not len(args.ks) == len(args.l1s) == len(args.l0s):
+        ap.error("--ks, --l1s and --l0s give one value per sparsity level: pass as many of each")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    model = load_offline_model(SMOLLM2)
-    train_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "train")
-    heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "heldout")
-    special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
+    bench = Workbench.offline()
     runs, curves = [], {}
     for layer in args.layers:
-        hook = f"blocks.{layer}.hook_resid_pre"
-        base = CompareSettings(hook_name=hook, expansion=args.expansion, training_tokens=args.training_tokens,
-                               batch=args.batch, lr=args.lr, lookup_lr=args.lookup_lr,
-                               unigram_strategy=args.unigram_strategy, n_eval_ce_batches=args.ce_batches)
-        pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc=f"L{layer} train acts")
-        ev, ev_ids = precompute(model, heldout_ds, hook, base.n_eval_activations * 2, desc=f"L{layer} held-out acts")
-        keep = ~torch.isin(ev_ids, special)
-        eval_acts = (ev[keep][: base.n_eval_activations], ev_ids[keep][: base.n_eval_activations])
-        for k in args.ks:
-            for seed in args.seeds:
-                s = replace(base, k=k, seed=seed)
-                row = {"layer": layer, "hook": hook, "k": k, "seed": seed}
-                for variant in ("topk", "tokenized"):
-                    r = train_variant(variant, s, model, train_ds, pre, eval_acts, None)
-                    metrics = evaluate(r["sae"], model, heldout_ds, s, variant == "tokenized", eval_acts)
-                    row[variant] = {**metrics, "curve": r["curve"], "train_s": r["train_s"],
-                                    "unigram_strategy": r["unigram_strategy"]}
-                    curves[(layer, k, seed, variant)] = r["curve"]
-                    print(f"L{layer} k={k} seed={seed} {variant}: NMSE {metrics['nmse']:.4f} "
-                          f"CE added {metrics['ce_added']:.4f} ({r['train_s']:.0f}s)", flush=True)
-                reach = tokens_to_reach(row["tokenized"]["curve"], row["topk"]["nmse"])
-                row["tokens_to_reach_topk_final_nmse"] = reach
-                row["speedup"] = (args.training_tokens / reach) if reach else None
-                row["nmse_ratio"] = row["tokenized"]["nmse"] / row["topk"]["nmse"]
-                runs.append(row)
-                write_json({"runs": runs}, out / "quality_partial.json")
+        base = CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", expansion=args.expansion,
+                               training_tokens=args.training_tokens, batch=args.batch, lr=args.lr,
+                               lookup_lr=args.lookup_lr, unigram_strategy=args.unigram_strategy,
+                               n_eval_ce_batches=args.ce_batches)
+        data = bench.prepare(base.hook_name, args.training_tokens, base.n_eval_activations)
+        for level, (k, l1, l0) in enumerate(zip(args.ks, args.l1s, args.l0s)):
+            for arch in args.architectures:
+                for seed in args.seeds:
+                    s = replace(base, k=k, l1_coefficient=l1, l0_coefficient=l0, seed=seed)
+                    row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
+                           "l0_coefficient": l0, "seed": seed}
+                    for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}")):
+                        r = train_variant(variant, s, bench, data)
+                        metrics = evaluate(r["sae"], s, bench, data)
+                        row[side] = {**metrics, "curve": r["curve"], "train_s": r["train_s"],
+                                     "unigram_strategy": r["unigram_strategy"]}
+                        curves[(arch, layer, level, seed, side)] = r["curve"]
+                        print(f"{variant} L{layer} level {level} seed {seed}: NMSE {metrics['nmse']:.4f} "
+                              f"CE added {metrics['ce_added']:.4f} L0 {metrics['l0']:.1f} dead {metrics['dead_latents']} "
+                              f"({r['train_s']:.0f}s)", flush=True)
+                    reach = tokens_to_reach(row["tokenized"]["curve"], row["base"]["nmse"])
+                    row["tokens_to_reach_base_final_nmse"] = reach
+                    row["speedup"] = (args.training_tokens / reach) if reach else None
+                    row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
+                    runs.append(row)
+                    write_json({"runs": runs}, out / "quality_partial.json")
 
-    summary = []
-    for layer in args.layers:
-        for k in args.ks:
-            rs = [r for r in runs if r["layer"] == layer and r["k"] == k]
-            def mean(f, rs=rs):
-                return statistics.mean(f(r) for r in rs)
-            speedups = [r["speedup"] for r in rs if r["speedup"]]
-            summary.append({
-                "layer": layer, "k": k, "n_seeds": len(rs),
-                "nmse_topk": mean(lambda r: r["topk"]["nmse"]), "nmse_tokenized": mean(lambda r: r["tokenized"]["nmse"]),
-                "nmse_ratio": mean(lambda r: r["nmse_ratio"]),
-                "ce_added_topk": mean(lambda r: r["topk"]["ce_added"]), "ce_added_tokenized": mean(lambda r: r["tokenized"]["ce_added"]),
-                "ce_score_topk": mean(lambda r: r["topk"]["ce_loss_score"]), "ce_score_tokenized": mean(lambda r: r["tokenized"]["ce_loss_score"]),
-                "dead_topk": mean(lambda r: r["topk"]["dead_latents"]), "dead_tokenized": mean(lambda r: r["tokenized"]["dead_latents"]),
-                "speedup_mean": statistics.mean(speedups) if speedups else None,
-                "speedup_min": min(speedups) if speedups else None,
-                "strategy": rs[0]["tokenized"]["unigram_strategy"],
-            })
-    result = {"command": "python " + " ".join(sys.argv), "settings": {**vars(args)},
+    summary = summarise(runs)
+    result = {"command": "python " + " ".join(sys.argv), "settings": vars(args),
               "wall_time_s": time.perf_counter() - t_start, "summary": summary, "runs": runs}
     write_json(result, out / "quality.json")
     (out / "quality_partial.json").unlink(missing_ok=True)
     plot(curves, args, out / "quality.png")
-    print("\nlayer  k   NMSE TopK  NMSE tok  ratio   speed-up  CE added TopK  CE added tok")
+    print("\n" + table(summary))
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    summary = []
+    keys = sorted({(r["architecture"], r["layer"], r["level"]) for r in runs}, key=lambda t: (t[0], t[1], t[2]))
+    for arch, layer, level in keys:
+        rs = [r for r in runs if (r["architecture"], r["layer"], r["level"]) == (arch, layer, level)]
+        row = {"architecture": arch, "layer": layer, "level": level, "k": rs[0]["k"],
+               "l1_coefficient": rs[0]["l1_coefficient"], "l0_coefficient": rs[0]["l0_coefficient"], "n_seeds": len(rs)}
+        for side in ("base", "tokenized"):
+            for m in METRICS:
+                row[f"{m}_{side}"] = statistics.mean(r[side][m] for r in rs)
+        speedups = [r["speedup"] for r in rs if r["speedup"]]
+        row["speedup_mean"] = statistics.mean(speedups) if speedups else None
+        row["nmse_ratio"] = statistics.mean(r["nmse_ratio"] for r in rs)
+        row["strategy"] = rs[0]["tokenized"]["unigram_strategy"]
+        summary.append(row)
+    return summary
+
+
+def table(summary: list[dict]) -> str:
+    lines = ["| architecture | hook | sparsity | NMSE base → tokenized | CE added base → tokenized | KL base → tokenized "
+             "| L0 base / tokenized | dead base / tokenized | tokens to base's final NMSE |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        sp = f"{r['speedup_mean']:.1f}x" if r["speedup_mean"] else "-"
-        print(f"{r['layer']:>5} {r['k']:>3}   {r['nmse_topk']:.4f}    {r['nmse_tokenized']:.4f}  {r['nmse_ratio']:.3f}  {sp:>8}"
-              f"  {r['ce_added_topk']:.4f}         {r['ce_added_tokenized']:.4f}")
+        sparsity = {"standard": f"l1 {r['l1_coefficient']:g}", "gated": f"l1 {r['l1_coefficient']:g}",
+                    "jumprelu": f"l0 {r['l0_coefficient']:g}"}.get(r["architecture"], f"k {r['k']}")
+        sp = f"{r['speedup_mean']:.1f}× fewer" if r["speedup_mean"] else "not reached"
+        lines.append(
+            f"| {r['architecture']} | L{r['layer']} | {sparsity} | {r['nmse_base']:.3f} → {r['nmse_tokenized']:.3f} "
+            f"| {r['ce_added_base']:.3f} → {r['ce_added_tokenized']:.3f} "
+            f"| {r['kl_div_with_sae_base']:.3f} → {r['kl_div_with_sae_tokenized']:.3f} "
+            f"| {r['l0_base']:.0f} / {r['l0_tokenized']:.0f} | {r['dead_latents_base']:.0f} / {r['dead_latents_tokenized']:.0f} | {sp} |")
+    return "\n".join(lines)
 
 
 def plot(curves, args, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(args.layers), len(args.ks), figsize=(5.5 * len(args.ks), 4 * len(args.layers)), squeeze=False)
-    for i, layer in enumerate(args.layers):
-        for j, k in enumerate(args.ks):
+    levels = range(len(args.ks))
+    fig, axes = new_figure(len(args.layers) * len(levels), len(args.architectures), size=(4, 3))
+    for i, (layer, level) in enumerate((lay, lev) for lay in args.layers for lev in levels):
+        for j, arch in enumerate(args.architectures):
             ax = axes[i][j]
-            for variant, color in (("topk", "tab:blue"), ("tokenized", "tab:orange")):
+            for side, color in (("base", "tab:blue"), ("tokenized", "tab:orange")):
                 for seed in args.seeds:
-                    xs, ys = zip(*curves[(layer, k, seed, variant)])
-                    ax.plot(xs, ys, color=color, alpha=0.8, label=f"{variant}" if seed == args.seeds[0] else None)
-            ax.set(title=f"SmolLM2 blocks.{layer}.hook_resid_pre, k={k}", xlabel="training tokens",
-                   ylabel="held-out NMSE", yscale="log")
+                    xs, ys = zip(*curves[(arch, layer, level, seed, side)])
+                    ax.plot(xs, ys, color=color, alpha=0.8, label=side if seed == args.seeds[0] else None)
+            ax.set(title=f"{arch} L{layer} level {level}", xlabel="training tokens", ylabel="held-out NMSE", yscale="log")
             ax.grid(alpha=0.3, which="both")
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=90)
 
 
 if __name__ == "__main__":

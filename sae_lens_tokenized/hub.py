@@ -81,7 +81,9 @@ def check_sae_folder(folder: str | Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         raise SAEFolderError(f"{folder / SAE_WEIGHTS_FILENAME} is corrupted or truncated: {e}") from e
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    expected = {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if not arch.endswith("matching_pursuit"):  # tied: its encoder is W_dec.T, not a tensor of its own
+        expected["W_enc"] = (d_in, d_sae)
     if cfg.get("d_vocab") is not None:
         expected["W_lookup"] = (cfg["d_vocab"], d_in)
     for name, shape in expected.items():
@@ -100,6 +102,7 @@ def _fmt(v: Any) -> str:
 
 def model_card(repo_id: str, entries: Mapping[str, Mapping[str, Any]], license: str = "other") -> str:
     """README.md for the repo: YAML metadata + one section per SAE + a loading snippet."""
+    archs = sorted({str(e.get("architecture")) for e in entries.values()})
     model_names = sorted({e.get("model_name") or "unknown" for e in entries.values()})
     base_models = sorted({BASE_MODEL_IDS.get(m, m) for m in model_names if m != "unknown" and (m in BASE_MODEL_IDS or "/" in m)})
     yaml = ["---", "library_name: saelens", f"license: {license}", "tags:"]
@@ -130,7 +133,7 @@ def model_card(repo_id: str, entries: Mapping[str, Mapping[str, Any]], license: 
         "    logits = model.run_with_saes(tokens, saes=[sae])",
         "```",
         "",
-        "Without `import sae_lens_tokenized`, SAELens fails with `KeyError: 'tokenized_topk'`: "
+        f"Without `import sae_lens_tokenized`, SAELens fails with `KeyError: '{archs[0]}'`: "
         "`pip install sae-lens-tokenized` and import it first.",
         "",
         "## SAEs in this repository",

@@ -32,8 +32,13 @@ from tqdm.auto import tqdm
 
 from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
+from sae_lens_tokenized.metrics import nmse, nmse_per_activation
+
 SPECIAL_ITEMS = ("bos", "eos", "pad", "space")
-BUILTIN_STRATEGIES = ("t", "bos,t", "t,t", "space,t", "space,space,t")
+#: The strategies this package knows by name, in the order ``auto`` prefers them on ties
+#: (the method's default first). One list for auto, the analyses and the benchmarks.
+STRATEGIES = ("bos,t", "space,t", "t,t", "space,space,t", "eos,t", "t")
+BUILTIN_STRATEGIES = STRATEGIES
 
 
 class UnigramStrategyError(ValueError):
@@ -238,7 +243,7 @@ def compute_unigram_table(
 # Is a table a good initialisation for a lookup? The activation a lookup row stands in for
 # is the token's activation in ordinary text, so compare with that directly.
 
-AUTO_CANDIDATES = ("bos,t", "space,t", "t,t", "space,space,t", "eos,t", "t")
+AUTO_CANDIDATES = STRATEGIES
 
 
 @dataclass
@@ -291,8 +296,7 @@ def unigram_fit(
 ) -> UnigramFit:
     """Compare table rows with the activations of their tokens (see ``UnigramFit``)."""
     u = table.to(acts.device, torch.float32)[ids]
-    sq = acts.pow(2).sum(-1).clamp_min(1e-12)
-    per = (acts - u).pow(2).sum(-1) / sq
+    per = nmse_per_activation(u, acts)
     u_norm, x_norm = u.norm(dim=-1), acts.norm(dim=-1)
     sink = u_norm > 4 * x_norm.median()
     sink_ids, counts = torch.unique(ids[sink], return_counts=True)
@@ -300,7 +304,7 @@ def unigram_fit(
         strategy=strategy,
         nmse=float(per.mean()),
         nmse_median=float(per.median()),
-        nmse_of_mean=float(((acts - acts.mean(0)).pow(2).sum(-1) / sq).mean()),
+        nmse_of_mean=nmse(acts.mean(0).expand_as(acts), acts),
         cosine=float(torch.nn.functional.cosine_similarity(acts, u, dim=-1).mean()),
         norm_ratio=float(u_norm.mean() / x_norm.mean().clamp_min(1e-12)),
         sink_fraction=float(sink.float().mean()),

@@ -135,4 +135,6 @@ def runner_cfg(sae_cfg, hook_name: str, training_tokens: int, **overrides):
 
 def nmse(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     """Method's NMSE: sum (x_hat - x)^2 / sum x^2 per activation, averaged."""
-    return float(((x_hat - x).pow(2).sum(-1) / x.pow(2).sum(-1)).mean())
+    from sae_lens_tokenized.metrics import nmse as method_nmse
+
+    return method_nmse(x_hat, x)

@@ -82,7 +82,7 @@ def test_overrides_for_unparseable_names(tmp_path):
         (lambda sd: sd.pop("b_enc"), r"missing \['b_enc'\]"),
         (lambda sd: sd.__setitem__("W_dec", torch.randn(D_SAE, D_IN)), "W_dec has shape"),
         (lambda sd: sd.__setitem__("lookup.W_lookup.weight", torch.randn(V, D_IN + 1)), "lookup.W_lookup.weight has shape"),
-        (lambda sd: sd.pop("lookup.W_lookup.weight"), "no 'lookup.W_lookup.weight'"),
+        (lambda sd: sd.pop("lookup.W_lookup.weight"), "file name says a tokenized run, but the checkpoint holds no lookup"),
     ],
 )
 def test_malformed_checkpoints(tmp_path, mutate, match):
@@ -92,6 +92,52 @@ def test_malformed_checkpoints(tmp_path, mutate, match):
     with pytest.raises(CheckpointFormatError, match=match):
         convert_original_checkpoint(tmp_path / "gpt2_resid_pre_8_ot30.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenized_state_dict_under_a_baseline_name_is_an_error_naming_both(tmp_path):
+    # the bug this guards: the name used to decide, and the lookup was silently dropped
+    torch.save(original_state(True), tmp_path / "gpt2_resid_pre_8_o30.pt")
+    with pytest.raises(CheckpointFormatError, match=r"file name says a baseline \(no lookup\), but the checkpoint holds a lookup \(50, 16\)"):
+        convert_original_checkpoint(tmp_path / "gpt2_resid_pre_8_o30.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    torch.save(original_state(True), tmp_path / "weights.pt")
+    with pytest.raises(CheckpointFormatError, match="tokenized= argument says a baseline"):
+        convert_original_checkpoint(tmp_path / "weights.pt", tmp_path / "out", hook_name="blocks.8.hook_resid_pre",
+                                    k=K, tokenized=False)
+    # an unparseable name defers to the contents
+    out = convert_original_checkpoint(tmp_path / "weights.pt", tmp_path / "out", hook_name="blocks.8.hook_resid_pre", k=K)
+    assert SAE.load_from_disk(out).cfg.architecture() == "tokenized_topk"
+
+
+class SmolTokenizedSAE(torch.nn.Module):
+    """An independent re-implementation of tdooms/smol-sae's TokenizedSAE forward."""
+
+    def __init__(self, d_in, d_sae, vocab, k):
+        super().__init__()
+        self.k = k
+        self.encoder = torch.nn.Linear(d_in, d_sae)
+        self.decoder = torch.nn.Linear(d_sae, d_in)
+        self.lookup = torch.nn.Embedding(vocab, d_in)
+
+    def forward(self, x, y):
+        x_hid = self.encoder(x - self.decoder.bias)
+        mask = torch.zeros_like(x_hid).scatter_(-1, x_hid.topk(k=self.k, dim=-1).indices, 1)
+        return self.decoder(x_hid * mask) + self.lookup(y)
+
+
+def test_smol_sae_layout_converts_and_reproduces_its_forward(tmp_path):
+    torch.manual_seed(0)
+    smol = SmolTokenizedSAE(D_IN, D_SAE, V, K)
+    torch.save(smol.state_dict(), tmp_path / "gpt2_resid_mid_3_ot30.pt")
+    sae = SAE.load_from_disk(convert_original_checkpoint(tmp_path / "gpt2_resid_mid_3_ot30.pt", tmp_path / "sae"))
+    assert sae.cfg.architecture() == "tokenized_topk" and sae.cfg.metadata.hook_name == "blocks.3.hook_resid_mid"
+    x, ids = torch.randn(100, D_IN) * 3, torch.randint(0, V, (100,))
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x, token_ids=ids), smol(x, ids), rtol=1e-5, atol=1e-4)
+    # without a name to read k from, k= is required
+    torch.save(smol.state_dict(), tmp_path / "sae.pt")
+    with pytest.raises(CheckpointFormatError, match="pass k="):
+        convert_original_checkpoint(tmp_path / "sae.pt", tmp_path / "sae2", hook_name="blocks.3.hook_resid_mid")
 
 
 class Evil:

@@ -165,3 +165,23 @@ def test_cli_push(tmp_path, hub, monkeypatch, capsys):
     main(["push", "user/from-cli", str(folder), "--commit_message", "from the CLI"])
     assert "blocks.3.hook_resid_pre/cfg.json" in hub.files("user/from-cli")
     assert "pushed 1 SAE(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch", ["tokenized_matryoshka_batchtopk", "tokenized_matching_pursuit", "tokenized_gated"])
+def test_other_architectures_publish_and_load_bitwise(tmp_path, hub, arch):
+    from sae_lens.registry import get_sae_training_class
+
+    kw = {"tokenized_matryoshka_batchtopk": dict(k=4, matryoshka_widths=[8, 32])}.get(arch, {})
+    cls, cfg_cls = get_sae_training_class(arch)
+    torch.manual_seed(0)
+    sae = cls(cfg_cls(d_in=D_IN, d_sae=32, d_vocab=V, **kw))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = "blocks.2.hook_resid_pre", "gpt2"
+    sae.save_inference_model(tmp_path / "sae")
+    local = SAE.load_from_disk(tmp_path / "sae")
+    push_to_hub({"blocks.2.hook_resid_pre": tmp_path / "sae"}, f"user/{arch}")
+    remote = load_from_hub(f"user/{arch}", "blocks.2.hook_resid_pre")
+    assert type(remote) is type(local)
+    assert_same(local, remote)

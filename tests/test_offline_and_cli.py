@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from sae_lens import SAE
+from sae_lens.registry import get_sae_training_class
 
 from sae_lens_tokenized import TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.cli import main, parse_train_args
@@ -17,6 +18,7 @@ from sae_lens_tokenized.offline import (
     load_smollm2,
     wiki_summaries,
 )
+from sae_lens_tokenized.saes import ARCHITECTURES
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +67,26 @@ def test_cli_parses_saelens_arguments_plus_tokenized_ones(capsys):
     assert "--unigram_strategy" in help_text and "--lookup_lr" in help_text and "--d_vocab" in help_text
 
 
-def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2):
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_cli_parses_every_tokenized_architecture(arch):
+    extra = {"tokenized_matryoshka_batchtopk": ["--matryoshka_widths", "16", "64"]}.get(arch, [])
+    cfg = parse_train_args(["--architecture", arch, "--d_in", "32", "--d_sae", "64", "--lookup_lr", "0.02",
+                            "--unigram_strategy", "space,t", *extra])
+    assert type(cfg.sae) is get_sae_training_class(arch)[1]
+    assert (cfg.sae.lookup_lr, cfg.sae.unigram_strategy, cfg.sae.d_in) == (0.02, "space,t", 32)
+
+
+@pytest.mark.parametrize("arch, loads_as", [("tokenized_topk", "TokenizedTopKSAE"),
+                                            ("tokenized_batchtopk", "TokenizedJumpReLUSAE")])
+def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2, arch, loads_as):
     out = tmp_path / "sae"
-    main(["train", "--model_name", SMOLLM2, "--dataset_path", WIKI_DATASET, "--hook_name", "blocks.0.hook_resid_pre",
+    main(["train", "--architecture", arch, "--model_name", SMOLLM2, "--dataset_path", WIKI_DATASET, "--hook_name", "blocks.0.hook_resid_pre",
           "--d_in", "576", "--d_sae", "256", "--k", "8", "--unigram_strategy", "space,t", "--context_size", "64",
           "--training_tokens", "4096", "--train_batch_size_tokens", "1024", "--n_batches_in_buffer", "32",
           "--store_batch_size_prompts", "8", "--log_to_wandb", "False", "--output_path", str(out),
           "--checkpoint_path", str(tmp_path / "ckpt"), "--n_checkpoints", "0", "--exclude_special_tokens", "True"])
     sae = SAE.load_from_disk(out)
-    assert type(sae).__name__ == "TokenizedTopKSAE" and sae.cfg.d_vocab == 49152
+    assert type(sae).__name__ == loads_as and sae.cfg.d_vocab == 49152
     assert sae.cfg.unigram_strategy == "space,t"
 
 

@@ -20,14 +20,16 @@ from typing import Any
 
 import torch
 
+from sae_lens_tokenized.metrics import nmse_per_activation
 from sae_lens_tokenized.unigrams import (
+    STRATEGIES,
     UnigramStrategy,
     UnigramStrategyError,
     activations_at_hook,
     compute_unigram_table,
 )
 
-DEFAULT_STRATEGIES = ("t", "bos,t", "t,t", "space,t", "space,space,t", "eos,t")
+DEFAULT_STRATEGIES = STRATEGIES
 
 
 @torch.no_grad()
@@ -65,7 +67,7 @@ def compare_strategies(
             cos = torch.nn.functional.cosine_similarity(acts, u, dim=-1)  # [n, L]
             cos_c = torch.nn.functional.cosine_similarity(acts - mean, u - mean, dim=-1)
             cos_r = torch.nn.functional.cosine_similarity(acts, ur, dim=-1)
-            nmse = (acts - u).pow(2).sum(-1) / acts.pow(2).sum(-1).clamp_min(1e-12)
+            nmse = nmse_per_activation(u, acts)
             per_hook[strat] = {
                 "cosine": float(cos[:, 1:].mean()),
                 "cosine_centred": float(cos_c[:, 1:].mean()),
@@ -75,7 +77,7 @@ def compare_strategies(
                 "cosine_by_position": cos.mean(0).tolist(),
                 "has_t": UnigramStrategy.parse(strat).has_t,
             }
-        nm = (acts[:, 1:] - mean).pow(2).sum(-1) / acts[:, 1:].pow(2).sum(-1).clamp_min(1e-12)
+        nm = nmse_per_activation(mean.expand_as(acts[:, 1:]), acts[:, 1:])
         per_hook["_mean_activation_nmse"] = float(nm.mean())
         out["hooks"][hook] = per_hook
     return out
