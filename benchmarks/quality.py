@@ -27,12 +27,11 @@ from sae_lens_tokenized.compare import (
     CompareSettings,
     Workbench,
     evaluate,
-    new_figure,
-    save_figure,
     tokens_to_reach,
     train_variant,
     write_json,
 )
+from sae_lens_tokenized.plotting import new_figure, save_figure
 
 METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "train_s")
 

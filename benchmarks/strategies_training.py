@@ -12,7 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sae_lens_tokenized.compare import CompareSettings, Workbench, new_figure, save_figure, train_variant, write_json
+from sae_lens_tokenized.compare import CompareSettings, Workbench, train_variant, write_json
+from sae_lens_tokenized.plotting import new_figure, save_figure
 from sae_lens_tokenized.unigrams import STRATEGIES
 
 

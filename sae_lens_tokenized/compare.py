@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.metrics import nmse_per_activation
+from sae_lens_tokenized.plotting import new_figure, save_figure
 from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
@@ -349,24 +350,6 @@ def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
         if v1 <= target:
             return int(t0 + (t1 - t0) * (v0 - target) / max(v0 - v1, 1e-12))
     return None
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 4.5)) -> tuple[Any, Any]:
-    """A matplotlib figure on the Agg backend (no display needed); axes as a 2-D array."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def plot_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:

@@ -34,19 +34,23 @@ def tok_cfg(model, **kw):
 # ---------------------------------------------------------------- alignment ------------
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_every_activation_reaches_the_trainer_with_its_own_token(model, dataset, prefetch):
+    # exactly the path SAELens's run() builds: the store, or a PrefetchingIterator over it,
+    # as the trainer's data provider (here behind the side channel the trainer adds)
+    from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
+
     cfg = runner_cfg(tok_cfg(model, d_vocab=model.cfg.d_vocab), EMBED, 20_000)
     store = TokenizedActivationsStore.from_config(model, cfg, override_dataset=dataset)
-    source = store.iter_with_token_ids()
-    if prefetch:
-        source = PrefetchingIterator(source, prefetch=2)
+    provider = PrefetchingIterator(iter(store), prefetch=2) if prefetch else store
+    channel = TokenIdsSideChannel(provider)
     seen = []
     for _ in range(12):  # several buffer refills: rows are shuffled across LLM batches
-        acts, ids = next(source)
+        acts = next(channel)
+        ids = channel.token_ids_for(acts)
         # at hook_embed the activation *is* the embedding row of its token
         assert torch.equal(acts, model.W_E[ids]), "ids and activations were shuffled apart"
         seen.append(ids)
-    if prefetch and hasattr(source, "close"):  # close() exists from sae-lens 6.54
-        source.close()
+    if prefetch and hasattr(provider, "close"):  # close() exists from sae-lens 6.54
+        provider.close()
     ids = torch.cat(seen)
     # and the stream really is shuffled (not trivially in order)
     assert not torch.equal(ids[:32], dataset[0]["tokens"][:32])

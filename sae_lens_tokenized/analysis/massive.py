@@ -57,13 +57,11 @@ def massive_activations(
 
 
 def plot_massive(result: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sae_lens_tokenized.plotting import new_figure, save_figure
 
     hooks = list(result["hooks"])
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    fig, axes = new_figure(1, 3, size=(17 / 3, 4.6))
+    axes = axes[0]
     for h in hooks:
         r = result["hooks"][h]
         label = h.replace(".hook_resid_pre", "").replace("blocks.", "L")
@@ -73,6 +71,4 @@ def plot_massive(result: dict[str, Any], path: str) -> None:
     for ax, title in zip(axes, ("feature-wise std (mean over sequences)", "across-sample std (mean over features)", "mean norm")):
         ax.set(title=title, xlabel="position", yscale="log")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

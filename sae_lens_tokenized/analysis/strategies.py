@@ -84,14 +84,12 @@ def compare_strategies(
 
 
 def plot_strategies(result: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sae_lens_tokenized.plotting import new_figure, save_figure
 
     hooks = list(result["hooks"])
     strategies = result["strategies"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    fig, axes = new_figure(1, 3, size=(17 / 3, 4.6))
+    axes = axes[0]
     mid = hooks[len(hooks) // 2]
     for s in strategies:
         r = result["hooks"][mid].get(s, {})
@@ -114,6 +112,4 @@ def plot_strategies(result: dict[str, Any], path: str) -> None:
                       rotation=30, fontsize=8)
         ax.set(title=title, xlabel="hook")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -35,7 +35,6 @@ from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_tokenized._compat import runner_classes
-
 from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.activations_store import (
