@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--lookup_lr", type=float, default=1e-2)
     ap.add_argument("--unigram_strategy", default="auto")
     ap.add_argument("--ce_batches", type=int, default=2, help="run_evals batches of 8x128 tokens")
+    ap.add_argument("--curve_points", type=int, default=16, help="held-out NMSE evaluations along training")
+    ap.add_argument("--eval_activations", type=int, default=20_000, help="held-out activations for NMSE")
     ap.add_argument("--out", default="benchmarks/results/quality")
     args = ap.parse_args()
     if not len(args.ks) == len(args.l1s) == len(args.l0s):
@@ -65,7 +67,8 @@ def main() -> None:
         base = CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", expansion=args.expansion,
                                training_tokens=args.training_tokens, batch=args.batch, lr=args.lr,
                                lookup_lr=args.lookup_lr, unigram_strategy=args.unigram_strategy,
-                               n_eval_ce_batches=args.ce_batches)
+                               n_eval_ce_batches=args.ce_batches, n_curve_points=args.curve_points,
+                               n_eval_activations=args.eval_activations)
         data = bench.prepare(base.hook_name, args.training_tokens, base.n_eval_activations)
         for level, (k, l1, l0) in enumerate(zip(args.ks, args.l1s, args.l0s)):
             for arch in args.architectures:

@@ -15,38 +15,7 @@ from sae_lens.registry import (
 )
 
 from sae_lens_tokenized import saes as _saes
-from sae_lens_tokenized.saes import (
-    ARCHITECTURES,
-    TokenIdsError,
-    TokenizedAbsTopKSAE,
-    TokenizedAbsTopKSAEConfig,
-    TokenizedAbsTopKTrainingSAE,
-    TokenizedAbsTopKTrainingSAEConfig,
-    TokenizedBatchTopKTrainingSAE,
-    TokenizedBatchTopKTrainingSAEConfig,
-    TokenizedGatedSAE,
-    TokenizedGatedSAEConfig,
-    TokenizedGatedTrainingSAE,
-    TokenizedGatedTrainingSAEConfig,
-    TokenizedJumpReLUSAE,
-    TokenizedJumpReLUSAEConfig,
-    TokenizedJumpReLUTrainingSAE,
-    TokenizedJumpReLUTrainingSAEConfig,
-    TokenizedMatchingPursuitSAE,
-    TokenizedMatchingPursuitSAEConfig,
-    TokenizedMatchingPursuitTrainingSAE,
-    TokenizedMatchingPursuitTrainingSAEConfig,
-    TokenizedMatryoshkaBatchTopKTrainingSAE,
-    TokenizedMatryoshkaBatchTopKTrainingSAEConfig,
-    TokenizedStandardSAE,
-    TokenizedStandardSAEConfig,
-    TokenizedStandardTrainingSAE,
-    TokenizedStandardTrainingSAEConfig,
-    TokenizedTopKSAE,
-    TokenizedTopKSAEConfig,
-    TokenizedTopKTrainingSAE,
-    TokenizedTopKTrainingSAEConfig,
-)
+from sae_lens_tokenized.saes import *  # noqa: F403  ARCHITECTURES, TokenIdsError, every Tokenized<Base> class
 
 __version__ = "0.1.0"
 
