@@ -11,7 +11,7 @@ python benchmarks/quality.py --architectures topk --layers 3 9 --ks 16 32 --seed
 python benchmarks/quality.py --architectures standard gated topk abstopk jumprelu batchtopk matryoshka_batchtopk \
     --layers 3 9 --ks 16 32 --l1s 30 10 --l0s 30 10 --training_tokens 100000        # every architecture vs its base
 python benchmarks/quality.py --architectures matching_pursuit --layers 3 --ks 16 --l1s 30 --l0s 30 \
-    --training_tokens 100000 --out $R/quality_matching_pursuit                       # ~10x slower per step
+    --training_tokens 50000 --curve_points 8 --eval_activations 10000 --out $R/quality_matching_pursuit  # slow per step
 python benchmarks/strategies_training.py --training_tokens 150000
 python benchmarks/bos_positions.py --training_tokens 150000
 python benchmarks/unigram_throughput.py
