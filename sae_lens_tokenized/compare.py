@@ -15,6 +15,7 @@ the method's NMSE and dead-latent count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -316,7 +317,7 @@ def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> 
         compute_ce_loss=True, compute_kl=True, compute_l2_norms=False,
         compute_sparsity_metrics=True, compute_variance_metrics=True,
     )
-    with token_ids_from(model, sae) if is_tokenized(sae.cfg.architecture()) else _nothing():
+    with token_ids_from(model, sae) if is_tokenized(sae.cfg.architecture()) else contextlib.nullcontext():
         metrics, _ = run_evals(sae, store, model, ActivationScaler(), eval_cfg,
                                exclude_special_tokens=s.exclude_special_tokens)
     perf = metrics["model_performance_preservation"]
@@ -332,14 +333,6 @@ def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> 
         "l0": metrics["sparsity"]["l0"],
         "dead_latents": dead_latents(sae, *data.eval),
     }
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:

@@ -14,7 +14,6 @@ from sae_lens_tokenized import (
     TokenizedTopKTrainingSAE,
     TokenizedTopKTrainingSAEConfig,
 )
-from sae_lens_tokenized.saes.lookup import TokenLookupMixin
 
 D_IN, D_SAE, K, V = 16, 48, 4, 40
 
