@@ -238,6 +238,7 @@ def test_tokenized_beats_topk_where_the_token_explains_the_activation(model, dat
         (dict(unigram_strategy="bos,7"), {}, "contains no 't'"),
         (dict(unigram_strategy="bos,t,99999"), {}, "out of range"),
         ({}, dict(train_batch_size_tokens=4096), "buffer holds"),
+        (dict(unigram_strategy="auto"), dict(unigram_table=torch.zeros(512, 32)), "'auto' cannot be used with a precomputed"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, model, dataset, kw, runner_kw, match):

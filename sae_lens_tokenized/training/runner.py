@@ -247,12 +247,13 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
             )
         _check_buffer(cfg)
         self._unigram_table_arg = unigram_table
+        fresh = override_sae is None and cfg.from_pretrained_path is None
+        self._will_init = fresh and cfg.sae.init_lookup_from_unigrams and cfg.resume_from_checkpoint is None
         with runner_classes(ActivationsStore=self.store_class, LLMSaeEvaluator=TokenizedEvaluator):
             super().__init__(cfg, override_dataset, override_model, override_sae)
         if not isinstance(self.sae, TokenLookupMixin):
             raise TypeError(f"{type(self.sae).__name__} is not a tokenized SAE")
-        fresh = override_sae is None and cfg.from_pretrained_path is None
-        self._init_lookup(fresh and cfg.sae.init_lookup_from_unigrams and cfg.resume_from_checkpoint is None)
+        self._init_lookup(self._will_init)
         self.sae.set_lookup_trainable(cfg.sae.train_lookup)
 
     def _compile_llm_if_needed(self) -> None:
@@ -277,6 +278,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                     f"the precomputed unigram table has shape {tuple(table.shape)} "
                     f"but this SAE needs [d_vocab, d_in] = {list(expected)}"
                 )
+            if self._will_init and cfg.sae.unigram_strategy == "auto":
+                raise ValueError("unigram_strategy='auto' cannot be used with a precomputed unigram table")
         self._unigram_table_arg = table
 
     def _init_lookup(self, will_init: bool) -> None:
@@ -308,8 +311,6 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
             fit = unigram_fit(table, *measured, strategy=cfg.sae.unigram_strategy)
             warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
             self.unigram_report["unigram_fit"] = fit.as_dict()
-        elif cfg.sae.unigram_strategy == "auto":
-            raise ValueError("unigram_strategy='auto' cannot be used with a precomputed unigram table")
         self.unigram_table = table
         self.sae.init_lookup_from_unigrams(table)
         for key, value in self.unigram_report.items():
