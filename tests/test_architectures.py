@@ -51,14 +51,14 @@ def test_the_issue_s_architecture_list_is_complete_and_exported():
         assert train_cls.__name__ == "Tokenized" + base_cls.__name__
 
 
-def make_pair(arch: str, seed: int = 0, **kw):
+def make_pair(arch: str, seed: int = 0, tok_kw: dict | None = None, **kw):
     """A tokenized training SAE with non-trivial weights and a random lookup, and the
     SAELens base architecture with the very same weights."""
     torch.manual_seed(seed)
     cls, cfg_cls = get_sae_training_class(arch)
     base_cls, base_cfg_cls = get_sae_training_class(base_architecture(arch))
     args = dict(d_in=D_IN, d_sae=D_SAE, **ARCH_KW[arch], **kw)
-    tok = cls(cfg_cls(**args, d_vocab=V))
+    tok = cls(cfg_cls(**args, d_vocab=V, **(tok_kw or {})))
     with torch.no_grad():
         for name, p in tok.named_parameters():
             p.add_(torch.randn_like(p) * (0.3 if name != "threshold" else 0.0))
@@ -112,12 +112,28 @@ def test_with_a_zero_lookup_every_loss_term_is_exactly_the_base_architecture_s(a
     torch.testing.assert_close(out_tok.sae_out, out_base.sae_out)
 
 
+def lookup_gradient(tok, loss):
+    """d loss / d W_lookup as a dense [V, d_in] tensor, whichever way the lookup trains:
+    a sparse lookup's gradient is on its staged rows, scattered back to their token ids."""
+    if tok.lookup_rows is None:
+        (g,) = torch.autograd.grad(loss, [tok.W_lookup], retain_graph=True, allow_unused=True)
+        return torch.zeros_like(tok.W_lookup) if g is None else g
+    (g,) = torch.autograd.grad(loss, [tok.lookup_rows], retain_graph=True, allow_unused=True)
+    _, _, rows, valid = tok._lookup_stage
+    dense = torch.zeros_like(tok.W_lookup)
+    if g is not None:
+        assert not g[~valid].any(), "padding slots of the staged rows got gradient"
+        dense.index_add_(0, rows[valid], g[valid])
+    return dense
+
+
+@pytest.mark.parametrize("updates", ["sparse", "dense"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_every_reconstruction_term_trains_the_lookup_exactly_as_it_trains_b_dec(arch):
+def test_every_reconstruction_term_trains_the_lookup_exactly_as_it_trains_b_dec(arch, updates):
     # With apply_b_dec_to_input=False, b_dec is a pure decoder bias. The lookup is a
     # per-token decoder bias, so for every loss term the lookup's gradient, summed over its
     # rows, equals b_dec's; and only the rows of tokens in the batch get any.
-    tok, _ = make_pair(arch, apply_b_dec_to_input=False)
+    tok, _ = make_pair(arch, apply_b_dec_to_input=False, tok_kw={"lookup_updates": updates})
     x, ids = data()
     with tok.token_ids(ids):
         losses = tok.training_forward_pass(step_input(tok, x)).losses
@@ -126,8 +142,8 @@ def test_every_reconstruction_term_trains_the_lookup_exactly_as_it_trains_b_dec(
     seen = torch.zeros(V, dtype=torch.bool)
     seen[ids] = True
     for name, loss in losses.items():
-        g_lookup, g_b_dec = torch.autograd.grad(loss, [tok.W_lookup, tok.b_dec], retain_graph=True, allow_unused=True)
-        g_lookup = torch.zeros_like(tok.W_lookup) if g_lookup is None else g_lookup
+        g_lookup = lookup_gradient(tok, loss)
+        (g_b_dec,) = torch.autograd.grad(loss, [tok.b_dec], retain_graph=True, allow_unused=True)
         assert not g_lookup[~seen].any(), f"{name}: rows of tokens not in the batch got gradient"
         if arch == MP:  # b_dec is not used when not applied at the input
             assert (g_lookup[seen].norm(dim=-1) > 0).all() == (name in expected), name

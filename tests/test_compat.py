@@ -53,7 +53,11 @@ def test_2_rebuilt_optimizer_holds_every_parameter_once_and_the_schedule_drives_
     trainer = TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
                                   data_provider=runner.activations_store)
     in_groups = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-    assert sorted(map(id, in_groups)) == sorted(map(id, runner.sae.parameters()))
+    # every parameter that gets a gradient, once (a sparse lookup trains its staged rows;
+    # W_lookup itself gets no gradient and is updated by the optimizer from those rows)
+    trained = [p for p in runner.sae.parameters() if p.requires_grad]
+    assert sorted(map(id, in_groups)) == sorted(map(id, trained))
+    assert any(p is runner.sae.lookup_rows for p in trained) and not runner.sae.W_lookup.requires_grad
     ratios = []
     for _ in range(10):
         trainer.step(next(trainer.data_provider))
@@ -82,10 +86,12 @@ def test_5_ids_ride_saelens_mixing_buffer_exactly_up_to_the_packing_limit():
     assert seen >= 2048
     with pytest.raises(ValueError, match="too large"):
         pack_token_ids(acts[:1], torch.tensor([MAX_PACKABLE_TOKEN_ID]))
-    corrupted = pack_token_ids(acts[:2], torch.tensor([3, 7]))
-    corrupted[:, -1] += 0.5  # e.g. a buffer that stopped being float32 and was rescaled
-    with pytest.raises(RuntimeError, match="no longer exact integers"):
-        unpack_token_ids(corrupted)
+    with pytest.raises(ValueError, match=r"ids in \[3, 9\] but the lookup has d_vocab=8"):
+        pack_token_ids(acts[:2], torch.tensor([3, 9]), d_vocab=8)
+    # a buffer that stopped being float32 (bf16 holds integers exactly only below 257)
+    lowered = pack_token_ids(acts[:2], torch.tensor([3, 70_001])).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="not float32"):
+        unpack_token_ids(lowered)
 
 
 def test_6_evals_pause_the_prefetch_thread_behind_the_side_channel(model, dataset, monkeypatch):

@@ -92,6 +92,14 @@ class LookupTrainingConfig(LookupConfig):
             (the method). False keeps the zero init (an ablation).
         unigram_cache: Reuse/write computed tables in the user cache folder
             (``sae_lens_tokenized.unigrams.get_unigram_table``).
+        lookup_updates: ``"sparse"`` (default): each step, only the rows of the batch's
+            tokens get gradient and an optimizer update, and the lookup's Adam moments are
+            allocated for rows as they are first touched, so a step costs O(batch * d_in)
+            whatever d_vocab is (lazy Adam, as ``torch.optim.SparseAdam``: a row's moments
+            decay only on the steps that touch it; bias correction counts every step).
+            ``"dense"``: the whole ``[d_vocab, d_in]`` table is one ordinary Adam
+            parameter (dense gradient and moments; untouched rows keep moving on their
+            momentum). Both give the same first step; ``sae_lens_tokenized.training.optim``.
 
     ``unigram_strategy`` may also be ``"auto"`` in a training config: the runner measures
     the candidate strategies on a few training sequences, keeps the best, and records the
@@ -103,6 +111,7 @@ class LookupTrainingConfig(LookupConfig):
     unigram_table_path: str | None = None
     init_lookup_from_unigrams: bool = True
     unigram_cache: bool = True
+    lookup_updates: str = "sparse"
 
     def get_inference_config_class(self) -> type:
         # SAELens saves BatchTopK and Matryoshka for inference as JumpReLU; a tokenized one
@@ -116,6 +125,7 @@ class LookupTrainingConfig(LookupConfig):
 
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
+LOOKUP_UPDATES = ("sparse", "dense")
 
 
 def validate_lookup_config(cfg: Any) -> None:
@@ -132,6 +142,8 @@ def validate_lookup_config(cfg: Any) -> None:
         )
     if getattr(cfg, "lookup_lr", None) is not None and cfg.lookup_lr <= 0:
         raise ValueError(f"lookup_lr must be > 0 or None, got {cfg.lookup_lr}")
+    if getattr(cfg, "lookup_updates", "sparse") not in LOOKUP_UPDATES:
+        raise ValueError(f"lookup_updates must be one of {LOOKUP_UPDATES}, got {cfg.lookup_updates!r}")
 
 
 class TokenIdSource(Protocol):
@@ -179,18 +191,31 @@ class TokenLookupMixin:
             )
         # Zero init: an untrained lookup is exactly the base architecture. The runner
         # overwrites it with lookup_init_scale * unigrams before training.
+        sparse = getattr(self.cfg, "lookup_updates", "dense") == "sparse"
+        trainable = bool(getattr(self.cfg, "train_lookup", True))
         self.W_lookup = nn.Parameter(
             torch.zeros(self.cfg.d_vocab, self.cfg.d_in, dtype=self.dtype, device=self.device),
-            requires_grad=bool(getattr(self.cfg, "train_lookup", True)),
+            requires_grad=trainable and not sparse,
         )
+        # Sparse updates: the step's rows, staged (see _staged_lookup). Not registered, so it
+        # is never saved; named_parameters() yields it so SAELens's gradient clipping sees it.
+        self.lookup_rows: nn.Parameter | None = None
+        if sparse:
+            object.__setattr__(self, "lookup_rows", nn.Parameter(
+                torch.zeros(0, self.cfg.d_in, dtype=self.dtype, device=self.device), requires_grad=trainable))
+        self._lookup_stage: tuple[torch.Tensor, ...] | None = None
         self._scoped_token_ids: list[torch.Tensor] = []
         self._token_id_sources: list[TokenIdSource] = []
 
     # ---- token ids ----------------------------------------------------------------
     @contextlib.contextmanager
-    def token_ids(self, token_ids: torch.Tensor) -> Iterator[None]:
-        """Use these ids for every encode/decode inside the ``with`` block (then forget them)."""
-        self._scoped_token_ids.append(self._check_id_values(token_ids))
+    def token_ids(self, token_ids: torch.Tensor, *, validated: bool = False) -> Iterator[None]:
+        """Use these ids for every encode/decode inside the ``with`` block (then forget them).
+
+        ``validated=True`` skips the range check (two device-to-host syncs): for ids that
+        were checked where they entered, as the training store does."""
+        self._scoped_token_ids.append(token_ids if validated else self._check_id_values(token_ids))
+        self._lookup_stage = None  # rows staged under earlier ids (or weights) are never reused
         try:
             yield
         finally:
@@ -262,7 +287,79 @@ class TokenLookupMixin:
     def lookup_bias(self, batch_shape: torch.Size, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``W_lookup[t]`` for every position: shape ``[*batch_shape, d_in]``."""
         ids = self.resolve_token_ids(batch_shape, token_ids)
+        rows = self.lookup_rows
+        if rows is not None and rows.requires_grad and self.training and torch.is_grad_enabled():
+            return self._staged_lookup(ids)
         return nn.functional.embedding(ids.to(self.W_lookup.device), self.W_lookup)
+
+    # ---- sparse updates -------------------------------------------------------------
+    # With lookup_updates="sparse", a training forward does not read W_lookup through
+    # autograd (whose gradient would be a dense [d_vocab, d_in] tensor, and Adam's update
+    # a pass over 4 * d_vocab * d_in floats). It stages the step's distinct rows into
+    # ``lookup_rows`` [n, d_in] (n = the number of ids; slots past the distinct count are
+    # padding that no position reads) and reads those. So the gradient is
+    # ``lookup_rows.grad``: exactly the nonzero rows of the dense gradient, one per distinct
+    # token. SAELens's clip_grad_norm_ therefore sees the same norm as with a dense lookup,
+    # and ``training.optim.TokenizedAdam`` writes the rows' update back into W_lookup.
+    # Every shape is fixed by the batch (sort + cumsum, no unique()): no host sync.
+    def _staged_lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        stage = self._lookup_stage
+        if stage is None or stage[0] is not ids:  # once per batch (Matryoshka reads it per level)
+            stage = self.stage_lookup_rows(ids)
+        return nn.functional.embedding(stage[1], self.lookup_rows)
+
+    @torch.no_grad()
+    def stage_lookup_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stage the distinct rows of ``ids`` for the next training forward (the trainer
+        calls this before each step; a forward with other ids stages its own)."""
+        assert self.lookup_rows is not None
+        flat = ids.reshape(-1).to(self.W_lookup.device)
+        n = flat.numel()
+        sorted_ids, order = torch.sort(flat)
+        starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+        starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        slot = torch.cumsum(starts, 0) - 1  # the distinct row each sorted position reads
+        inverse = torch.empty_like(slot)
+        inverse[order] = slot
+        rows = torch.zeros_like(sorted_ids).scatter_(0, slot, sorted_ids)
+        valid = torch.arange(n, device=flat.device) <= (slot[-1] if n else -1)
+        if self.lookup_rows.shape[0] != n:  # the batch size changed (or the first batch)
+            self.lookup_rows.data = self.W_lookup.new_empty(n, self.W_lookup.shape[1])
+        torch.index_select(self.W_lookup.detach(), 0, rows, out=self.lookup_rows.data)
+        self.lookup_rows.grad = None
+        stage = (ids, inverse.view(ids.shape), rows, valid)
+        self._lookup_stage = stage
+        return stage
+
+    def take_lookup_stage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The staged rows' token ids and validity mask, for the optimizer (once per step)."""
+        if self._lookup_stage is None:
+            raise RuntimeError(
+                "lookup_rows has a gradient but no staged rows: a sparse lookup must be "
+                "stepped once after each training forward (use TokenizedAdam)."
+            )
+        _, _, rows, valid = self._lookup_stage
+        self._lookup_stage = None
+        return rows, valid
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .to()/.cuda()/.half() move registered parameters; the staged rows follow W_lookup
+        # (their content is per-step scratch). SAELens loads on the meta device first.
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        rows = self.lookup_rows
+        if rows is not None:
+            fresh = self.W_lookup.detach().new_empty(0, self.W_lookup.shape[1])
+            if rows.is_meta:
+                object.__setattr__(self, "lookup_rows", nn.Parameter(fresh, requires_grad=rows.requires_grad))
+            else:
+                rows.data = fresh
+            self._lookup_stage = None
+        return out
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # type: ignore[override]
+        yield from super().named_parameters(prefix, recurse, remove_duplicate)  # type: ignore[misc]
+        if self.lookup_rows is not None:
+            yield (prefix + "." if prefix else "") + "lookup_rows", self.lookup_rows
 
     # ---- forward ------------------------------------------------------------------
     def _with_ids(self, token_ids: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
@@ -316,4 +413,7 @@ class TokenLookupMixin:
         self.W_lookup.data.copy_((scale * unigrams).to(self.W_lookup.device, self.W_lookup.dtype))
 
     def set_lookup_trainable(self, trainable: bool) -> None:
-        self.W_lookup.requires_grad_(trainable)
+        if self.lookup_rows is not None:
+            self.lookup_rows.requires_grad_(trainable)
+        else:
+            self.W_lookup.requires_grad_(trainable)

@@ -4,6 +4,7 @@ from sae_lens_tokenized.training.activations_store import (
     TokenIdsSideChannel,
     TokenizedActivationsStore,
 )
+from sae_lens_tokenized.training.optim import TokenizedAdam
 from sae_lens_tokenized.training.runner import (
     TokenizedEvaluator,
     TokenizedSAETrainer,
@@ -13,6 +14,7 @@ from sae_lens_tokenized.training.runner import (
 __all__ = [
     "TokenIdsSideChannel",
     "TokenizedActivationsStore",
+    "TokenizedAdam",
     "TokenizedEvaluator",
     "TokenizedSAETrainer",
     "TokenizedSAETrainingRunner",

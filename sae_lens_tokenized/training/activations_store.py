@@ -10,9 +10,11 @@ together, exactly as SAELens packs several hooks in ``multi_hook_concat_split_it
 ``next(store)`` and the prefetch thread. So ``next(store)`` yields packed rows
 ``[batch, d_in + 1]``; ``TokenIdsSideChannel`` splits them for the trainer.
 
-float32 holds every integer below 2**24 exactly; unpacking re-checks that the column is
-still integral, so a future buffer in a lower precision fails loudly instead of silently
-corrupting ids.
+Ids are validated once, where they enter: ``get_raw_llm_batch`` checks each LLM batch's
+ids against the lookup's ``d_vocab`` (one host read per LLM batch, in the producer). The
+training step itself never reads a value back to the host: unpacking checks only the
+buffer's dtype (float32 holds every integer below 2**24 exactly, so a buffer in a lower
+precision fails loudly instead of silently corrupting ids).
 """
 
 from __future__ import annotations
@@ -26,32 +28,60 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID
 
 
-def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """[N, d_in] activations + [N] ids -> [N, d_in + 1] float32 rows."""
+def check_vocab_packable(d_vocab: int) -> None:
+    """Raise (before any work) if ids of this vocabulary cannot ride in a float32 column."""
+    if d_vocab > MAX_PACKABLE_TOKEN_ID:
+        raise ValueError(
+            f"d_vocab={d_vocab} exceeds {MAX_PACKABLE_TOKEN_ID} (2**24): token ids that large "
+            "cannot be carried exactly in SAELens's float32 activation buffer, so the "
+            "token-carrying store cannot train this SAE."
+        )
+
+
+def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: int | None = None) -> torch.Tensor:
+    """[N, d_in] activations + [N] ids -> [N, d_in + 1] float32 rows; ids checked here."""
     if token_ids.shape != activations.shape[:1]:
         raise ValueError(f"{activations.shape[0]} activations but {tuple(token_ids.shape)} token ids")
-    if token_ids.numel() and int(token_ids.max()) >= MAX_PACKABLE_TOKEN_ID:
-        raise ValueError(
-            f"token ids >= {MAX_PACKABLE_TOKEN_ID} cannot be packed exactly into SAELens's float32 "
-            "activation buffer; this vocabulary is too large for the token-carrying store."
-        )
+    limit = MAX_PACKABLE_TOKEN_ID if d_vocab is None else min(d_vocab, MAX_PACKABLE_TOKEN_ID)
+    if token_ids.numel():
+        lo, hi = (int(v) for v in torch.aminmax(token_ids))
+        if hi >= MAX_PACKABLE_TOKEN_ID:
+            raise ValueError(
+                f"token ids >= {MAX_PACKABLE_TOKEN_ID} cannot be packed exactly into SAELens's float32 "
+                "activation buffer; this vocabulary is too large for the token-carrying store."
+            )
+        if lo < 0 or hi >= limit:
+            raise ValueError(
+                f"the training data has token ids in [{lo}, {hi}] but the lookup has d_vocab={d_vocab} "
+                f"rows (valid ids 0..{limit - 1}): was the dataset tokenized for another model?"
+            )
     return torch.cat([activations.to(torch.float32), token_ids.to(torch.float32).unsqueeze(1)], dim=1)
 
 
 def unpack_token_ids(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of ``pack_token_ids`` (activations as a view); raises if ids were corrupted."""
-    ids_f = packed[:, -1]
-    ids = ids_f.round().long()
-    if not torch.equal(ids.to(ids_f.dtype), ids_f) or (ids.numel() and int(ids.min()) < 0):
+    """Inverse of ``pack_token_ids``: (activations as a view, ids). No host sync."""
+    if packed.dtype != torch.float32:
         raise RuntimeError(
-            "token ids in the activation buffer are no longer exact integers; the buffer "
-            "must stay float32 (SAELens internals changed? see sae_lens_tokenized/_compat.py)"
+            f"the activation buffer is {packed.dtype}, not float32, so the token ids riding in "
+            "it may no longer be exact (SAELens internals changed? see sae_lens_tokenized/_compat.py)"
         )
-    return packed[:, :-1], ids
+    return packed[:, :-1], packed[:, -1].long()
 
 
 class TokenizedActivationsStore(ActivationsStore):
     """ActivationsStore whose batches are packed ``[activations | token id]`` rows."""
+
+    #: rows of the lookup; ids are checked against it as they enter (set by from_config)
+    d_vocab: int | None = None
+
+    @classmethod
+    def from_config(cls, model: Any, cfg: Any, override_dataset: Any = None) -> TokenizedActivationsStore:  # type: ignore[override]
+        d_vocab = getattr(getattr(cfg, "sae", None), "d_vocab", None)
+        if d_vocab is not None:
+            check_vocab_packable(d_vocab)
+        store = super().from_config(model, cfg, override_dataset)
+        store.d_vocab = d_vocab  # type: ignore[attr-defined]
+        return store  # type: ignore[return-value]
 
     @torch.no_grad()
     def get_raw_llm_batch(self, raise_on_epoch_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -63,7 +93,7 @@ class TokenizedActivationsStore(ActivationsStore):
                 "with SAELens's CacheActivationsRunner (it saves token_ids) or train from "
                 "the model directly."
             )
-        return pack_token_ids(activations, token_ids), token_ids
+        return pack_token_ids(activations, token_ids, self.d_vocab), token_ids
 
     def iter_with_token_ids(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """SAELens's shuffled stream, split into ``(activations [B, d_in], token_ids [B])``."""

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.optim import Adam
 
 from sae_lens import logger
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
@@ -37,6 +36,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
 from sae_lens_tokenized.splicing import token_ids_from
+from sae_lens_tokenized.training.optim import TokenizedAdam
 from sae_lens_tokenized.training.activations_store import (
     TokenIdsSideChannel,
     TokenizedActivationsStore,
@@ -104,15 +104,20 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
         super().__init__(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
         self.token_ids_channel = data_provider
         # Rebuild Adam with the lookup in its own group (SAETrainer builds
-        # Adam(sae.parameters(), lr) in __init__; _compat.py entry 2). A frozen lookup stays
-        # in its group with no grad, and Adam skips it: it stays bitwise unchanged.
+        # Adam(sae.parameters(), lr) in __init__; _compat.py entry 2). A sparse lookup's
+        # group is its staged rows, updated lazily (training/optim.py); a dense lookup's is
+        # W_lookup itself. A frozen lookup stays in its group with no grad, and the
+        # optimizer skips it: it stays bitwise unchanged.
         lookup_lr = sae.cfg.lookup_lr if sae.cfg.lookup_lr is not None else cfg.lr
-        other = [p for n, p in sae.named_parameters() if n != "W_lookup"]
-        self.optimizer = Adam(
+        sparse = sae.lookup_rows is not None
+        lookup = sae.lookup_rows if sparse else sae.W_lookup
+        other = [p for n, p in sae.named_parameters() if p is not sae.W_lookup and p is not sae.lookup_rows]
+        self.optimizer = TokenizedAdam(
             [
                 {"params": other, "lr": cfg.lr, "name": "sae"},
-                {"params": [sae.W_lookup], "lr": lookup_lr, "name": "lookup"},
+                {"params": [lookup], "lr": lookup_lr, "name": "lookup", "lazy_rows": sparse},
             ],
+            sae=sae,
             lr=cfg.lr,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
         )
@@ -137,7 +142,12 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
             with torch.no_grad():
                 self.sae.W_lookup.mul_(self.activation_scaler.scaling_factor)
             self._lookup_scale_pending = False
-        with self.sae.token_ids(ids.to(self.sae.device)):
+        # validated where they entered (the store), so binding them costs no host sync
+        ids = ids.to(self.sae.device, non_blocking=True)
+        with self.sae.token_ids(ids, validated=True):
+            if self.sae.lookup_rows is not None and self.sae.lookup_rows.requires_grad:
+                # outside SAELens's (possibly compiled) training_forward_pass
+                self.sae.stage_lookup_rows(ids)
             return super().step(batch)
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:

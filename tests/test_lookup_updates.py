@@ -1,0 +1,196 @@
+"""Sparse (lazy, row-wise) lookup updates against dense Adam, through SAELens's trainer.
+
+What must hold (training/optim.py): from the same state the first step is the same
+(SAELens's gradient clipping sees the same norm); later, rows a step does not touch stay
+put and keep their moments (lazy Adam); the optimizer state grows with the rows touched,
+never with d_vocab; checkpoints carry it; the step reads nothing back to the host.
+"""
+
+import copy
+
+import pytest
+import torch
+from sae_lens import LanguageModelSAETrainingRunner, TopKTrainingSAEConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from helpers import runner_cfg
+from sae_lens_tokenized import (
+    TokenizedSAETrainingRunner,
+    TokenizedTopKTrainingSAE,
+    TokenizedTopKTrainingSAEConfig,
+)
+from sae_lens_tokenized.training import TokenizedSAETrainer
+from sae_lens_tokenized.training.activations_store import pack_token_ids
+
+RESID = "blocks.1.hook_resid_pre"
+
+
+def sae_cfg(updates: str = "sparse", **kw):
+    return TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=512, lookup_updates=updates, **kw)
+
+
+def trainer_for(sae, batches, **cfg_kw):
+    cfg = runner_cfg(sae.cfg, RESID, 10_000, lr=3e-3, **cfg_kw)
+    return TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=sae, data_provider=iter(batches))
+
+
+def packed_batches(n_steps: int, batch: int = 256, vocab: int = 512, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [pack_token_ids(torch.randn(batch, 32, generator=g) * 3, torch.randint(0, vocab, (batch,), generator=g))
+            for _ in range(n_steps)]
+
+
+def sparse_and_dense_pair():
+    torch.manual_seed(0)
+    sparse = TokenizedTopKTrainingSAE(sae_cfg("sparse"))
+    with torch.no_grad():
+        sparse.W_lookup.normal_()
+    dense = TokenizedTopKTrainingSAE(sae_cfg("dense"))
+    dense.load_state_dict(sparse.state_dict())
+    return sparse, dense
+
+
+def one_step(trainer):
+    return trainer.step(next(trainer.data_provider))
+
+
+def test_sparse_and_dense_take_the_same_first_step_with_the_same_clipped_norm(monkeypatch):
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **kw):
+        norms.append(float(clip(params, max_norm, *a, **kw)))
+        return norms[-1]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    sparse, dense = sparse_and_dense_pair()
+    batches = packed_batches(1)
+    for sae in (sparse, dense):
+        one_step(trainer_for(sae, batches))
+    assert norms[0] > 1.0, "the clip must be active for this test to mean something"
+    assert norms[0] == pytest.approx(norms[1], rel=1e-6)  # the staged rows' norm is the dense gradient's
+    sd_sparse, sd_dense = sparse.state_dict(), dense.state_dict()
+    assert set(sd_sparse) == set(sd_dense)
+    for name in sd_dense:
+        torch.testing.assert_close(sd_sparse[name], sd_dense[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(sd_sparse["W_lookup"], sparse_and_dense_pair()[0].W_lookup), "the lookup did not move"
+
+
+def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments():
+    sparse, dense = sparse_and_dense_pair()
+    first = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(0, 100, (256,)))
+    second = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(100, 200, (256,)))
+    trainers = [trainer_for(sae, [first, second]) for sae in (sparse, dense)]
+    for t in trainers:
+        one_step(t)
+    after_first = sparse.W_lookup.detach().clone(), dense.W_lookup.detach().clone()
+    for t in trainers:
+        one_step(t)
+    first_rows = first[:, -1].long().unique()
+    # sparse: rows of the first batch only are not touched by the second step
+    assert torch.equal(sparse.W_lookup[first_rows], after_first[0][first_rows])
+    # dense Adam keeps moving them on their momentum
+    assert not torch.allclose(dense.W_lookup[first_rows], after_first[1][first_rows])
+    # rows never touched: unchanged in both
+    assert torch.equal(sparse.W_lookup[300:], after_first[0][300:])
+    state = trainers[0].optimizer.state[sparse.lookup_rows]
+    assert int(state["rows_in_use"]) == 1 + len(first_rows) + len(second[:, -1].long().unique())
+
+
+def test_lookup_memory_follows_the_rows_touched_not_d_vocab():
+    vocab = 200_000
+    torch.manual_seed(0)
+    cfg = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=vocab)
+    sae = TokenizedTopKTrainingSAE(cfg)
+    trainer = trainer_for(sae, packed_batches(6, vocab=300))
+    for _ in range(6):
+        one_step(trainer)
+    assert sae.W_lookup.grad is None  # no dense [d_vocab, d_in] gradient, ever
+    state = trainer.optimizer.state[sae.lookup_rows]
+    moments = sum(state[k].numel() for k in ("exp_avg", "exp_avg_sq"))
+    assert int(state["rows_in_use"]) <= 301
+    assert moments <= 2 * 32 * 8 * 256 < 0.05 * 2 * vocab * 32  # capacity ~ rows touched + a few batches
+    dense_bytes = 3 * vocab * 32 * 4  # dense Adam: gradient + two moments
+    assert trainer.optimizer.lookup_memory_bytes() < 0.1 * dense_bytes
+
+
+def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_path):
+    batches = packed_batches(5, vocab=300)
+    torch.manual_seed(0)
+    straight = TokenizedTopKTrainingSAE(sae_cfg())
+    resumed_sae = copy.deepcopy(straight)
+    t = trainer_for(straight, batches)
+    for _ in range(5):
+        one_step(t)
+    t1 = trainer_for(resumed_sae, batches[:3])
+    for _ in range(3):
+        one_step(t1)
+        t1.n_training_steps += 1
+    t1.save_checkpoint("ckpt", base_path=tmp_path)
+    # a fresh process: SAE and trainer rebuilt from the checkpoint alone
+    reloaded = TokenizedTopKTrainingSAE.load_from_disk(tmp_path / "ckpt")
+    t2 = trainer_for(reloaded, batches[3:])
+    t2.load_trainer_state(tmp_path / "ckpt")
+    assert t2.optimizer.state[reloaded.lookup_rows]["slot_of"].dtype == torch.long
+    for _ in range(2):
+        one_step(t2)
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops that read a device value back to the host (a sync on a GPU)."""
+
+    SYNCING = ("_local_scalar_dense", "equal", "is_nonzero", "nonzero", "unique", "masked_select", "item")
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if any(name.startswith(s) for s in self.SYNCING):
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_tokenized_training_step_adds_no_host_sync_over_saelens_topk(model, dataset):
+    kw = dict(d_in=32, d_sae=64, k=4)
+    tok = TokenizedSAETrainingRunner(runner_cfg(TokenizedTopKTrainingSAEConfig(**kw), RESID, 10_000),
+                                     override_model=model, override_dataset=dataset)
+    base = LanguageModelSAETrainingRunner(runner_cfg(TopKTrainingSAEConfig(**kw), RESID, 10_000),
+                                          override_model=model, override_dataset=dataset)
+    trainers = {
+        "tokenized": TokenizedSAETrainer(cfg=tok.cfg.to_sae_trainer_config(), sae=tok.sae,
+                                         data_provider=tok.activations_store),
+        "base": SAETrainer(cfg=base.cfg.to_sae_trainer_config(), sae=base.sae,
+                           data_provider=base.activations_store),
+    }
+    syncs = {}
+    for name, trainer in trainers.items():
+        one_step(trainer)  # first step allocates optimizer state
+        batch = next(trainer.data_provider)  # the LLM forward (and id check) happen here
+        with SyncCounter() as counter:
+            trainer.step(batch)
+        syncs[name] = sorted(counter.ops)
+    assert syncs["tokenized"] == syncs["base"]
+
+
+def test_compile_sae_trains_the_lookup_exactly_as_eager(model, dataset):
+    # SAELens compiles sae.training_forward_pass (compile_sae=True); the rows are staged
+    # by the trainer outside it, so the compiled graph only reads them.
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 2 * 256,
+                         compile_sae=compiled)
+        runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+        start = runner.sae.W_lookup.detach().clone()
+        sae = runner.run()
+        assert hasattr(sae.training_forward_pass, "_torchdynamo_orig_callable") == compiled
+        runs[compiled] = (start, sae.W_lookup.detach().clone())
+    (start, eager), (start_c, compiled) = runs[False], runs[True]
+    assert torch.equal(start, start_c)
+    assert not torch.equal(eager, start)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
