@@ -1,33 +1,41 @@
-"""Per-training-step time: tokenized TopK vs SAELens TopK, side by side in one process.
+"""Per-training-step time and memory: each tokenized architecture vs its SAELens base.
 
-Both SAEs are trained by SAELens's own SAETrainer.step (the tokenized one through
-TokenizedSAETrainer, with the lookup in its own Adam group), on the same synthetic batches
-(token ids drawn Zipf-like, as in text). Variants are interleaved round-robin so drift in
-machine load hits all of them alike. A second pass times the phases of a step
-(forward, backward, grad clipping, optimizer step) to show where the overhead goes.
+Every variant is trained by SAELens's own ``SAETrainer.step`` (tokenized ones through
+``TokenizedSAETrainer``) on the same synthetic batches, token ids drawn Zipf-like as in
+text. Variants are interleaved round-robin within one process, so drift in machine load
+hits all of them alike; the ratio ``tokenized / base`` is the result. ``--dense`` adds the
+dense-lookup variant (``lookup_updates="dense"``, plain Adam over the whole table).
 
-    python benchmarks/step_time.py                      # 768/12288/30/4096, V=50257
-    python benchmarks/step_time.py --d_in 64 --d_sae 256 --k 8 --batch 512 --d_vocab 2000 --steps 5
+``--memory`` instead runs each variant (of the first architecture) in a fresh process and
+reports the peak resident memory a few training steps add on top of the built SAE, plus
+the bytes the lookup owns (table, gradient, optimizer state).
+
+    python benchmarks/step_time.py --d_vocab 50257 --d_in 768 --d_sae 6144 --batch 2048 --dense
+    python benchmarks/step_time.py --d_vocab 262144 --d_in 2304 --d_sae 9216 --batch 1024 --memory \\
+        --architectures topk --dense
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import gc
 import json
+import multiprocessing as mp
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from sae_lens import LoggingConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens import LoggingConfig
 from sae_lens.config import SAETrainerConfig
-from sae_lens.saes.sae import TrainStepInput
 from sae_lens.training.sae_trainer import SAETrainer
+from tqdm import tqdm
 
 import sae_lens_tokenized
-from sae_lens_tokenized import TokenizedTopKTrainingSAE, TokenizedTopKTrainingSAEConfig
+from sae_lens_tokenized.compare import SPARSITY, CompareSettings, sae_config
 from sae_lens_tokenized.training.activations_store import pack_token_ids
 from sae_lens_tokenized.training.runner import TokenizedSAETrainer
 
@@ -44,98 +52,141 @@ def trainer_cfg(batch: int, steps: int) -> SAETrainerConfig:
 
 
 def zipf_ids(n: int, d_vocab: int, gen: torch.Generator) -> torch.Tensor:
-    weights = 1.0 / torch.arange(1, d_vocab + 1, dtype=torch.float64)
-    return torch.multinomial(weights, n, replacement=True, generator=gen)
+    # inverse-CDF sampling of p(r) ~ 1/r without a d_vocab-sized multinomial per call
+    cdf = torch.cumsum(1.0 / torch.arange(1, d_vocab + 1, dtype=torch.float64), 0)
+    u = torch.rand(n, generator=gen, dtype=torch.float64) * cdf[-1]
+    return torch.searchsorted(cdf, u).clamp_max(d_vocab - 1)
+
+
+def variants(arch: str, dense: bool) -> list[str]:
+    return [arch, f"tokenized_{arch}"] + ([f"tokenized_{arch}/dense"] if dense else [])
+
+
+def build(variant: str, args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    arch, _, mode = variant.partition("/")
+    settings = CompareSettings(k=args.k, expansion=args.d_sae // args.d_in,
+                               extra={arch: {"lookup_updates": mode or "sparse"}} if arch.startswith("tokenized_") else {})
+    cfg = sae_config(arch, settings, args.d_in, args.d_vocab)
+    from sae_lens.registry import get_sae_training_class
+
+    sae = get_sae_training_class(arch)[0](cfg)
+    tcfg = trainer_cfg(args.batch, len(batches))
+    if not arch.startswith("tokenized_"):
+        return SAETrainer(cfg=tcfg, sae=sae, data_provider=iter([x for x, _ in batches]))
+    with torch.no_grad():
+        sae.W_lookup.normal_(std=0.1)
+    return TokenizedSAETrainer(cfg=tcfg, sae=sae, data_provider=iter([pack_token_ids(x, t) for x, t in batches]))
+
+
+def make_batches(args: argparse.Namespace, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(args.batch, args.d_in, generator=gen), zipf_ids(args.batch, args.d_vocab, gen))
+            for _ in range(n)]
+
+
+def lookup_bytes(trainer: Any) -> dict[str, int]:
+    """What the lookup owns: the table, its gradient while a step runs (a dense lookup's is
+    the whole table; a sparse one's the staged rows), and its optimizer state."""
+    sae = trainer.sae
+    if not hasattr(sae, "W_lookup"):
+        return {}
+    table = sae.W_lookup.numel() * sae.W_lookup.element_size()
+    rows = sae.lookup_rows
+    gradient = table if rows is None else rows.numel() * rows.element_size()
+    group = next(g for g in trainer.optimizer.param_groups if g.get("name") == "lookup")
+    state = sum(t.numel() * t.element_size() for p in group["params"] for t in trainer.optimizer.state.get(p, {}).values()
+                if isinstance(t, torch.Tensor))
+    return {"table": table, "gradient_during_step": gradient, "optimizer_state": state}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def memory_child(variant: str, args: argparse.Namespace, queue: Any) -> None:
+    torch.manual_seed(0)
+    batches = make_batches(args, args.memory_steps)
+    trainer = build(variant, args, batches)
+    base = rss_bytes()
+    for _ in range(args.memory_steps):
+        trainer.step(next(trainer.data_provider))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    owned = lookup_bytes(trainer)
+    queue.put({"built_rss": base, "peak_rss": peak, "added_by_training": peak - base, "lookup_owned": owned})
+
+
+def run_memory(args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = {}
+    for variant in variants(args.architectures[0], args.dense):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=memory_child, args=(variant, args, queue))
+        proc.start()
+        out[variant] = queue.get()
+        proc.join()
+        print(f"{variant:32s} training adds {out[variant]['added_by_training'] / 2**30:.2f} GiB "
+              f"(lookup owns {sum(out[variant]['lookup_owned'].values()) / 2**30:.2f} GiB: {out[variant]['lookup_owned']})")
+    return out
+
+
+def run_time(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    n = args.warmup + args.steps
+    batches = make_batches(args, n)
+    result: dict[str, Any] = {}
+    for arch in args.architectures:
+        names = variants(arch, args.dense)
+        trainers = {v: build(v, args, batches) for v in names}
+        times: dict[str, list[float]] = {v: [] for v in names}
+        for step in tqdm(range(n), desc=f"{arch} step time", leave=False):
+            for v in names:  # round robin
+                trainer = trainers[v]
+                batch = next(trainer.data_provider)
+                t0 = time.perf_counter()
+                trainer.step(batch)
+                if step >= args.warmup:
+                    times[v].append(time.perf_counter() - t0)
+        med = {v: statistics.median(t) for v, t in times.items()}
+        result[arch] = {"median_step_s": med, "all_step_s": times,
+                        "ratio_vs_base": {v: med[v] / med[arch] for v in names[1:]}}
+        print(f"{arch:22s} base {med[arch]:.3f}s  " + "  ".join(
+            f"{v} {med[v]:.3f}s ({med[v] / med[arch]:.3f}x)" for v in names[1:]), flush=True)
+        del trainers, trainer  # a dense lookup at V=256k holds ~9 GB: free it before the next
+        gc.collect()
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--architectures", nargs="+", default=list(SPARSITY), choices=list(SPARSITY))
     ap.add_argument("--d_in", type=int, default=768)
-    ap.add_argument("--d_sae", type=int, default=12288)
-    ap.add_argument("--k", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--d_sae", type=int, default=6144)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--d_vocab", type=int, default=50257)
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results/step_time.json")
+    ap.add_argument("--dense", action="store_true", help="also time the dense lookup (lookup_updates='dense')")
+    ap.add_argument("--memory", action="store_true", help="peak memory per variant instead of step time")
+    ap.add_argument("--memory_steps", type=int, default=3)
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    n_batches = args.warmup + args.steps
-    batches = [(torch.randn(args.batch, args.d_in), zipf_ids(args.batch, args.d_vocab, gen)) for _ in range(n_batches)]
-    cfg = trainer_cfg(args.batch, n_batches)
-
-    def make(kind: str):
-        if kind == "topk":
-            sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k))
-            feed = iter([b for b, _ in batches])
-            return SAETrainer(cfg=cfg, sae=sae, data_provider=feed), None
-        sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(
-            d_in=args.d_in, d_sae=args.d_sae, k=args.k, d_vocab=args.d_vocab, train_lookup=(kind == "tokenized")))
-        with torch.no_grad():
-            sae.W_lookup.normal_(std=0.1)
-        trainer = TokenizedSAETrainer(cfg=cfg, sae=sae, data_provider=iter([pack_token_ids(*b) for b in batches]))
-        return trainer, trainer.token_ids_channel
-
-    kinds = ["topk", "tokenized", "tokenized_frozen_lookup"]
-    trainers = {k: make(k) for k in kinds}
-    times: dict[str, list[float]] = {k: [] for k in kinds}
-    for step in range(n_batches):
-        for kind in kinds:  # round robin
-            trainer, _ = trainers[kind]
-            batch = next(trainer.data_provider)
-            t0 = time.perf_counter()
-            trainer.step(batch)
-            dt = time.perf_counter() - t0
-            if step >= args.warmup:
-                times[kind].append(dt)
-
-    # Phase breakdown: the same operations SAETrainer._train_step performs, timed apart.
-    phases: dict[str, dict[str, float]] = {}
-    for kind in kinds:
-        trainer, _ = make(kind)
-        sae = trainer.sae
-        acc = {"forward": [], "backward": [], "clip_grad_norm": [], "optimizer_step": []}
-        for i in range(min(4, n_batches)):
-            x, ids = batches[i]
-            ctx = sae.token_ids(ids) if kind != "topk" else contextlib.nullcontext()
-            with ctx:
-                t0 = time.perf_counter()
-                out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=trainer.dead_neurons,
-                                                               n_training_steps=i, is_logging_step=False))
-                t1 = time.perf_counter()
-                out.loss.backward()
-                t2 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-            t3 = time.perf_counter()
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad()
-            t4 = time.perf_counter()
-            if i >= 1:
-                for name, dt in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    acc[name].append(dt)
-        phases[kind] = {name: statistics.median(v) for name, v in acc.items()}
-
-    med = {k: statistics.median(v) for k, v in times.items()}
+    measured = run_memory(args) if args.memory else run_time(args)
+    out = Path(args.out or f"benchmarks/results/step_{'memory' if args.memory else 'time'}_V{args.d_vocab}.json")
+    argv = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+                    if k != "out" and v is not False)
     result = {
-        "command": "python benchmarks/step_time.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": "python benchmarks/step_time.py " + argv.replace(" True", ""),
         "config": vars(args),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, device cpu",
         "sae_lens_tokenized": sae_lens_tokenized.__version__,
-        "median_step_s": med,
-        "all_step_s": times,
-        "ratio_vs_topk": {k: med[k] / med["topk"] for k in kinds},
-        "phase_median_s": phases,
+        "results": measured,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print("median step (s): " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
-    print("ratio vs SAELens TopK: " + ", ".join(f"{k} {v:.3f}x" for k, v in result["ratio_vs_topk"].items()))
-    for kind, ph in phases.items():
-        print(f"  {kind:24s} " + "  ".join(f"{n} {v:.3f}s" for n, v in ph.items()))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ from sae_lens_tokenized.unigrams import (  # noqa: E402
     UnigramStrategy,
     UnigramStrategyError,
     compute_unigram_table,
+    compute_unigram_tables,
     get_unigram_table,
+    get_unigram_tables,
     select_unigram_strategy,
 )
 
@@ -65,8 +67,10 @@ __all__ = [
     "UnigramStrategy",
     "UnigramStrategyError",
     "compute_unigram_table",
+    "compute_unigram_tables",
     "convert_original_checkpoint",
     "get_unigram_table",
+    "get_unigram_tables",
     "load_from_hub",
     "push_to_hub",
     "select_unigram_strategy",

@@ -11,9 +11,11 @@ the public seams that would retire these entries.
    tokenized runner checks its config against the model and fills ``d_vocab`` there.
 2. ``SAETrainer.__init__`` builds ``self.optimizer = Adam(sae.parameters(), lr)`` and
    ``self.lr_scheduler`` (via ``sae_lens.training.optim.get_lr_scheduler``); the tokenized
-   trainer rebuilds both to give the lookup its own parameter group.
+   trainer rebuilds both (``TokenizedAdam``, an ``Adam`` subclass) to give the lookup its
+   own parameter group.
 3. Gated's auxiliary loss reconstructs ``relu(pi_gate) W_dec + b_dec`` outside ``decode``;
-   ``TokenizedGatedTrainingSAE`` recomputes that term with the lookup added.
+   ``TokenizedGatedTrainingSAE.calculate_aux_loss`` writes SAELens's two aux terms (its
+   L1 on the gate path, and that reconstruction with the lookup added) in one pass.
 4. Every SAELens reconstruction (each ``decode``, Matryoshka's ``_iterable_decode``) ends
    in ``self.run_time_activation_norm_fn_out(...)``, an instance attribute set in
    ``SAE.__init__``; ``TokenLookupMixin`` wraps it to add ``W_lookup[t]``.
@@ -33,6 +35,12 @@ the public seams that would retire these entries.
    ``sae-lens-tokenized train`` takes exactly SAELens's arguments.
 9. ``PrefetchingIterator.close()`` exists from sae-lens 6.54 (SAELens's own ``run`` calls
    it where it exists).
+10. ``SAETrainer._train_step`` runs one ``training_forward_pass``, ``backward``,
+    ``clip_grad_norm_(sae.parameters(), 1.0)`` and ``optimizer.step()`` per batch. A sparse
+    lookup stages its rows before the forward (``TokenizedSAETrainer.step``), shows them to
+    the clip through ``sae.parameters()`` and consumes them in ``TokenizedAdam.step``;
+    ``tests/test_lookup_updates.py`` checks the clip sees the dense gradient's norm and the
+    step equals dense Adam's.
 """
 
 from __future__ import annotations

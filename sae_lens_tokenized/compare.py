@@ -16,9 +16,12 @@ the method's NMSE and dead-latent count.
 from __future__ import annotations
 
 import contextlib
+import logging
 import json
 import math
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +276,26 @@ def runner_config(s: CompareSettings, sae_cfg: Any, model_name: str, output_path
     )
 
 
+@contextlib.contextmanager
+def _quiet_workbench_notices() -> Iterator[None]:
+    """SAELens's notices that are about how the workbench drives it, not about anything its
+    user can act on: it always passes its own model and dataset ("You just passed in a
+    ... which will override ..."), trains from precomputed activations (so the dataset's
+    length is irrelevant: "fewer samples ... multiple training epochs"), and SAELens's
+    loader re-wraps torch-formatted rows ("To copy construct from a tensor")."""
+    from sae_lens import logger as saelens_logger
+
+    level = saelens_logger.level
+    saelens_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            yield
+    finally:
+        saelens_logger.setLevel(level)
+
+
 def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookData,
                   output_path: str | None = None) -> dict[str, Any]:
     """Train ``arch`` (any SAELens or tokenized architecture name) on ``data`` at ``s``."""
@@ -281,18 +304,20 @@ def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookDat
     store, tokenized_store = _store_classes(data.train)
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()
-    if is_tokenized(arch):
-        runner: Any = type("Runner", (CurveTokenizedRunner,), {"store_class": tokenized_store})(
-            cfg, override_model=model, override_dataset=bench.train_ds)
-    else:
-        with runner_classes(ActivationsStore=store):
-            runner = CurveRunner(cfg, override_model=model, override_dataset=bench.train_ds)
+    with _quiet_workbench_notices():
+        if is_tokenized(arch):
+            runner: Any = type("Runner", (CurveTokenizedRunner,), {"store_class": tokenized_store})(
+                cfg, override_model=model, override_dataset=bench.train_ds)
+        else:
+            with runner_classes(ActivationsStore=store):
+                runner = CurveRunner(cfg, override_model=model, override_dataset=bench.train_ds)
     setup_s = time.perf_counter() - t0
     runner.curve, runner.eval_data = [], data.eval
     torch.manual_seed(s.seed)
     t1 = time.perf_counter()
     initial = heldout_nmse(runner.sae, *data.eval)
-    sae = runner.run()
+    with _quiet_workbench_notices():
+        sae = runner.run()
     train_s = time.perf_counter() - t1
     final = heldout_nmse(sae, *data.eval)
     curve = [(0, initial), *[(t, v) for t, v in runner.curve if 0 < t < s.training_tokens], (s.training_tokens, final)]
@@ -308,7 +333,8 @@ def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> 
     """SAELens's run_evals on held-out text (ids from the model's input), NMSE, dead latents."""
     model = bench.model
     cfg = runner_config(s, get_sae_training_class("topk")[1](d_in=model.cfg.d_model, d_sae=8, k=1), model.cfg.model_name, None)
-    store = ActivationsStore.from_config(model, cfg, override_dataset=bench.heldout_ds)
+    with _quiet_workbench_notices():
+        store = ActivationsStore.from_config(model, cfg, override_dataset=bench.heldout_ds)
     sae.cfg.metadata.hook_name = s.hook_name
     eval_cfg = EvalConfig(
         batch_size_prompts=s.eval_batch_prompts,
@@ -317,7 +343,8 @@ def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> 
         compute_ce_loss=True, compute_kl=True, compute_l2_norms=False,
         compute_sparsity_metrics=True, compute_variance_metrics=True,
     )
-    with token_ids_from(model, sae) if is_tokenized(sae.cfg.architecture()) else contextlib.nullcontext():
+    with (token_ids_from(model, sae) if is_tokenized(sae.cfg.architecture()) else contextlib.nullcontext(),
+          _quiet_workbench_notices()):
         metrics, _ = run_evals(sae, store, model, ActivationScaler(), eval_cfg,
                                exclude_special_tokens=s.exclude_special_tokens)
     perf = metrics["model_performance_preservation"]

@@ -24,20 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sae_lens_tokenized.models import embedding_module
 from sae_lens_tokenized.saes.lookup import TokenLookupMixin
-
-
-def _embedding_module(model: nn.Module) -> nn.Module:
-    embed = getattr(model, "embed", None)  # TransformerLens HookedTransformer / HookedSAETransformer
-    if isinstance(embed, nn.Module):
-        return embed
-    get_input_embeddings = getattr(model, "get_input_embeddings", None)  # transformers models
-    if callable(get_input_embeddings) and isinstance(get_input_embeddings(), nn.Module):
-        return get_input_embeddings()
-    raise TypeError(
-        f"cannot find the token embedding of {type(model).__name__} (no .embed and no "
-        "get_input_embeddings()); pass token_ids=... to the SAE explicitly."
-    )
 
 
 class ModelTokenCapture:
@@ -46,7 +34,7 @@ class ModelTokenCapture:
     def __init__(self, model: nn.Module):
         self._model_name = type(model).__name__
         self._tokens: torch.Tensor | None = None
-        embed = _embedding_module(model)
+        embed = embedding_module(model)
         self._handles = [
             model.register_forward_pre_hook(self._on_forward_start),
             embed.register_forward_pre_hook(self._on_embed),

@@ -30,9 +30,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
 from sae_lens_tokenized.metrics import nmse, nmse_per_activation
+from sae_lens_tokenized.models import (  # noqa: F401  (activations_at_hook, resolve_hook re-exported)
+    activations_at_hook,
+    activations_at_hooks,
+    device_of,
+    model_label,
+    resolve_hook,
+    vocab_size,
+)
 
 SPECIAL_ITEMS = ("bos", "eos", "pad", "space")
 #: The strategies this package knows by name, in the order ``auto`` prefers them on ties
@@ -43,12 +50,6 @@ BUILTIN_STRATEGIES = STRATEGIES
 
 class UnigramStrategyError(ValueError):
     """A unigram strategy cannot be parsed or resolved for a model."""
-
-
-def _model_label(model: Any) -> str:
-    cfg = getattr(model, "cfg", None)
-    name = getattr(cfg, "model_name", None) or type(model).__name__
-    return str(name)
 
 
 @dataclass(frozen=True)
@@ -150,51 +151,55 @@ def _special_id(item: str, tokenizer: Any, strategy: UnigramStrategy, model_labe
     return int(token_id)
 
 
-def resolve_hook(model: nn.Module, hook_name: str) -> None:
-    """Raise a clear error if ``model`` has no hook point ``hook_name``."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None:
-        raise TypeError(f"{type(model).__name__} is not a TransformerLens model (no hook_dict)")
-    if hook_name not in hook_dict:
-        import difflib
-
-        close = difflib.get_close_matches(hook_name, list(hook_dict), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"the model has no hook point {hook_name!r}.{hint}")
-
-
-def _hook_to_d_in(act: torch.Tensor, hook_head_index: int | None) -> torch.Tensor:
-    # Same reshaping as SAELens's ActivationsStore.get_activations.
-    if hook_head_index is not None:
-        return act[:, :, hook_head_index]
-    if act.ndim > 3:
-        return act.flatten(2)
-    return act
-
-
 @torch.no_grad()
-def activations_at_hook(
+def compute_unigram_tables(
     model: Any,
-    tokens: torch.Tensor,
-    hook_name: str,
+    hook_names: Sequence[str],
+    strategy: str | Sequence[str | int] | UnigramStrategy = "bos,t",
+    batch_size: int = 1024,
     hook_head_index: int | None = None,
-) -> torch.Tensor:
-    """Activations [batch, pos, d_in] at ``hook_name``; the forward stops after its layer."""
-    captured: dict[str, torch.Tensor] = {}
+    token_ids: torch.Tensor | None = None,
+    show_progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """The [d_vocab, d_in] unigram table of ``model`` at each of ``hook_names``.
 
-    def grab(act: torch.Tensor, hook: Any) -> None:
-        captured["act"] = act
+    Row t is the activation at the last position of the strategy's prompt for t. The whole
+    vocabulary is run in batches of ``batch_size`` prompts; each batch is one forward
+    pass that stops right after the deepest hook, whatever the number of hooks (a user
+    training SAEs at every layer gets all tables for the cost of one table at the last
+    layer). Only the last position of each hook is kept, so memory is
+    O(batch_size * prompt_len * d_model) plus the tables. ``token_ids`` restricts the
+    computation to those rows (others are left zero).
+    """
+    hook_names = list(dict.fromkeys(hook_names))
+    for name in hook_names:
+        resolve_hook(model, name)
+    d_vocab = vocab_size(model)
+    parsed = UnigramStrategy.parse(strategy)
+    template = parsed.resolve(getattr(model, "tokenizer", None), d_vocab, model_label(model))
+    device = device_of(model)
+    rows = torch.arange(d_vocab, device=device) if token_ids is None else token_ids.to(device)
+    tables: dict[str, torch.Tensor] = {}
+    where = hook_names[0] if len(hook_names) == 1 else f"{len(hook_names)} hooks"
+    for start in tqdm(
+        range(0, len(rows), batch_size),
+        total=math.ceil(len(rows) / batch_size),
+        desc=f"Unigrams [{parsed}] at {where}",
+        disable=not show_progress,
+    ):
+        t = rows[start : start + batch_size]
+        prompt = torch.stack(
+            [t if item is None else torch.full_like(t, item) for item in template], dim=1
+        )
+        for name, act in activations_at_hooks(model, prompt, hook_names, hook_head_index).items():
+            act = act[:, -1]
+            if name not in tables:
+                tables[name] = torch.zeros(d_vocab, act.shape[-1], dtype=dtype, device=act.device)
+            tables[name][t.to(act.device)] = act.to(dtype)
+    return tables
 
-    model.run_with_hooks(
-        tokens,
-        fwd_hooks=[(hook_name, grab)],
-        stop_at_layer=extract_stop_at_layer_from_tlens_hook_name(hook_name),
-        return_type=None,
-    )
-    return _hook_to_d_in(captured["act"], hook_head_index)
 
-
-@torch.no_grad()
 def compute_unigram_table(
     model: Any,
     hook_name: str,
@@ -205,38 +210,10 @@ def compute_unigram_table(
     show_progress: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The [d_vocab, d_in] unigram table of ``model`` at ``hook_name``.
-
-    Row t is the activation at the last position of the strategy's prompt for t. The whole
-    vocabulary is run in batches of ``batch_size`` prompts, each forward stopping right
-    after the hook's layer, on the model's device; only the last position of the one
-    hook is kept, so memory is O(batch_size * prompt_len * d_model).
-    ``token_ids`` restricts the computation to those rows (others are left zero).
-    """
-    resolve_hook(model, hook_name)
-    d_vocab = int(model.cfg.d_vocab)
-    parsed = UnigramStrategy.parse(strategy)
-    template = parsed.resolve(getattr(model, "tokenizer", None), d_vocab, _model_label(model))
-    device = model.cfg.device if getattr(model.cfg, "device", None) is not None else "cpu"
-    rows = torch.arange(d_vocab, device=device) if token_ids is None else token_ids.to(device)
-    table: torch.Tensor | None = None
-    n_batches = math.ceil(len(rows) / batch_size)
-    for start in tqdm(
-        range(0, len(rows), batch_size),
-        total=n_batches,
-        desc=f"Unigrams [{parsed}] at {hook_name}",
-        disable=not show_progress,
-    ):
-        t = rows[start : start + batch_size]
-        prompt = torch.stack(
-            [t if item is None else torch.full_like(t, item) for item in template], dim=1
-        )
-        act = activations_at_hook(model, prompt, hook_name, hook_head_index)[:, -1]
-        if table is None:
-            table = torch.zeros(d_vocab, act.shape[-1], dtype=dtype, device=act.device)
-        table[t.to(act.device)] = act.to(dtype)
-    assert table is not None
-    return table
+    """The [d_vocab, d_in] unigram table of ``model`` at ``hook_name`` (see
+    ``compute_unigram_tables``, which computes several hooks in one pass)."""
+    return compute_unigram_tables(model, [hook_name], strategy, batch_size, hook_head_index,
+                                  token_ids, show_progress, dtype)[hook_name]
 
 
 # =========================================================================== quality ===
@@ -350,11 +327,11 @@ def select_unigram_strategy(
     if len(ids) == 0:
         raise ValueError("no positions left to measure unigram strategies on")
     rows = torch.unique(ids)
-    label = _model_label(model)
+    label = model_label(model)
     report: dict[str, dict[str, Any]] = {}
     for cand in candidates:
         try:
-            UnigramStrategy.parse(cand).resolve(getattr(model, "tokenizer", None), int(model.cfg.d_vocab), label)
+            UnigramStrategy.parse(cand).resolve(getattr(model, "tokenizer", None), vocab_size(model), label)
         except UnigramStrategyError as e:
             report[cand] = {"skipped": str(e)}
             continue
@@ -402,12 +379,12 @@ def table_metadata(
 ) -> dict[str, str]:
     return {
         "format": "sae_lens_tokenized.unigrams/1",
-        "model_name": _model_label(model),
+        "model_name": model_label(model),
         "model_fingerprint": model_fingerprint(model),
         "hook_name": hook_name,
         "hook_head_index": str(hook_head_index),
         "strategy": str(UnigramStrategy.parse(strategy)),
-        "d_vocab": str(int(model.cfg.d_vocab)),
+        "d_vocab": str(vocab_size(model)),
         "dtype": str(dtype).replace("torch.", ""),
         "library_versions": _library_versions(),
     }
@@ -470,6 +447,52 @@ def default_cache_dir() -> Path:
     return cache_dir() / "unigrams"
 
 
+def get_unigram_tables(
+    model: Any,
+    hook_names: Sequence[str],
+    strategy: str | Sequence[str | int] = "bos,t",
+    hook_head_index: int | None = None,
+    cache_dir: str | Path | None | bool = True,
+    batch_size: int = 1024,
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """``compute_unigram_tables`` with an on-disk cache, one file per hook.
+
+    A cached table is reused only if every field in ``MATCH_FIELDS`` matches; otherwise,
+    or if the file is corrupted (checksum), it is recomputed and rewritten. The tables not
+    in the cache are computed together, in one pass over the vocabulary.
+    ``cache_dir=True`` uses ``default_cache_dir()``; ``False``/``None`` disables caching.
+    """
+    strategy_str = str(UnigramStrategy.parse(strategy))
+    dtype = torch.float32
+    hook_names = list(dict.fromkeys(hook_names))
+    if cache_dir is False or cache_dir is None:
+        return compute_unigram_tables(model, hook_names, strategy_str, batch_size, hook_head_index,
+                                      show_progress=show_progress, dtype=dtype)
+    folder = default_cache_dir() if cache_dir is True else Path(cache_dir)
+    tables: dict[str, torch.Tensor] = {}
+    to_compute: dict[str, tuple[Path, dict[str, str]]] = {}
+    for hook_name in hook_names:
+        meta = table_metadata(model, hook_name, strategy_str, hook_head_index, dtype)
+        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+        safe_hook = hook_name.replace("/", "_")
+        path = folder / f"{meta['model_name'].replace('/', '_')}__{safe_hook}__{key}.safetensors"
+        if path.is_file():
+            try:
+                tables[hook_name], _ = load_unigram_table_file(path, expect=meta)
+                continue
+            except UnigramCacheError as e:
+                warnings.warn(f"{e}; recomputing it", stacklevel=2)
+        to_compute[hook_name] = (path, meta)
+    if to_compute:
+        computed = compute_unigram_tables(model, list(to_compute), strategy_str, batch_size, hook_head_index,
+                                          show_progress=show_progress, dtype=dtype)
+        for hook_name, (path, meta) in to_compute.items():
+            save_unigram_table(path, computed[hook_name], meta)
+            tables[hook_name] = computed[hook_name]
+    return {name: tables[name] for name in hook_names}
+
+
 def get_unigram_table(
     model: Any,
     hook_name: str,
@@ -479,29 +502,6 @@ def get_unigram_table(
     batch_size: int = 1024,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """``compute_unigram_table`` with an on-disk cache.
-
-    A cached table is reused only if every field in ``MATCH_FIELDS`` matches; otherwise,
-    or if the file is corrupted (checksum), it is recomputed and rewritten.
-    ``cache_dir=True`` uses ``default_cache_dir()``; ``False``/``None`` disables caching.
-    """
-    strategy_str = str(UnigramStrategy.parse(strategy))
-    dtype = torch.float32
-    if cache_dir is False or cache_dir is None:
-        return compute_unigram_table(model, hook_name, strategy_str, batch_size, hook_head_index,
-                                     show_progress=show_progress, dtype=dtype)
-    folder = default_cache_dir() if cache_dir is True else Path(cache_dir)
-    meta = table_metadata(model, hook_name, strategy_str, hook_head_index, dtype)
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
-    safe_hook = hook_name.replace("/", "_")
-    path = folder / f"{meta['model_name'].replace('/', '_')}__{safe_hook}__{key}.safetensors"
-    if path.is_file():
-        try:
-            table, _ = load_unigram_table_file(path, expect=meta)
-            return table
-        except UnigramCacheError as e:
-            warnings.warn(f"{e}; recomputing it", stacklevel=2)
-    table = compute_unigram_table(model, hook_name, strategy_str, batch_size, hook_head_index,
-                                  show_progress=show_progress, dtype=dtype)
-    save_unigram_table(path, table, meta)
-    return table
+    """The unigram table at one hook, cached (see ``get_unigram_tables``)."""
+    return get_unigram_tables(model, [hook_name], strategy, hook_head_index, cache_dir, batch_size,
+                              show_progress)[hook_name]

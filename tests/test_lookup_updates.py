@@ -194,3 +194,29 @@ def test_compile_sae_trains_the_lookup_exactly_as_eager(model, dataset):
     assert torch.equal(start, start_c)
     assert not torch.equal(eager, start)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_another_optimizer_stepping_the_staged_rows_is_an_error_not_a_silently_frozen_lookup():
+    # e.g. a hand-written loop with torch.optim.Adam(sae.parameters()), or a runner that
+    # builds plain Adam: its updates would land in the scratch rows and never in W_lookup
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = TokenizedTopKTrainingSAE(sae_cfg())
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    x, ids = torch.randn(64, 32), torch.randint(0, 512, (64,))
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+    with sae.token_ids(ids):
+        sae.training_forward_pass(step).loss.backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="other than sae_lens_tokenized.training.TokenizedAdam"):
+        with sae.token_ids(ids):
+            sae.training_forward_pass(step)
+    # the dense lookup is the documented way to use another optimizer
+    dense = TokenizedTopKTrainingSAE(sae_cfg("dense"))
+    opt = torch.optim.Adam(dense.parameters(), lr=1e-3)
+    for _ in range(2):
+        with dense.token_ids(ids):
+            dense.training_forward_pass(step).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert dense.W_lookup.abs().sum() > 0

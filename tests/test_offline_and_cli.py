@@ -118,3 +118,38 @@ def test_analyze_cli_writes_json_and_png(tmp_path, smollm2):
         assert set(result["hooks"]) == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"}
         assert (tmp_path / f"{what}.png").stat().st_size > 10_000
         assert result["command"].startswith("sae-lens-tokenized")
+
+
+def test_smollm2_as_a_hugging_face_model_through_saelens_loader(smollm2):
+    # SmolLM2's transformers folder loaded as SAELens loads any HF model (a HookedProxyLM):
+    # ids aligned through the store, unigram rows equal TransformerLens's at the same point
+    # (HF layer 3's output is TL's blocks.4.hook_resid_pre), and a short training run.
+    from sae_lens.load_model import load_model
+
+    from sae_lens_tokenized import TokenizedSAETrainingRunner, compute_unigram_table
+    from sae_lens_tokenized.offline import _converted_folder
+    from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
+    from helpers import runner_cfg
+
+    proxy = load_model("AutoModelForCausalLM", str(_converted_folder()), device="cpu",
+                       hook_names=["model.embed_tokens", "model.layers.3"])
+    data = load_offline_dataset(WIKI_DATASET, smollm2.tokenizer, 64, "train", max_rows=64)
+    sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=576, d_sae=1152, k=16, init_lookup_from_unigrams=False)
+    cfg = runner_cfg(sae_cfg, "model.embed_tokens", 2048, model_class_name="AutoModelForCausalLM",
+                     context_size=64, train_batch_size_tokens=512)
+    cfg.sae.d_vocab = 49152
+    store = TokenizedActivationsStore.from_config(proxy, cfg, override_dataset=data)
+    acts, ids = next(store.iter_with_token_ids())
+    assert torch.equal(acts, proxy.model.get_input_embeddings().weight[ids].float())
+    rows = torch.arange(200, 232)
+    hf_rows = compute_unigram_table(proxy, "model.layers.3", "space,t", token_ids=rows, show_progress=False)[rows]
+    tl_rows = compute_unigram_table(smollm2, "blocks.4.hook_resid_pre", "space,t", token_ids=rows,
+                                    show_progress=False)[rows]
+    torch.testing.assert_close(hf_rows, tl_rows, rtol=1e-3, atol=1e-3)
+    train_cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=576, d_sae=1152, k=16, init_lookup_from_unigrams=False),
+                           "model.layers.3", 2048, model_class_name="AutoModelForCausalLM", context_size=64,
+                           train_batch_size_tokens=512)
+    runner = TokenizedSAETrainingRunner(train_cfg, override_model=proxy, override_dataset=data)
+    assert runner.sae.cfg.d_vocab == 49152
+    sae = runner.run()
+    assert sae.W_lookup.abs().sum() > 0  # the zero-initialised lookup learned

@@ -178,9 +178,9 @@ def test_lookup_has_its_own_learning_rate(model, dataset):
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     trainer = TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
                                   data_provider=runner.activations_store)
-    before = {n: p.detach().clone() for n, p in runner.sae.named_parameters()}
+    before = {n: p.detach().clone() for n, p in runner.sae.state_dict().items()}
     trainer.step(next(trainer.data_provider))
-    moved = {n: (p.detach() - before[n]).abs() for n, p in runner.sae.named_parameters()}
+    moved = {n: (p.detach() - before[n]).abs() for n, p in runner.sae.state_dict().items()}
     lookup_step = moved["W_lookup"][moved["W_lookup"] > 0].median()
     enc_step = moved["W_enc"][moved["W_enc"] > 0].median()
     assert lookup_step / enc_step == pytest.approx(0.02 / 1e-4, rel=0.2)
@@ -306,9 +306,11 @@ def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path
     assert [g["name"] for g in saved["param_groups"]] == ["sae", "lookup"]
     assert saved["param_groups"][1]["lr"] == 0.02 and saved["param_groups"][0]["lr"] == 1e-3
     lookup_index = saved["param_groups"][1]["params"][0]
-    exp_avg = saved["state"][lookup_index]["exp_avg"]
-    assert exp_avg.shape == saved_lookup.shape
-    assert 0 < int((exp_avg.abs().sum(-1) > 0).sum()) < model.cfg.d_vocab
+    lazy = saved["state"][lookup_index]
+    # lazy Adam state: moments for the rows seen so far only, not [d_vocab, d_in]
+    assert 1 < int(lazy["rows_in_use"]) <= model.cfg.d_vocab + 1
+    assert lazy["exp_avg"].shape[1] == saved_lookup.shape[1]
+    assert (lazy["slot_of"][:-1] >= 0).sum() == int(lazy["rows_in_use"]) - 1
 
     restored = {}
     load = TokenizedSAETrainer.load_trainer_state
@@ -316,7 +318,7 @@ def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path
     def spy(self, path):
         load(self, path)
         restored["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # training goes on in place
-        restored["lookup_is_W_lookup"] = self.optimizer.param_groups[1]["params"][0] is self.sae.W_lookup
+        restored["lookup_is_staged_rows"] = self.optimizer.param_groups[1]["params"][0] is self.sae.lookup_rows
 
     monkeypatch.setattr(TokenizedSAETrainer, "load_trainer_state", spy)
     cfg2 = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 30_000, lr=1e-3, resume_from_checkpoint=str(ckpt),
@@ -325,8 +327,9 @@ def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path
     assert runner.unigram_table is None  # no fresh init when resuming
     sae = runner.run()
     # the resumed trainer got exactly the checkpoint's optimizer state, lookup group included
-    assert restored["lookup_is_W_lookup"]
-    assert torch.equal(restored["optimizer"]["state"][lookup_index]["exp_avg"], exp_avg)
+    assert restored["lookup_is_staged_rows"]
+    for key in ("exp_avg", "exp_avg_sq", "slot_of", "rows_in_use"):
+        assert torch.equal(restored["optimizer"]["state"][lookup_index][key], lazy[key]), key
     assert restored["optimizer"]["param_groups"] == saved["param_groups"]
     assert not torch.equal(sae.W_lookup.detach(), saved_lookup)  # and it trained on from there
 

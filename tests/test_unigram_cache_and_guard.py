@@ -28,13 +28,13 @@ HOOK = "blocks.1.hook_resid_pre"
 @pytest.fixture
 def counting(monkeypatch):
     calls = []
-    real = U.compute_unigram_table
+    real = U.compute_unigram_tables
 
-    def counted(*a, **k):
+    def counted(*a, **k):  # every table computation goes through compute_unigram_tables
         calls.append(a[2] if len(a) > 2 else k.get("strategy"))
         return real(*a, **k)
 
-    monkeypatch.setattr(U, "compute_unigram_table", counted)
+    monkeypatch.setattr(U, "compute_unigram_tables", counted)
     return calls
 
 

@@ -66,3 +66,28 @@ def test_token_subset(model):
     ids = torch.tensor([3, 9])
     table = compute_unigram_table(model, HOOK, token_ids=ids, show_progress=False)
     assert table[[0, 1, 2]].abs().sum() == 0 and table[ids].abs().sum() > 0
+
+
+def test_tables_for_several_hooks_come_from_one_pass_per_batch_and_equal_single_hook_tables(model, tmp_path):
+    from sae_lens_tokenized.unigrams import compute_unigram_tables, get_unigram_tables
+
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    forwards = []
+    handle = model.embed.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        tables = compute_unigram_tables(model, hooks, "bos,t", batch_size=128, show_progress=False)
+    finally:
+        handle.remove()
+    assert len(forwards) == 4  # 512 tokens / 128 per batch: one forward per batch for all hooks
+    for hook in hooks:
+        torch.testing.assert_close(tables[hook], compute_unigram_table(model, hook, "bos,t", show_progress=False))
+    # cached per hook: a second call reads the files and runs no forward at all
+    first = get_unigram_tables(model, hooks, "bos,t", cache_dir=tmp_path, show_progress=False)
+    handle = model.embed.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        again = get_unigram_tables(model, hooks, "bos,t", cache_dir=tmp_path, show_progress=False)
+    finally:
+        handle.remove()
+    assert len(forwards) == 4
+    for hook in hooks:
+        assert torch.equal(first[hook], again[hook]) and torch.equal(first[hook], tables[hook])

@@ -204,6 +204,7 @@ class TokenLookupMixin:
             object.__setattr__(self, "lookup_rows", nn.Parameter(
                 torch.zeros(0, self.cfg.d_in, dtype=self.dtype, device=self.device), requires_grad=trainable))
         self._lookup_stage: tuple[torch.Tensor, ...] | None = None
+        self._staged_version: int | None = None
         self._scoped_token_ids: list[torch.Tensor] = []
         self._token_id_sources: list[TokenIdSource] = []
 
@@ -313,6 +314,15 @@ class TokenLookupMixin:
         """Stage the distinct rows of ``ids`` for the next training forward (the trainer
         calls this before each step; a forward with other ids stages its own)."""
         assert self.lookup_rows is not None
+        if self._staged_version is not None and self.lookup_rows._version != self._staged_version:
+            # Something other than TokenizedAdam stepped the staged rows in place (e.g. a
+            # plain torch.optim.Adam over sae.parameters()); its updates never reach W_lookup.
+            raise RuntimeError(
+                "the sparse lookup's staged rows were modified by an optimizer other than "
+                "sae_lens_tokenized.training.TokenizedAdam, so W_lookup would silently never "
+                "train. Train through TokenizedSAETrainingRunner / TokenizedSAETrainer, or set "
+                "lookup_updates='dense' to use another optimizer."
+            )
         flat = ids.reshape(-1).to(self.W_lookup.device)
         n = flat.numel()
         sorted_ids, order = torch.sort(flat)
@@ -326,6 +336,7 @@ class TokenLookupMixin:
         if self.lookup_rows.shape[0] != n:  # the batch size changed (or the first batch)
             self.lookup_rows.data = self.W_lookup.new_empty(n, self.W_lookup.shape[1])
         torch.index_select(self.W_lookup.detach(), 0, rows, out=self.lookup_rows.data)
+        self._staged_version = self.lookup_rows._version
         self.lookup_rows.grad = None
         stage = (ids, inverse.view(ids.shape), rows, valid)
         self._lookup_stage = stage
@@ -354,6 +365,7 @@ class TokenLookupMixin:
             else:
                 rows.data = fresh
             self._lookup_stage = None
+            self._staged_version = None
         return out
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # type: ignore[override]

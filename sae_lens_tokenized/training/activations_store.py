@@ -68,6 +68,32 @@ def unpack_token_ids(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed[:, :-1], packed[:, -1].long()
 
 
+def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None:
+    """Before training from cached activations (SAELens's ``CacheActivationsRunner``
+    output): the cache must hold each activation's token id, and SAELens's store, which
+    loads every column in the activation dtype, must be able to hold those ids exactly."""
+    ds = store.cached_activation_dataset
+    assert ds is not None
+    where = getattr(store, "cached_activations_path", None)
+    if "token_ids" not in ds.column_names:
+        raise ValueError(
+            f"the cached activations at {where} have no 'token_ids' column (columns: "
+            f"{ds.column_names}), so a tokenized SAE cannot know which token each activation "
+            "belongs to. Re-create the cache with SAELens's CacheActivationsRunner (which "
+            "saves token_ids), or train from the model (use_cached_activations=False)."
+        )
+    dtype = store.dtype if isinstance(store.dtype, torch.dtype) else getattr(torch, str(store.dtype))
+    if dtype.is_floating_point:
+        exact_below = int(2 / torch.finfo(dtype).eps)  # 2 ** (mantissa bits + 1)
+        if d_vocab is not None and d_vocab > exact_below:
+            raise ValueError(
+                f"SAELens loads cached token ids in the activation dtype ({dtype}), which holds "
+                f"integers exactly only below {exact_below}; this lookup has d_vocab={d_vocab}, "
+                "so ids would be rounded. Train with dtype='float32' (the cache itself may stay "
+                "in lower precision)."
+            )
+
+
 class TokenizedActivationsStore(ActivationsStore):
     """ActivationsStore whose batches are packed ``[activations | token id]`` rows."""
 
@@ -81,6 +107,8 @@ class TokenizedActivationsStore(ActivationsStore):
             check_vocab_packable(d_vocab)
         store = super().from_config(model, cfg, override_dataset)
         store.d_vocab = d_vocab  # type: ignore[attr-defined]
+        if store.cached_activation_dataset is not None:
+            check_cached_token_ids(store, d_vocab)
         return store  # type: ignore[return-value]
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_tokenized._compat import runner_classes
+from sae_lens_tokenized.models import device_of, vocab_size
 from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.optim import TokenizedAdam
@@ -169,13 +170,13 @@ def check_against_model(model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> N
     """Raise before any training if the config does not fit the model."""
     sae_cfg = cfg.sae
     resolve_hook(model, cfg.hook_name)
-    model_vocab = int(model.cfg.d_vocab)
+    model_vocab = vocab_size(model)
     if sae_cfg.d_vocab != model_vocab:
         raise ValueError(
             f"d_vocab={sae_cfg.d_vocab} but the model has d_vocab={model_vocab}; the lookup "
             f"needs one row per model token id. Set d_vocab={model_vocab} or leave it None."
         )
-    probe = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    probe = torch.zeros(1, 2, dtype=torch.long, device=device_of(model))
     width = activations_at_hook(model, probe, cfg.hook_name, cfg.hook_head_index).shape[-1]
     if width != sae_cfg.d_in:
         raise ValueError(
@@ -276,7 +277,7 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
     def _prepare_for_model(self) -> None:
         cfg = self.cfg
         if cfg.sae.d_vocab is None:
-            cfg.sae.d_vocab = int(self.model.cfg.d_vocab)
+            cfg.sae.d_vocab = vocab_size(self.model)
         check_against_model(self.model, cfg)
         table = self._unigram_table_arg
         if table is None and cfg.sae.unigram_table_path is not None:
