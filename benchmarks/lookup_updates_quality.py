@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--training_tokens", type=int, default=100_000)
+    ap.add_argument("--sparse_lr_multipliers", type=float, nargs="*", default=[],
+                    help="also train the sparse lookup at these multiples of the lookup lr")
     ap.add_argument("--out", default="benchmarks/results/lookup_updates_quality")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -36,10 +38,12 @@ def main() -> None:
     data = bench.prepare(base.hook_name, args.training_tokens, base.n_eval_activations)
     runs = []
     for seed in args.seeds:
-        for label, arch, extra in (("topk", "topk", {}),
-                                   ("sparse", "tokenized_topk", {"lookup_updates": "sparse"}),
-                                   ("dense", "tokenized_topk", {"lookup_updates": "dense"})):
-            s = replace(base, seed=seed, extra={arch: extra} if extra else {})
+        for label, arch, extra, lr_mult in (("topk", "topk", {}, 1),
+                                            ("sparse", "tokenized_topk", {"lookup_updates": "sparse"}, 1),
+                                            ("dense", "tokenized_topk", {"lookup_updates": "dense"}, 1),
+                                            *((f"sparse_lookup_lr_x{m:g}", "tokenized_topk",
+                                               {"lookup_updates": "sparse"}, m) for m in args.sparse_lr_multipliers)):
+            s = replace(base, seed=seed, extra={arch: extra} if extra else {}, lookup_lr=base.lookup_lr * lr_mult)
             r = train_variant(arch, s, bench, data)
             m = evaluate(r["sae"], s, bench, data)
             runs.append({"variant": label, "seed": seed, **{k: m[k] for k in ("nmse", "ce_added", "l0", "dead_latents")},
@@ -51,13 +55,12 @@ def main() -> None:
         return statistics.mean(r[key] for r in runs if r["variant"] == variant)
 
     by_seed = {(r["variant"], r["seed"]): r for r in runs}
-    summary = {
-        v: {k: mean(v, k) for k in ("nmse", "ce_added", "l0", "dead_latents", "train_s")} for v in ("topk", "sparse", "dense")
-    }
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    summary = {v: {k: mean(v, k) for k in ("nmse", "ce_added", "l0", "dead_latents", "train_s")} for v in variants}
     summary["sparse_minus_dense_nmse_per_seed"] = [by_seed["sparse", s]["nmse"] - by_seed["dense", s]["nmse"]
                                                    for s in args.seeds]
     summary["seed_spread_nmse"] = {v: max(by_seed[v, s]["nmse"] for s in args.seeds) - min(by_seed[v, s]["nmse"] for s in args.seeds)
-                                   for v in ("sparse", "dense", "topk")}
+                                   for v in variants}
     out = Path(args.out)
     write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "runs": runs, "summary": summary,
                 "wall_time_s": time.perf_counter() - t0}, out / "lookup_updates_quality.json")

@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--training_tokens", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--lookup_lr", type=float, default=1e-2)
+    ap.add_argument("--lookup_lr", type=float, default=3e-2)
     ap.add_argument("--unigram_strategy", default="auto")
     ap.add_argument("--ce_batches", type=int, default=2, help="run_evals batches of 8x128 tokens")
     ap.add_argument("--curve_points", type=int, default=16, help="held-out NMSE evaluations along training")

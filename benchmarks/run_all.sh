@@ -4,7 +4,17 @@
 set -euo pipefail
 R=benchmarks/results
 mkdir -p $R/demo $R/analysis
-python benchmarks/step_time.py --steps 10                                   # issue: per-step time
+# per-step time and memory, every architecture vs its SAELens base (sparse and dense lookup)
+python benchmarks/step_time.py --d_vocab 50257 --d_in 768 --d_sae 6144 --batch 2048 --steps 12 --warmup 2 --dense
+python benchmarks/step_time.py --d_vocab 262144 --d_in 2304 --d_sae 9216 --batch 1024 --steps 12 --warmup 2 \
+    --architectures standard gated topk abstopk jumprelu batchtopk matryoshka_batchtopk
+python benchmarks/step_time.py --d_vocab 262144 --d_in 2304 --d_sae 9216 --batch 1024 --steps 3 --warmup 1 \
+    --architectures topk --dense --out $R/step_time_V262144_dense.json
+python benchmarks/step_time.py --d_vocab 262144 --d_in 2304 --d_sae 9216 --batch 1024 --memory --architectures topk --dense
+python benchmarks/plot_step_time.py $R/step_time_V50257.json $R/step_time_V262144.json
+python benchmarks/lookup_updates_quality.py --layer 3 --seeds 0 1 --training_tokens 100000 --sparse_lr_multipliers 3  # sparse vs dense
+python benchmarks/resume_gap.py                                              # resume vs uninterrupted, TopK and tokenized
+python benchmarks/unigram_multi_hook.py                                      # tables for 7 hooks in one pass
 sae-lens-tokenized demo --out /tmp/sltok-demo                               # the README's first command
 cp /tmp/sltok-demo/{results.json,table.txt,nmse_vs_tokens.png} $R/demo/     # (not the SAE weights)
 python benchmarks/quality.py --architectures topk --layers 3 9 --ks 16 32 --seeds 0 1 --training_tokens 200000 --out $R/quality_topk_200k

@@ -57,7 +57,7 @@ class CompareSettings:
     # lr 3e-4 / batch 4096 left TopK at NMSE 0.42 (97 steps); 1e-3/1024 -> 0.124; 3e-3/1024 -> 0.104.
     batch: int = 1024
     lr: float = 3e-3
-    lookup_lr: float = 1e-2
+    lookup_lr: float = 3e-2  # the config's default (sparse lookup; = dense at 1e-2)
     context_size: int = 128
     unigram_strategy: str = "auto"
     lookup_init_scale: float = 0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--training_tokens", type=int, default=400_000)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--lookup_lr", type=float, default=1e-2)
+    p.add_argument("--lookup_lr", type=float, default=3e-2)
     p.add_argument("--unigram_strategy", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, ~2 minutes)")
@@ -103,7 +104,10 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
 
     print("[4/5] reloading the saved SAEs with SAE.load_from_disk")
     for variant in s.variants:
-        loaded = SAE.load_from_disk(out / folders[variant])
+        with warnings.catch_warnings():
+            # SAELens advises how to load the *model* for this SAE; the demo already has it
+            warnings.filterwarnings("ignore", message=".*non-empty model_from_pretrained_kwargs")
+            loaded = SAE.load_from_disk(out / folders[variant])
         trained = results[names[variant]]["sae"]
         x, ids = data.eval[0][:256], data.eval[1][:256]
         kw = {"token_ids": ids} if variant.startswith("tokenized") else {}

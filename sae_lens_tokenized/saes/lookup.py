@@ -83,8 +83,13 @@ class LookupTrainingConfig(LookupConfig):
     Args:
         train_lookup: Train ``W_lookup`` (True) or keep it frozen at its init (False).
         lookup_lr: Learning rate of the lookup's own Adam parameter group. The authors
-            used 1e-2 with an SAE lr of 1e-4 (swept 1e-2, 5e-3, 1e-3). ``None`` uses the
-            runner's ``lr``. The lr schedule multiplies both groups alike.
+            used 1e-2 with dense Adam and an SAE lr of 1e-4 (swept 1e-2, 5e-3, 1e-3). The
+            default sparse (lazy) updates move a row once per step that touches it, while
+            dense Adam keeps moving it on its momentum for ~1/(1-beta1) steps after; 3e-2
+            lazy matched 1e-2 dense on SmolLM2 (benchmarks/lookup_updates_quality.py), so
+            3e-2 is the default. With ``lookup_updates="dense"`` the authors' 1e-2 is the
+            equivalent. ``None`` uses the runner's ``lr``. The lr schedule multiplies both
+            groups alike.
         unigram_table_path: A precomputed unigram table (safetensors with a tensor
             ``unigrams`` of shape [d_vocab, d_in]) to initialise from instead of
             computing one. ``None`` computes it from the model.
@@ -107,7 +112,7 @@ class LookupTrainingConfig(LookupConfig):
     """
 
     train_lookup: bool = True
-    lookup_lr: float | None = 1e-2
+    lookup_lr: float | None = 3e-2
     unigram_table_path: str | None = None
     init_lookup_from_unigrams: bool = True
     unigram_cache: bool = True
