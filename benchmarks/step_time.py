@@ -93,10 +93,7 @@ def lookup_bytes(trainer: Any) -> dict[str, int]:
     table = sae.W_lookup.numel() * sae.W_lookup.element_size()
     rows = sae.lookup_rows
     gradient = table if rows is None else rows.numel() * rows.element_size()
-    group = next(g for g in trainer.optimizer.param_groups if g.get("name") == "lookup")
-    state = sum(t.numel() * t.element_size() for p in group["params"] for t in trainer.optimizer.state.get(p, {}).values()
-                if isinstance(t, torch.Tensor))
-    return {"table": table, "gradient_during_step": gradient, "optimizer_state": state}
+    return {"table": table, "gradient_during_step": gradient, "optimizer_state": trainer.optimizer.lookup_memory_bytes()}
 
 
 def rss_bytes() -> int:

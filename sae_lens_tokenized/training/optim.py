@@ -28,6 +28,7 @@ restores it (``state_dict``/``load_state_dict``, SAELens's own calls).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -50,22 +51,26 @@ class TokenizedAdam(Adam):
         self.sae = sae
         self._rows_in_use_bound: dict[int, int] = {}  # host-side upper bound, per parameter
         self._host_step: dict[int, int] = {}  # state["step"] mirrored on the host
-        for group in self.param_groups:
-            if group.get("lazy_rows") and (group["weight_decay"] or group["amsgrad"] or group["maximize"]):
+        for group, _ in self._lazy_params():
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
                 raise ValueError("a lazy_rows group supports plain Adam only (no weight_decay/amsgrad/maximize)")
         self.register_load_state_dict_post_hook(TokenizedAdam._after_load)
+
+    def _lazy_params(self) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+        for group in self.param_groups:
+            if group.get("lazy_rows"):
+                for p in group["params"]:
+                    yield group, p
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         if closure is not None:
             raise ValueError("TokenizedAdam does not take a closure")
         pending = []
-        for group in self.param_groups:
-            if group.get("lazy_rows"):
-                for p in group["params"]:
-                    if p.grad is not None:
-                        pending.append((p, p.grad, group))
-                        p.grad = None  # hidden from Adam's own step, restored below
+        for group, p in self._lazy_params():
+            if p.grad is not None:
+                pending.append((p, p.grad, group))
+                p.grad = None  # hidden from Adam's own step, restored below
         super().step()
         for p, grad, group in pending:
             self._lazy_rows_step(p, grad, group)
@@ -128,22 +133,17 @@ class TokenizedAdam(Adam):
     def _after_load(self) -> None:
         # Optimizer.load_state_dict casts every state tensor to the parameter's dtype;
         # the slot table and counters are integers (exact in float32 below 2**24 rows).
-        for group in self.param_groups:
-            if group.get("lazy_rows"):
-                for p in group["params"]:
-                    state = self.state.get(p)
-                    if state:
-                        state["slot_of"] = state["slot_of"].long()
-                        state["rows_in_use"] = state["rows_in_use"].long()
+        for _, p in self._lazy_params():
+            state = self.state.get(p)
+            if state:
+                state["slot_of"] = state["slot_of"].long()
+                state["rows_in_use"] = state["rows_in_use"].long()
         self._rows_in_use_bound.clear()
         self._host_step.clear()
 
     def lookup_memory_bytes(self) -> int:
-        """Bytes held by the lazy groups' state (moments, slot table)."""
-        total = 0
-        for group in self.param_groups:
-            if group.get("lazy_rows"):
-                for p in group["params"]:
-                    total += sum(t.numel() * t.element_size() for t in self.state.get(p, {}).values()
-                                 if isinstance(t, torch.Tensor))
-        return total
+        """Bytes of the lookup's optimizer state, sparse (moments of the rows touched, slot
+        table) or dense (Adam's moments of the whole table)."""
+        lookup = [p for p in (self.sae.W_lookup, self.sae.lookup_rows) if p is not None]
+        return sum(t.numel() * t.element_size() for p in lookup for t in self.state.get(p, {}).values()
+                   if isinstance(t, torch.Tensor))
