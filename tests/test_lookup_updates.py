@@ -96,6 +96,8 @@ def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments():
     assert torch.equal(sparse.W_lookup[300:], after_first[0][300:])
     state = trainers[0].optimizer.state[sparse.lookup_rows]
     assert int(state["rows_in_use"]) == 1 + len(first_rows) + len(second[:, -1].long().unique())
+    # the scratch slot that padding positions use stays exactly zero, so they update nothing
+    assert not state["exp_avg"][0].any() and not state["exp_avg_sq"][0].any()
 
 
 def test_lookup_memory_follows_the_rows_touched_not_d_vocab():

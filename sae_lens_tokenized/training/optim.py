@@ -111,8 +111,9 @@ class TokenizedAdam(Adam):
         state["exp_avg_sq"][slot] = exp_avg_sq
         step_size = group["lr"] / (1 - beta1**step)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
-        update = torch.where(valid.unsqueeze(1), exp_avg / denom * -step_size, 0.0).to(W.dtype)
-        W.index_add_(0, torch.where(valid, rows, 0), update)
+        # Padding positions (rows 0, scratch slot 0) add exactly zero: no position reads their
+        # staged row, so their gradient is 0 and the scratch moments stay 0 forever.
+        W.index_add_(0, rows, (exp_avg / denom * -step_size).to(W.dtype))
 
     def _ensure_capacity(self, p: torch.Tensor, state: dict[str, Any], n: int, vocab: int) -> None:
         capacity = state["exp_avg"].shape[0]
