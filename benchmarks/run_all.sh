@@ -15,6 +15,9 @@ python benchmarks/plot_step_time.py $R/step_time_V50257.json $R/step_time_V26214
 python benchmarks/lookup_updates_quality.py --layer 3 --seeds 0 1 --training_tokens 100000 --sparse_lr_multipliers 3  # sparse vs dense
 python benchmarks/resume_gap.py                                              # resume vs uninterrupted, TopK and tokenized
 python benchmarks/unigram_multi_hook.py                                      # tables for 7 hooks in one pass
+python benchmarks/lookup_init.py --layers 3 9                               # the lookup alone: prompt vs data vs bigram
+python benchmarks/dead_latents.py --windows 1000 50                          # why the demo's SAEs were 62% dead
+python benchmarks/lookup_variants.py --layers 3 9 --ks 16 32 --seeds 0 1     # prompt / data / data+bigram vs TopK (~80 min)
 sae-lens-tokenized demo --out /tmp/sltok-demo                               # the README's first command
 cp /tmp/sltok-demo/{results.json,table.txt,nmse_vs_tokens.png} $R/demo/     # (not the SAE weights)
 python benchmarks/quality.py --architectures topk --layers 3 9 --ks 16 32 --seeds 0 1 --training_tokens 200000 --out $R/quality_topk_200k

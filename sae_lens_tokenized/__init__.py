@@ -47,6 +47,7 @@ _register()
 # Imported after registration: building a training config looks the architecture up.
 from sae_lens_tokenized.convert import convert_original_checkpoint  # noqa: E402
 from sae_lens_tokenized.hub import load_from_hub, push_to_hub  # noqa: E402
+from sae_lens_tokenized.lookup_stats import LookupStatistics  # noqa: E402
 from sae_lens_tokenized.splicing import token_ids_from  # noqa: E402
 from sae_lens_tokenized.training import TokenizedSAETrainingRunner  # noqa: E402
 from sae_lens_tokenized.unigrams import (  # noqa: E402
@@ -61,6 +62,8 @@ from sae_lens_tokenized.unigrams import (  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
+    "LookupStatistics",
+    "METHOD_LOOKUP",
     "TokenIdsError",
     "TokenizedSAETrainingRunner",
     *(cls.__name__ for pair in _saes.INFERENCE_CLASSES + _saes.TRAINING_CLASSES for cls in pair),

@@ -41,6 +41,16 @@ the public seams that would retire these entries.
     the clip through ``sae.parameters()`` and consumes them in ``TokenizedAdam.step``;
     ``tests/test_lookup_updates.py`` checks the clip sees the dense gradient's norm and the
     step equals dense Adam's.
+11. ``get_raw_llm_batch`` returns ``store_batch_size_prompts`` equal-length sequences
+    flattened row by row, from the model and from a cache alike; a bigram lookup's store
+    reads each position's previous token from that layout
+    (``activations_store.previous_ids_of_batch``). ``tests/test_data_init_and_bigrams.py``
+    matches every shuffled row to its position in the corpus, live and cached.
+12. SAELens's loader (``read_sae_components_from_disk``) casts every saved tensor to the
+    SAE's dtype, integers included; a bigram lookup therefore stores its pair ids as
+    base-256 digits, exact in any float dtype (``TokenLookupMixin._store_bigram_ids``;
+    tested in bfloat16). Not a reliance: the digits load exactly whether or not SAELens
+    casts them.
 """
 
 from __future__ import annotations

@@ -118,7 +118,9 @@ def run_analyze(ns: argparse.Namespace) -> None:
             raise SystemExit("analyze lookup needs --sae PATH (a saved tokenized SAE folder)")
         sae = SAE.load_from_disk(ns.sae)
         hook = sae.cfg.metadata.hook_name
-        table = get_unigram_table(model, hook, sae.cfg.unigram_strategy)
+        # a data-estimated lookup has no prompt table to compare with
+        table = (None if sae.cfg.unigram_strategy in ("data", "precomputed")
+                 else get_unigram_table(model, hook, sae.cfg.unigram_strategy))
         result = analysis.lookup_analysis(sae, table, model, _text_tokens(model, ns), hook)
     result["command"] = "sae-lens-tokenized " + " ".join(ns.argv)
     path = out / f"{ns.what}.json"

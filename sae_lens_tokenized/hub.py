@@ -85,7 +85,10 @@ def check_sae_folder(folder: str | Path) -> dict[str, Any]:
     if not arch.endswith("matching_pursuit"):  # tied: its encoder is W_dec.T, not a tensor of its own
         expected["W_enc"] = (d_in, d_sae)
     if cfg.get("d_vocab") is not None:
-        expected["W_lookup"] = (cfg["d_vocab"], d_in)
+        bigram_rows = int(cfg.get("lookup_bigram_rows") or 0)
+        expected["W_lookup"] = (cfg["d_vocab"] + bigram_rows, d_in)
+        if cfg.get("lookup_ngram", 1) == 2:
+            expected["lookup_bigram_ids"] = (bigram_rows, 2, 3)
     for name, shape in expected.items():
         if shapes.get(name) != shape:
             raise SAEFolderError(
@@ -119,6 +122,14 @@ def model_card(repo_id: str, entries: Mapping[str, Mapping[str, Any]], license: 
         "arXiv 2502.17332), trained with [SAELens](https://github.com/decoderesearch/SAELens) and "
         "`sae-lens-tokenized`: x_hat = W_dec a + b_dec + W_lookup[t], t the input token at each position.",
         "",
+        *([
+            "Some SAEs here have a **bigram lookup** (`lookup_ngram: 2`): besides one row per token, "
+            "`W_lookup` holds `lookup_bigram_rows` rows for frequent (previous token, token) pairs, "
+            "estimated from the training data. A position reads its pair's row where the pair has one, "
+            "otherwise its token's row; a sequence's first position has no previous token and reads "
+            "its token's row. `token_ids_from(model, sae)` supplies both ids; flat ids need "
+            "`prev_token_ids=`.", ""]
+          if any(e.get("lookup_ngram") == 2 for e in entries.values()) else []),
         "## Load",
         "",
         "```python",
@@ -142,7 +153,8 @@ def model_card(repo_id: str, entries: Mapping[str, Mapping[str, Any]], license: 
     for sae_id, e in entries.items():
         lines += [f"### `{sae_id}`", "", "| field | value |", "|---|---|"]
         for key in ("architecture", "model_name", "hook_name", "d_in", "d_sae", "k", "d_vocab",
-                    "unigram_strategy", "lookup_init_scale", "training_tokens", "dataset_path"):
+                    "unigram_strategy", "lookup_init_scale", "lookup_ngram", "lookup_bigram_rows",
+                    "lookup_init_sample_tokens", "training_tokens", "dataset_path"):
             if e.get(key) is not None:
                 lines.append(f"| {key} | {_fmt(e[key])} |")
         for key, value in (e.get("metrics") or {}).items():
@@ -158,6 +170,9 @@ def _card_entry(cfg: Mapping[str, Any], folder: Path, metrics: Mapping[str, Any]
         "hook_name": meta.get("hook_name"), "d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae"),
         "k": cfg.get("k"), "d_vocab": cfg.get("d_vocab"), "unigram_strategy": cfg.get("unigram_strategy"),
         "lookup_init_scale": cfg.get("lookup_init_scale"), "dataset_path": meta.get("dataset_path"),
+        "lookup_ngram": cfg.get("lookup_ngram"),
+        "lookup_bigram_rows": cfg.get("lookup_bigram_rows") if cfg.get("lookup_ngram") == 2 else None,
+        "lookup_init_sample_tokens": (meta.get("lookup_init") or {}).get("tokens_drawn_from_training_stream"),
     }
     runner_cfg = folder / RUNNER_CFG_FILENAME
     if runner_cfg.is_file():

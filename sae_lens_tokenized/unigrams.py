@@ -316,8 +316,12 @@ def select_unigram_strategy(
     candidates: Sequence[str] = AUTO_CANDIDATES,
     hook_head_index: int | None = None,
     exclude_ids: Sequence[int] = (),
+    extra_tables: dict[str, torch.Tensor] | None = None,
 ) -> tuple[str, dict[str, dict[str, Any]]]:
     """``strategy='auto'``: measure each resolvable candidate on real sequences, pick the best.
+
+    ``extra_tables``: further candidates given as ready tables (the runner passes the
+    data-estimated table as ``"data"``), measured the same way after the prompt ones.
 
     Only the rows of tokens that occur in ``sample_tokens`` are computed, so this costs a
     few small forward passes, not a vocabulary sweep per candidate. Best = lowest
@@ -338,6 +342,8 @@ def select_unigram_strategy(
         table = compute_unigram_table(model, hook_name, cand, hook_head_index=hook_head_index,
                                       token_ids=rows, show_progress=False)
         report[cand] = unigram_fit(table, acts, ids, cand).as_dict()
+    for name, table in (extra_tables or {}).items():
+        report[name] = unigram_fit(table, acts, ids, name).as_dict()
     scored = {k: v["nmse"] for k, v in report.items() if "nmse" in v}
     if not scored:
         raise UnigramStrategyError(f"no candidate unigram strategy resolves for {label}: {report}")

@@ -130,6 +130,10 @@ def runner_cfg(sae_cfg, hook_name: str, training_tokens: int, **overrides):
         n_eval_batches=2,
     )
     kwargs.update(overrides)
+    # The data-estimated init draws 500k activations by default; the tiny test corpus has
+    # ~11k tokens, so tests draw 4k unless they ask for a size.
+    if getattr(sae_cfg, "lookup_init_tokens", None) == 500_000:
+        sae_cfg.lookup_init_tokens = 4096
     return LanguageModelSAERunnerConfig(**kwargs)
 
 

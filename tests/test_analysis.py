@@ -2,6 +2,8 @@
 
 import torch
 
+from sae_lens_tokenized import METHOD_LOOKUP
+
 from helpers import tiny_model
 from sae_lens_tokenized import TokenizedTopKTrainingSAE, TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.analysis import (
@@ -48,7 +50,7 @@ def test_massive_activations_find_the_planted_position_zero_outlier(tmp_path, da
 
 def test_lookup_analysis_known_values(model, dataset):
     u = compute_unigram_table(model, "hook_embed", "bos,t", show_progress=False)  # == W_E
-    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=512))
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=512, **METHOD_LOOKUP))
     sae.init_lookup_from_unigrams(u)  # 0.5 * U
     sae.cfg.metadata.hook_name = "hook_embed"
     r = lookup_analysis(sae, u, model, text_tokens(dataset), "hook_embed")

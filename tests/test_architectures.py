@@ -58,7 +58,9 @@ def make_pair(arch: str, seed: int = 0, tok_kw: dict | None = None, **kw):
     cls, cfg_cls = get_sae_training_class(arch)
     base_cls, base_cfg_cls = get_sae_training_class(base_architecture(arch))
     args = dict(d_in=D_IN, d_sae=D_SAE, **ARCH_KW[arch], **kw)
-    tok = cls(cfg_cls(**args, d_vocab=V, **(tok_kw or {})))
+    # a unigram lookup: these tests state the per-token-row property (bigram rows:
+    # tests/test_data_init_and_bigrams.py)
+    tok = cls(cfg_cls(**args, d_vocab=V, **{"lookup_ngram": 1, **(tok_kw or {})}))
     with torch.no_grad():
         for name, p in tok.named_parameters():
             p.add_(torch.randn_like(p) * (0.3 if name != "threshold" else 0.0))

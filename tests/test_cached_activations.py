@@ -56,7 +56,7 @@ def test_a_saelens_cache_trains_a_tokenized_sae_with_every_id_aligned(hf_folder,
     store = TokenizedActivationsStore.from_config(proxy, cfg, override_dataset=token_dataset(CONTEXT))
     assert store.cached_activation_dataset is not None  # really reading the cache
     W_E = hf.get_input_embeddings().weight
-    for acts, ids in [next(store.iter_with_token_ids()) for _ in range(4)]:
+    for acts, ids, *_ in [next(store.iter_with_token_ids()) for _ in range(4)]:
         assert torch.equal(acts, W_E[ids].float()), "cached activations and their ids came apart"
     # and the runner trains from it (SAELens's buffer shuffles rows across cached batches)
     runner = TokenizedSAETrainingRunner(cached_cfg(path), override_model=proxy, override_dataset=token_dataset(CONTEXT))

@@ -43,7 +43,8 @@ def test_1_config_is_checked_and_sized_from_the_model_before_the_store_is_built(
     good = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
     runner = TokenizedSAETrainingRunner(good, override_model=model, override_dataset=dataset)
     assert built == [TokenizedActivationsStore]
-    assert runner.sae.W_lookup.shape == (model.cfg.d_vocab, 32)  # d_vocab came from the model
+    assert runner.sae.cfg.d_vocab == model.cfg.d_vocab  # d_vocab came from the model
+    assert runner.sae.W_lookup.shape == (model.cfg.d_vocab + runner.sae.cfg.lookup_bigram_rows, 32)
 
 
 def test_2_rebuilt_optimizer_holds_every_parameter_once_and_the_schedule_drives_both_groups(model, dataset):

@@ -4,6 +4,8 @@
 
 import pytest
 import torch
+
+from sae_lens_tokenized import METHOD_LOOKUP
 from sae_lens.load_model import HookedProxyLM
 
 from helpers import runner_cfg, tiny_tokenizer, token_dataset
@@ -44,12 +46,12 @@ def test_ids_stay_aligned_through_saelens_store_on_a_hookedproxylm(proxy):
     cfg = hf_cfg("model.embed_tokens", d_vocab=512)
     store = TokenizedActivationsStore.from_config(proxy, cfg, override_dataset=token_dataset())
     W_E = proxy.model.get_input_embeddings().weight
-    for acts, ids in [next(store.iter_with_token_ids()) for _ in range(3)]:
+    for acts, ids, *_ in [next(store.iter_with_token_ids()) for _ in range(3)]:
         assert torch.equal(acts, W_E[ids].float())
 
 
 def test_training_on_a_hf_model_sizes_the_lookup_and_inits_it_from_its_unigrams(proxy):
-    runner = TokenizedSAETrainingRunner(hf_cfg("model.layers.0"), override_model=proxy,
+    runner = TokenizedSAETrainingRunner(hf_cfg("model.layers.0", **METHOD_LOOKUP), override_model=proxy,
                                         override_dataset=token_dataset())
     assert runner.sae.cfg.d_vocab == proxy.model.get_input_embeddings().num_embeddings
     table = compute_unigram_table(proxy, "model.layers.0", "bos,t", show_progress=False)
@@ -64,7 +66,7 @@ def test_training_on_a_hf_model_sizes_the_lookup_and_inits_it_from_its_unigrams(
 
 
 def test_token_ids_from_a_hookedproxylm_reads_its_input_and_never_keeps_stale_ids(proxy):
-    runner = TokenizedSAETrainingRunner(hf_cfg("model.layers.0", init_lookup_from_unigrams=False), override_model=proxy,
+    runner = TokenizedSAETrainingRunner(hf_cfg("model.layers.0", init_lookup_from_unigrams=False, lookup_ngram=1), override_model=proxy,
                                         override_dataset=token_dataset())
     sae = runner.sae.eval()
     with torch.no_grad():

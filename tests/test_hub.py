@@ -48,7 +48,7 @@ def tree_digest(folder) -> str:
 def assert_same(a, b):
     for name, t in a.state_dict().items():
         assert torch.equal(b.state_dict()[name], t), name
-    x, ids = torch.randn(5, D_IN), torch.randint(0, V, (5,))
+    x, ids = torch.randn(2, 5, D_IN), torch.randint(0, V, (2, 5))  # [batch, pos]: previous ids from pos
     assert torch.equal(a(x, token_ids=ids), b(x, token_ids=ids))
 
 
@@ -74,7 +74,7 @@ def test_publish_two_saes_and_load_each_with_from_pretrained(tmp_path, hub):
     assert meta["library_name"] == "saelens" and "tokenized-sae" in meta["tags"]
     assert meta["base_model"] == ["openai-community/gpt2"] and "license" in meta
     assert "import sae_lens_tokenized" in card and 'SAE.from_pretrained("user/two-saes"' in card
-    assert "| unigram_strategy | bos,t |" in card and "| eval: nmse | 0.081 |" in card
+    assert "| unigram_strategy | data |" in card and "| eval: nmse | 0.081 |" in card
 
 
 def test_second_push_keeps_the_first_saes_in_card_and_manifest(tmp_path, hub):

@@ -27,7 +27,8 @@ RESID = "blocks.1.hook_resid_pre"
 
 
 def sae_cfg(updates: str = "sparse", **kw):
-    return TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=512, lookup_updates=updates, **kw)
+    # a unigram lookup: these tests compare sparse and dense updates of token rows
+    return TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=512, lookup_updates=updates, lookup_ngram=1, **kw)
 
 
 def trainer_for(sae, batches, **cfg_kw):
@@ -103,7 +104,7 @@ def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments():
 def test_lookup_memory_follows_the_rows_touched_not_d_vocab():
     vocab = 200_000
     torch.manual_seed(0)
-    cfg = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=vocab)
+    cfg = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=vocab, lookup_ngram=1)
     sae = TokenizedTopKTrainingSAE(cfg)
     trainer = trainer_for(sae, packed_batches(6, vocab=300))
     for _ in range(6):
@@ -185,7 +186,7 @@ def test_compile_sae_trains_the_lookup_exactly_as_eager(model, dataset):
     runs = {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 2 * 256,
+        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_ngram=1), RESID, 2 * 256,
                          compile_sae=compiled)
         runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
         start = runner.sae.W_lookup.detach().clone()

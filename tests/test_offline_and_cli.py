@@ -134,7 +134,7 @@ def test_smollm2_as_a_hugging_face_model_through_saelens_loader(smollm2):
     proxy = load_model("AutoModelForCausalLM", str(_converted_folder()), device="cpu",
                        hook_names=["model.embed_tokens", "model.layers.3"])
     data = load_offline_dataset(WIKI_DATASET, smollm2.tokenizer, 64, "train", max_rows=64)
-    sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=576, d_sae=1152, k=16, init_lookup_from_unigrams=False)
+    sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=576, d_sae=1152, k=16, init_lookup_from_unigrams=False, lookup_ngram=1)
     cfg = runner_cfg(sae_cfg, "model.embed_tokens", 2048, model_class_name="AutoModelForCausalLM",
                      context_size=64, train_batch_size_tokens=512)
     cfg.sae.d_vocab = 49152
@@ -146,7 +146,7 @@ def test_smollm2_as_a_hugging_face_model_through_saelens_loader(smollm2):
     tl_rows = compute_unigram_table(smollm2, "blocks.4.hook_resid_pre", "space,t", token_ids=rows,
                                     show_progress=False)[rows]
     torch.testing.assert_close(hf_rows, tl_rows, rtol=1e-3, atol=1e-3)
-    train_cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=576, d_sae=1152, k=16, init_lookup_from_unigrams=False),
+    train_cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=576, d_sae=1152, k=16, init_lookup_from_unigrams=False, lookup_ngram=1),
                            "model.layers.3", 2048, model_class_name="AutoModelForCausalLM", context_size=64,
                            train_batch_size_tokens=512)
     runner = TokenizedSAETrainingRunner(train_cfg, override_model=proxy, override_dataset=data)

@@ -9,6 +9,7 @@ from sae_lens.registry import get_sae_class, get_sae_training_class
 
 import sae_lens_tokenized
 from sae_lens_tokenized import (
+    METHOD_LOOKUP,
     TokenIdsError,
     TokenizedTopKSAE,
     TokenizedTopKTrainingSAE,
@@ -19,6 +20,7 @@ D_IN, D_SAE, K, V = 16, 48, 4, 40
 
 
 def make_sae(**kw) -> TokenizedTopKTrainingSAE:
+    kw = {**METHOD_LOOKUP, **kw}  # a unigram lookup with the method's settings
     sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, d_vocab=V, **kw))
     with torch.no_grad():  # non-trivial weights everywhere
         for p in sae.parameters():

@@ -19,6 +19,7 @@ from sae_lens_tokenized import (
     compute_unigram_table,
     token_ids_from,
 )
+from sae_lens_tokenized import METHOD_LOOKUP
 from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
 from sae_lens_tokenized.unigrams import UnigramCacheError, activations_at_hook
 
@@ -44,7 +45,7 @@ def test_every_activation_reaches_the_trainer_with_its_own_token(model, dataset,
     # a finite source, drained below: SAELens 6.53's producer thread has no close() and would
     # otherwise keep running forwards on the shared model while later tests use it
     provider = PrefetchingIterator(itertools.islice(iter(store), 12), prefetch=2) if prefetch else store
-    channel = TokenIdsSideChannel(provider)
+    channel = TokenIdsSideChannel(provider, with_prev=store.carries_prev)
     seen = []
     for _ in range(12):  # several buffer refills: rows are shuffled across LLM batches
         acts = next(channel)
@@ -149,7 +150,7 @@ def test_evals_during_training_with_wandb_offline(tmp_path, model, dataset, monk
 
 # ------------------------------------------------------- the lookup -------------------------
 def test_lookup_is_initialised_from_unigrams_and_moves_when_trained(model, dataset):
-    cfg = runner_cfg(tok_cfg(model), RESID, 20_000)
+    cfg = runner_cfg(tok_cfg(model, **METHOD_LOOKUP), RESID, 20_000)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     u = compute_unigram_table(model, RESID, "bos,t", show_progress=False)
     assert torch.equal(runner.sae.W_lookup.data, 0.5 * u)
@@ -219,7 +220,7 @@ def test_tokenized_beats_topk_where_the_token_explains_the_activation(model, dat
     class ShuffledRunner(TokenizedSAETrainingRunner):
         store_class = ShuffledIdsStore
 
-    shuffled = train(TokenizedTopKTrainingSAEConfig(**base, init_lookup_from_unigrams=False), ShuffledRunner)
+    shuffled = train(TokenizedTopKTrainingSAEConfig(**base, init_lookup_from_unigrams=False, lookup_ngram=1), ShuffledRunner)
 
     n_topk = _heldout_nmse(topk, model, EMBED, False)
     n_tok = _heldout_nmse(tok, model, EMBED, True)
@@ -241,7 +242,7 @@ def test_tokenized_beats_topk_where_the_token_explains_the_activation(model, dat
         (dict(unigram_strategy="bos,7"), {}, "contains no 't'"),
         (dict(unigram_strategy="bos,t,99999"), {}, "out of range"),
         ({}, dict(train_batch_size_tokens=4096), "buffer holds"),
-        (dict(unigram_strategy="auto"), dict(unigram_table=torch.zeros(512, 32)), "'auto' cannot be used with a precomputed"),
+        (dict(unigram_strategy="auto"), dict(unigram_table=torch.zeros(512, 32)), "'auto' chooses the table itself"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, model, dataset, kw, runner_kw, match):
@@ -261,7 +262,9 @@ def test_precomputed_table_from_file(tmp_path, model, dataset):
     save_file({"unigrams": u}, tmp_path / "u.safetensors")
     cfg = runner_cfg(tok_cfg(model, unigram_table_path=str(tmp_path / "u.safetensors")), RESID, 10_000)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
-    assert torch.equal(runner.sae.W_lookup.data, 0.5 * u)
+    # an explicit table wins over the default data estimate, and is recorded as such
+    assert torch.equal(runner.sae.W_lookup.data[: model.cfg.d_vocab], 0.5 * u)
+    assert runner.sae.cfg.unigram_strategy == "precomputed" and runner.sae.cfg.lookup_init_scale == 0.5
     save_file({"table": u}, tmp_path / "bad.safetensors")
     cfg = runner_cfg(tok_cfg(model, unigram_table_path=str(tmp_path / "bad.safetensors")), RESID, 10_000)
     with pytest.raises(UnigramCacheError, match="no tensor named 'unigrams'"):
@@ -271,7 +274,7 @@ def test_precomputed_table_from_file(tmp_path, model, dataset):
 def test_model_without_bos_gets_a_clear_error(dataset):
     model = tiny_model()
     model.tokenizer.bos_token = None
-    cfg = runner_cfg(tok_cfg(model), RESID, 10_000)
+    cfg = runner_cfg(tok_cfg(model, **METHOD_LOOKUP), RESID, 10_000)
     with pytest.raises(UnigramStrategyError, match="needs a BOS token"):
         TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     cfg = runner_cfg(tok_cfg(model, unigram_strategy="space,t"), RESID, 10_000)
@@ -308,7 +311,7 @@ def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path
     lookup_index = saved["param_groups"][1]["params"][0]
     lazy = saved["state"][lookup_index]
     # lazy Adam state: moments for the rows seen so far only, not [d_vocab, d_in]
-    assert 1 < int(lazy["rows_in_use"]) <= model.cfg.d_vocab + 1
+    assert 1 < int(lazy["rows_in_use"]) <= saved_lookup.shape[0] + 1
     assert lazy["exp_avg"].shape[1] == saved_lookup.shape[1]
     assert (lazy["slot_of"][:-1] >= 0).sum() == int(lazy["rows_in_use"]) - 1
 

@@ -125,7 +125,7 @@ def test_auto_avoids_the_sink_and_is_recorded_in_cfg_json(tmp_path, dataset):
     chosen, report = select_unigram_strategy(model, "blocks.0.hook_resid_pre", tokens)
     assert chosen != "t" and report["t"]["nmse"] > 10 * report[chosen]["nmse"]
 
-    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, unigram_strategy="auto"),
+    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, unigram_strategy="auto", lookup_init_tokens=4096),
                      "blocks.0.hook_resid_pre", 4_096, output_path=str(tmp_path / "sae"))
     TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
     saved = json.loads((tmp_path / "sae" / "cfg.json").read_text())

@@ -6,6 +6,7 @@ have no inference class (as in SAELens they save as JumpReLU: here ``tokenized_j
 """
 
 from sae_lens_tokenized.saes.lookup import (
+    METHOD_LOOKUP,
     LookupConfig,
     LookupTrainingConfig,
     TokenIdsError,
@@ -89,6 +90,7 @@ __all__ = [
     "ARCHITECTURES",
     "INFERENCE_CLASSES",
     "TRAINING_CLASSES",
+    "METHOD_LOOKUP",
     "LookupConfig",
     "LookupTrainingConfig",
     "TokenIdsError",

@@ -58,13 +58,25 @@ class LookupConfig:
         unigram_strategy: The prompt template the lookup was initialised from (see
             ``sae_lens_tokenized.unigrams``). Recorded so analyses can recompute the same
             unigram table; it has no effect on the forward pass.
-        lookup_init_scale: ``W_lookup = lookup_init_scale * U`` at initialisation. 0.5 is
-            the authors' final default ("lookup_scale"); the workshop paper used 1.0.
+        lookup_init_scale: ``W_lookup = lookup_init_scale * U`` at initialisation. ``None``
+            (default) takes the strategy's measured default (``default_init_scale``): 0.5 for
+            prompt strategies (the authors' final "lookup_scale"; the workshop paper used
+            1.0) and 1.0 for ``"data"`` (a mean is already the least-squares row).
+        lookup_ngram: 1: one row per token (the method). 2: also one row per frequent
+            (previous token, token) pair, read instead of the token's row where the pair
+            has one; a pair without a row, and a context's first position (no previous
+            token), read the token's row.
+        lookup_bigram_rows: how many bigram rows the lookup holds (``lookup_ngram=2``;
+            ``None`` = ``DEFAULT_BIGRAM_ROWS``). They are the table's rows
+            ``d_vocab .. d_vocab + lookup_bigram_rows - 1``; which pair each row belongs
+            to is stored beside the weights (``lookup_bigram_ids``).
     """
 
     d_vocab: int | None = None
     unigram_strategy: str = "bos,t"
-    lookup_init_scale: float = 0.5
+    lookup_init_scale: float | None = None
+    lookup_ngram: int = 1
+    lookup_bigram_rows: int | None = None
 
     @classmethod
     def architecture(cls) -> str:
@@ -72,8 +84,15 @@ class LookupConfig:
         return "tokenized_" + super().architecture()  # type: ignore[misc]
 
     def __post_init__(self) -> None:
+        if self.lookup_bigram_rows is None:
+            self.lookup_bigram_rows = DEFAULT_BIGRAM_ROWS if self.lookup_ngram == 2 else 0
         validate_lookup_config(self)
         super().__post_init__()  # type: ignore[misc]
+
+    @property
+    def lookup_n_rows(self) -> int:
+        """Rows of ``W_lookup``: one per token, then the bigram rows."""
+        return int(self.d_vocab or 0) + int(self.lookup_bigram_rows or 0)
 
 
 @dataclass(kw_only=True)
@@ -106,17 +125,58 @@ class LookupTrainingConfig(LookupConfig):
             parameter (dense gradient and moments; untouched rows keep moving on their
             momentum). Both give the same first step; ``sae_lens_tokenized.training.optim``.
 
+        lookup_init_tokens: the sample of the training stream the data-estimated init
+            (``unigram_strategy="data"``) and the bigram rows (``lookup_ngram=2``) are
+            estimated from. The runner draws it from SAELens's activation store before
+            training starts, so those activations are not trained on (SAELens's own norm
+            estimate draws its batches the same way); it logs the count and records it in
+            the cfg.json metadata (``lookup_init``).
+        lookup_init_pseudo_count: shrinkage of data-estimated token rows: a token seen n
+            times gets ``(sum + c * prior) / (n + c)``; an unseen token gets the prior (the
+            sample's mean activation). 0.5 measured best of 0.5-32.
+        lookup_bigram_pseudo_count: the same for bigram rows, toward their token's row
+            (lookup alone, 2 beat 8; the training benchmark used 0.5, the default).
+        lookup_bigram_min_count: a pair seen fewer times in the sample gets no bigram row
+            (1 measured better than 2 and 3).
+
     ``unigram_strategy`` may also be ``"auto"`` in a training config: the runner measures
-    the candidate strategies on a few training sequences, keeps the best, and records the
-    measurement in the saved cfg.json metadata (``unigram_strategy_selection``).
+    the candidate strategies (the prompt strategies and ``"data"``) on a few training
+    sequences the sample does not include, keeps the best, and records the measurement in
+    the saved cfg.json metadata (``unigram_strategy_selection``).
     """
 
+    # Defaults that differ from the inference config's (which keeps the method's, so a
+    # cfg.json without these fields loads as what it is): measured best on SmolLM2
+    # (benchmarks/results/lookup_variants/, README "Data-estimated and bigram lookups").
+    unigram_strategy: str = "data"
+    lookup_ngram: int = 2
     train_lookup: bool = True
     lookup_lr: float | None = 3e-2
     unigram_table_path: str | None = None
     init_lookup_from_unigrams: bool = True
     unigram_cache: bool = True
     lookup_updates: str = "sparse"
+    lookup_init_tokens: int = 500_000
+    lookup_init_pseudo_count: float = 0.5
+    lookup_bigram_min_count: int = 1
+    lookup_bigram_pseudo_count: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lookup_init_tokens <= 0:
+            raise ValueError(f"lookup_init_tokens must be > 0, got {self.lookup_init_tokens}")
+        if self.lookup_init_pseudo_count < 0:
+            raise ValueError(f"lookup_init_pseudo_count must be >= 0, got {self.lookup_init_pseudo_count}")
+        if self.lookup_bigram_pseudo_count < 0:
+            raise ValueError(f"lookup_bigram_pseudo_count must be >= 0, got {self.lookup_bigram_pseudo_count}")
+        if self.lookup_bigram_min_count < 1:
+            raise ValueError(f"lookup_bigram_min_count must be >= 1, got {self.lookup_bigram_min_count}")
+        if self.lookup_ngram == 2 and not self.init_lookup_from_unigrams:
+            raise ValueError(
+                "lookup_ngram=2 (the default) chooses its bigram rows from the data at "
+                "initialisation, so it needs init_lookup_from_unigrams=True; for a zero-initialised "
+                "lookup set lookup_ngram=1."
+            )
 
     def get_inference_config_class(self) -> type:
         # SAELens saves BatchTopK and Matryoshka for inference as JumpReLU; a tokenized one
@@ -131,6 +191,26 @@ class LookupTrainingConfig(LookupConfig):
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
 LOOKUP_UPDATES = ("sparse", "dense")
+#: ``unigram_strategy`` value for the lookup estimated from the training data
+DATA_STRATEGY = "data"
+#: ``unigram_strategy`` recorded for a lookup initialised from a table the user passed
+PRECOMPUTED_STRATEGY = "precomputed"
+#: default bigram row budget (benchmarks/results/lookup_init.json)
+DEFAULT_BIGRAM_ROWS = 65_536
+#: largest vocabulary whose bigram ids round-trip through SAELens's loader in any dtype
+#: (each id is stored as three base-256 digits; see ``TokenLookupMixin._store_bigram_ids``)
+MAX_BIGRAM_VOCAB = 256**3
+
+
+#: The method's own settings (Dooms & Wilhelm: a unigram lookup initialised from the
+#: ``[<bos>, t]`` prompt at half scale), as a named option:
+#: ``TokenizedTopKTrainingSAEConfig(**METHOD_LOOKUP, d_in=..., ...)``.
+METHOD_LOOKUP: dict = {"unigram_strategy": "bos,t", "lookup_init_scale": 0.5, "lookup_ngram": 1}
+
+
+def default_init_scale(strategy: str) -> float:
+    """The init scale a strategy gets when ``lookup_init_scale`` is left ``None``."""
+    return 1.0 if strategy == DATA_STRATEGY else 0.5
 
 
 def validate_lookup_config(cfg: Any) -> None:
@@ -149,6 +229,24 @@ def validate_lookup_config(cfg: Any) -> None:
         raise ValueError(f"lookup_lr must be > 0 or None, got {cfg.lookup_lr}")
     if getattr(cfg, "lookup_updates", "sparse") not in LOOKUP_UPDATES:
         raise ValueError(f"lookup_updates must be one of {LOOKUP_UPDATES}, got {cfg.lookup_updates!r}")
+    ngram, rows = getattr(cfg, "lookup_ngram", 1), getattr(cfg, "lookup_bigram_rows", 0)
+    if ngram not in (1, 2):
+        raise ValueError(
+            f"lookup_ngram={ngram!r} is not supported: use 1 (a row per token, the method) or 2 "
+            "(plus a row per frequent (previous token, token) pair)."
+        )
+    if ngram == 2 and (not isinstance(rows, int) or rows <= 0):
+        raise ValueError(
+            f"lookup_ngram=2 needs a positive bigram row budget, got lookup_bigram_rows={rows!r}; "
+            f"leave it None for the default ({DEFAULT_BIGRAM_ROWS}) or use lookup_ngram=1."
+        )
+    if ngram == 1 and rows:
+        raise ValueError(f"lookup_bigram_rows={rows} only applies to lookup_ngram=2; set lookup_ngram=2 or drop it.")
+    if ngram == 2 and cfg.d_vocab is not None and cfg.d_vocab > MAX_BIGRAM_VOCAB:
+        raise ValueError(f"a bigram lookup supports d_vocab up to {MAX_BIGRAM_VOCAB}, got {cfg.d_vocab}")
+    scale = getattr(cfg, "lookup_init_scale", None)
+    if scale is not None and (not isinstance(scale, (int, float)) or scale < 0):
+        raise ValueError(f"lookup_init_scale must be a number >= 0 or None, got {scale!r}")
 
 
 class TokenIdSource(Protocol):
@@ -199,9 +297,15 @@ class TokenLookupMixin:
         sparse = getattr(self.cfg, "lookup_updates", "dense") == "sparse"
         trainable = bool(getattr(self.cfg, "train_lookup", True))
         self.W_lookup = nn.Parameter(
-            torch.zeros(self.cfg.d_vocab, self.cfg.d_in, dtype=self.dtype, device=self.device),
+            torch.zeros(self.cfg.lookup_n_rows, self.cfg.d_in, dtype=self.dtype, device=self.device),
             requires_grad=trainable and not sparse,
         )
+        if self.cfg.lookup_ngram == 2:
+            # Which (previous token, token) pair each bigram row belongs to. No pair yet: the
+            # rows are unread until the runner (or set_bigram_rows) assigns them.
+            self.register_buffer("lookup_bigram_ids", torch.zeros(
+                self.cfg.lookup_bigram_rows, 2, 3, dtype=self.dtype, device=self.device))
+            self._store_bigram_ids(torch.full((self.cfg.lookup_bigram_rows,), -1, dtype=torch.long))
         # Sparse updates: the step's rows, staged (see _staged_lookup). Not registered, so it
         # is never saved; named_parameters() yields it so SAELens's gradient clipping sees it.
         self.lookup_rows: nn.Parameter | None = None
@@ -210,22 +314,33 @@ class TokenLookupMixin:
                 torch.zeros(0, self.cfg.d_in, dtype=self.dtype, device=self.device), requires_grad=trainable))
         self._lookup_stage: tuple[torch.Tensor, ...] | None = None
         self._staged_version: int | None = None
-        self._scoped_token_ids: list[torch.Tensor] = []
+        self._scoped_token_ids: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._token_id_sources: list[TokenIdSource] = []
+        self._rows_memo: tuple[Any, ...] | None = None
+        self._keys_memo: tuple[Any, ...] | None = None
 
     # ---- token ids ----------------------------------------------------------------
     @contextlib.contextmanager
-    def token_ids(self, token_ids: torch.Tensor, *, validated: bool = False) -> Iterator[None]:
+    def token_ids(self, token_ids: torch.Tensor, *, prev_token_ids: torch.Tensor | None = None,
+                  validated: bool = False) -> Iterator[None]:
         """Use these ids for every encode/decode inside the ``with`` block (then forget them).
 
+        ``prev_token_ids`` (a bigram lookup only; same shape, ``-1`` where unknown): each
+        position's previous token. Without it, ids of shape ``[..., pos]`` give their own
+        (shifted along the last dim; position 0 has none).
         ``validated=True`` skips the range check (two device-to-host syncs): for ids that
         were checked where they entered, as the training store does."""
-        self._scoped_token_ids.append(token_ids if validated else self._check_id_values(token_ids))
+        if not validated:
+            token_ids = self._check_id_values(token_ids)
+            if prev_token_ids is not None:
+                prev_token_ids = self._check_prev_ids(prev_token_ids, token_ids)
+        self._scoped_token_ids.append((token_ids, prev_token_ids))
         self._lookup_stage = None  # rows staged under earlier ids (or weights) are never reused
         try:
             yield
         finally:
             self._scoped_token_ids.pop()
+            self._rows_memo = None
 
     def _push_token_id_source(self, source: TokenIdSource) -> None:
         self._token_id_sources.append(source)
@@ -251,6 +366,18 @@ class TokenLookupMixin:
                 )
         return token_ids
 
+    def _check_prev_ids(self, prev: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(prev, torch.Tensor):
+            prev = torch.as_tensor(prev)
+        if prev.dtype.is_floating_point or prev.dtype == torch.bool or prev.shape != ids.shape:
+            raise TokenIdsError(
+                f"prev_token_ids must be an integer tensor of the ids' shape {tuple(ids.shape)}, got "
+                f"{prev.dtype} {tuple(prev.shape)} (-1 where a position has no previous token)."
+            )
+        if prev.numel() and (int(prev.min()) < -1 or int(prev.max()) >= self.cfg.d_vocab):
+            raise TokenIdsError(f"prev_token_ids out of range: valid ids are -1 (none) .. {self.cfg.d_vocab - 1}")
+        return prev
+
     def resolve_token_ids(
         self, batch_shape: torch.Size | tuple[int, ...], token_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -260,10 +387,16 @@ class TokenLookupMixin:
         ids captured from the model's current input by ``token_ids_from(model, sae)``.
         Nothing else: ids are never remembered from an earlier call.
         """
+        return self._resolve_ids(batch_shape, token_ids)[0]
+
+    def _resolve_ids(
+        self, batch_shape: torch.Size | tuple[int, ...], token_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prev = None
         if token_ids is not None:
             ids, origin = self._check_id_values(token_ids), "token_ids argument"
         elif self._scoped_token_ids:
-            ids, origin = self._scoped_token_ids[-1], "token_ids(...) scope"
+            (ids, prev), origin = self._scoped_token_ids[-1], "token_ids(...) scope"
         elif self._token_id_sources:
             source = self._token_id_sources[-1]
             captured = source.current_token_ids()
@@ -288,15 +421,127 @@ class TokenLookupMixin:
                 f"have batch shape {tuple(batch_shape)}: each activation needs exactly one id "
                 "(ids [batch, pos] for activations [batch, pos, d_in])."
             )
-        return ids
+        return ids, prev
 
     def lookup_bias(self, batch_shape: torch.Size, token_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``W_lookup[t]`` for every position: shape ``[*batch_shape, d_in]``."""
-        ids = self.resolve_token_ids(batch_shape, token_ids)
-        rows = self.lookup_rows
-        if rows is not None and rows.requires_grad and self.training and torch.is_grad_enabled():
-            return self._staged_lookup(ids)
-        return nn.functional.embedding(ids.to(self.W_lookup.device), self.W_lookup)
+        """The lookup's part of the reconstruction, ``[*batch_shape, d_in]``: ``W_lookup[t]``,
+        or, with a bigram lookup, the row of the position's (previous token, token) pair
+        where the pair has one."""
+        ids, prev = self._resolve_ids(batch_shape, token_ids)
+        rows = self.lookup_row_index(ids, prev)
+        staged = self.lookup_rows
+        if staged is not None and staged.requires_grad and self.training and torch.is_grad_enabled():
+            return self._staged_lookup(rows)
+        return nn.functional.embedding(rows.to(self.W_lookup.device), self.W_lookup)
+
+    # ---- bigram rows ------------------------------------------------------------------
+    # A bigram lookup (lookup_ngram=2) holds rows d_vocab.. for frequent (previous token,
+    # token) pairs. A position reads its pair's row if the pair has one, else its token's
+    # row: one row per position, so sparse updates, folding and saving are unchanged. (A
+    # pair row *added* to the token row, the token row training on every position, was
+    # tried: at the lookup lr of 3e-2 its training was unstable, held-out NMSE 0.109
+    # against 0.067; benchmarks/results/lookup_variants/additive_form_trial.json.)
+    # Pairs are identified by the key prev * d_vocab + t, kept sorted for searchsorted.
+    # SAELens's loader casts every saved tensor to the SAE's dtype (sae-lens 6.53-6.54,
+    # read_sae_components_from_disk; docs/upstream-seams.md), which would round int64 keys;
+    # so the saved buffer holds each id as three base-256 digits, exact in every float
+    # dtype (bf16 included), and the keys are rebuilt from it when it changes.
+    def lookup_row_index(self, token_ids: torch.Tensor, prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``W_lookup`` row each position reads: its token's, or with a bigram lookup its
+        (previous token, token) pair's where the pair has one (``>= d_vocab``). Token ids
+        ``[..., pos]`` supply their own previous tokens; flat ids need ``prev_token_ids``
+        (-1 = none)."""
+        if self.cfg.lookup_ngram == 1:
+            return token_ids
+        # Memoised for the same id tensors (the trainer stages rows, then the forward reads
+        # them: one lookup per step); an in-place change to the ids, or to the bigram table,
+        # bumps a version and misses, and a scope's exit clears it.
+        buf = self.lookup_bigram_ids
+        key = (token_ids._version, None if prev_token_ids is None else prev_token_ids._version, buf._version)
+        memo = self._rows_memo
+        if (memo is not None and memo[0] is token_ids and memo[1] is prev_token_ids and memo[2] is buf
+                and memo[3] == key):
+            return memo[4]
+        if prev_token_ids is None:
+            if token_ids.ndim < 2 and self._bigram_rows_in_use() == 0:
+                return token_ids  # no pair has a row yet: every position reads its token's row
+            if token_ids.ndim < 2:
+                raise TokenIdsError(
+                    f"{type(self).__name__} has a bigram lookup, so each activation needs its previous "
+                    f"token too; token ids of shape {tuple(token_ids.shape)} have no sequence dimension "
+                    "to take it from. Pass ids [batch, pos] (previous tokens are read along pos) or "
+                    "prev_token_ids=... (-1 where there is none)."
+                )
+            from sae_lens_tokenized.lookup_stats import previous_token_ids
+
+            prev = previous_token_ids(token_ids)
+        else:
+            prev = prev_token_ids
+        keys = self._bigram_keys()
+        ids = token_ids.to(keys.device)
+        prev = prev.to(keys.device).long()
+        V = self.cfg.d_vocab
+        query = prev.clamp(min=0) * V + ids
+        pos = torch.searchsorted(keys, query.reshape(-1)).clamp(max=len(keys) - 1).view(query.shape)
+        hit = (keys[pos] == query) & (prev >= 0)
+        rows = torch.where(hit, V + pos, ids)
+        self._rows_memo = (token_ids, prev_token_ids, buf, key, rows)
+        return rows
+
+    def _bigram_rows_in_use(self) -> int:
+        self._bigram_keys()
+        return self._keys_memo[3]  # type: ignore[index]
+
+    def _bigram_keys(self) -> torch.Tensor:
+        # rebuilt when the buffer is replaced (load, .to()) or changed in place; the memo
+        # holds the buffer itself, so its id cannot be reused by another tensor meanwhile
+        buf = self.lookup_bigram_ids
+        memo = self._keys_memo
+        if memo is None or memo[0] is not buf or memo[1] != buf._version:
+            digits = self.lookup_bigram_ids.detach().round().long()  # [B, 2, 3]
+            pair = (digits * torch.tensor([1, 256, 65536], device=digits.device)).sum(-1) - 1  # [B, 2]
+            V = self.cfg.d_vocab
+            B = pair.shape[0]
+            unused = pair[:, 0] < 0
+            keys = torch.where(unused, V * V + torch.arange(B, device=pair.device), pair[:, 0] * V + pair[:, 1])
+            self._keys_memo = (buf, buf._version, keys, int((~unused).sum()))
+        return self._keys_memo[2]
+
+    def _store_bigram_ids(self, keys: torch.Tensor) -> None:
+        """Write pair keys (``prev * d_vocab + t``; -1 = unused) into ``lookup_bigram_ids``."""
+        V = self.cfg.d_vocab
+        keys = keys.long()
+        pair = torch.stack([torch.where(keys >= 0, keys // V, -1), torch.where(keys >= 0, keys % V, -1)], -1) + 1
+        digits = torch.stack([pair % 256, (pair // 256) % 256, pair // 65536], -1)
+        with torch.no_grad():
+            self.lookup_bigram_ids.copy_(digits.to(self.lookup_bigram_ids))
+
+    def bigram_pairs(self) -> torch.Tensor:
+        """``[lookup_bigram_rows, 2]`` (previous token, token) of each bigram row; -1 = unused."""
+        keys = self._bigram_keys()
+        V = self.cfg.d_vocab
+        used = keys < V * V
+        return torch.stack([torch.where(used, keys // V, -1), torch.where(used, keys % V, -1)], -1)
+
+    @torch.no_grad()
+    def set_bigram_rows(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
+        """Assign bigram rows: ``keys`` [n] sorted ascending (``prev * d_vocab + t``) and
+        their rows [n, d_in] (read instead of the token's row), n <= ``lookup_bigram_rows``;
+        the remaining rows are unused."""
+        B, V = self.cfg.lookup_bigram_rows, self.cfg.d_vocab
+        if self.cfg.lookup_ngram != 2:
+            raise ValueError("set_bigram_rows needs a bigram lookup (lookup_ngram=2)")
+        if keys.ndim != 1 or len(keys) > B or rows.shape != (len(keys), self.cfg.d_in):
+            raise ValueError(f"expected at most {B} sorted keys and rows [n, {self.cfg.d_in}], got "
+                             f"{tuple(keys.shape)} and {tuple(rows.shape)}")
+        keys = keys.long().cpu()
+        if len(keys) and (bool((keys[1:] <= keys[:-1]).any()) or int(keys.min()) < 0 or int(keys.max()) >= V * V):
+            raise ValueError("bigram keys must be distinct, sorted and in [0, d_vocab**2)")
+        full = torch.full((B,), -1, dtype=torch.long)
+        full[: len(keys)] = keys
+        self._store_bigram_ids(full)
+        self.W_lookup.data[V : V + len(keys)] = rows.to(self.W_lookup)
+        self.W_lookup.data[V + len(keys) :] = 0
 
     # ---- sparse updates -------------------------------------------------------------
     # With lookup_updates="sparse", a training forward does not read W_lookup through
@@ -379,23 +624,30 @@ class TokenLookupMixin:
             yield (prefix + "." if prefix else "") + "lookup_rows", self.lookup_rows
 
     # ---- forward ------------------------------------------------------------------
-    def _with_ids(self, token_ids: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext() if token_ids is None else self.token_ids(token_ids)
+    def _with_ids(self, token_ids: torch.Tensor | None, prev: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+        if token_ids is None:
+            if prev is not None:
+                raise TokenIdsError("prev_token_ids were given without token_ids; pass both")
+            return contextlib.nullcontext()
+        return self.token_ids(token_ids, prev_token_ids=prev)
 
-    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None,  # type: ignore[override]
+                prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``sae(x, token_ids=ids)``: x is [..., d_in] and ids [...]."""
-        with self._with_ids(token_ids):
+        with self._with_ids(token_ids, prev_token_ids):
             return super().forward(x)  # type: ignore[misc]
 
-    def decode(self, feature_acts: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        """``sae.decode(acts, token_ids=ids)``: the base decode, plus ``W_lookup[ids]``."""
-        with self._with_ids(token_ids):
+    def decode(self, feature_acts: torch.Tensor, token_ids: torch.Tensor | None = None,  # type: ignore[override]
+               prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``sae.decode(acts, token_ids=ids)``: the base decode, plus the ids' lookup rows."""
+        with self._with_ids(token_ids, prev_token_ids):
             return super().decode(feature_acts)  # type: ignore[misc]
 
-    def encode(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def encode(self, x: torch.Tensor, token_ids: torch.Tensor | None = None,  # type: ignore[override]
+               prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The base encoder, unchanged: ids are accepted (and ignored by every architecture
         whose encoder does not reconstruct) so callers can pass them uniformly."""
-        with self._with_ids(token_ids):
+        with self._with_ids(token_ids, prev_token_ids):
             return super().encode(x)  # type: ignore[misc]
 
     # ---- folding: keep outputs equal, lookup included ----------------------------------
@@ -417,7 +669,8 @@ class TokenLookupMixin:
     # ---- initialisation from unigrams ----------------------------------------------------
     @torch.no_grad()
     def init_lookup_from_unigrams(self, unigrams: torch.Tensor, scale: float | None = None) -> None:
-        """Set ``W_lookup = scale * unigrams`` (scale defaults to ``cfg.lookup_init_scale``)."""
+        """Set the token rows ``W_lookup[:d_vocab] = scale * unigrams`` (scale defaults to
+        ``cfg.lookup_init_scale``; bigram rows are set by ``set_bigram_rows``)."""
         expected = (self.cfg.d_vocab, self.cfg.d_in)
         if tuple(unigrams.shape) != expected:
             raise ValueError(
@@ -426,8 +679,11 @@ class TokenLookupMixin:
             )
         if not torch.isfinite(unigrams).all():
             raise ValueError("unigram table contains NaN or inf values; recompute it.")
-        scale = self.cfg.lookup_init_scale if scale is None else scale
-        self.W_lookup.data.copy_((scale * unigrams).to(self.W_lookup.device, self.W_lookup.dtype))
+        if scale is None:
+            scale = self.cfg.lookup_init_scale
+        if scale is None:
+            scale = default_init_scale(self.cfg.unigram_strategy)
+        self.W_lookup.data[: self.cfg.d_vocab] = (scale * unigrams).to(self.W_lookup.device, self.W_lookup.dtype)
 
     def set_lookup_trainable(self, trainable: bool) -> None:
         if self.lookup_rows is not None:

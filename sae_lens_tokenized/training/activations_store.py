@@ -10,6 +10,14 @@ together, exactly as SAELens packs several hooks in ``multi_hook_concat_split_it
 ``next(store)`` and the prefetch thread. So ``next(store)`` yields packed rows
 ``[batch, d_in + 1]``; ``TokenIdsSideChannel`` splits them for the trainer.
 
+A bigram lookup (``lookup_ngram=2``) also needs each activation's previous token, which
+is gone once SAELens has flattened and shuffled its batch. So the store packs it too, as
+a second column (``[activations | previous id | id]``), taken from the sequence each LLM
+batch was cut from: SAELens returns ``store_batch_size_prompts`` sequences of equal
+length, flattened row by row (live and cached alike). A sequence's first position has no
+previous token (``-1``: it reads its token's row); with ``seqpos_slice`` the previous
+token of the slice's first position is not kept, so it counts as none too.
+
 Ids are validated once, where they enter: ``get_raw_llm_batch`` checks each LLM batch's
 ids against the lookup's ``d_vocab`` (one host read per LLM batch, in the producer). The
 training step itself never reads a value back to the host: unpacking checks only the
@@ -38,8 +46,10 @@ def check_vocab_packable(d_vocab: int) -> None:
         )
 
 
-def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: int | None = None) -> torch.Tensor:
-    """[N, d_in] activations + [N] ids -> [N, d_in + 1] float32 rows; ids checked here."""
+def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: int | None = None,
+                   prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, d_in] activations + [N] ids -> [N, d_in + 1] float32 rows; ids checked here.
+    With ``prev_token_ids`` [N] (-1 = none): [N, d_in + 2] rows ``[acts | prev | id]``."""
     if token_ids.shape != activations.shape[:1]:
         raise ValueError(f"{activations.shape[0]} activations but {tuple(token_ids.shape)} token ids")
     limit = MAX_PACKABLE_TOKEN_ID if d_vocab is None else min(d_vocab, MAX_PACKABLE_TOKEN_ID)
@@ -55,17 +65,36 @@ def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: 
                 f"the training data has token ids in [{lo}, {hi}] but the lookup has d_vocab={d_vocab} "
                 f"rows (valid ids 0..{limit - 1}): was the dataset tokenized for another model?"
             )
-    return torch.cat([activations.to(torch.float32), token_ids.to(torch.float32).unsqueeze(1)], dim=1)
+    columns = [activations.to(torch.float32)]
+    if prev_token_ids is not None:
+        columns.append(prev_token_ids.to(torch.float32).unsqueeze(1))
+    columns.append(token_ids.to(torch.float32).unsqueeze(1))
+    return torch.cat(columns, dim=1)
 
 
-def unpack_token_ids(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of ``pack_token_ids``: (activations as a view, ids). No host sync."""
+def unpack_token_ids(packed: torch.Tensor, with_prev: bool = False) -> tuple[torch.Tensor, ...]:
+    """Inverse of ``pack_token_ids``: (activations as a view, ids), or with ``with_prev``
+    (activations, ids, previous ids). No host sync."""
     if packed.dtype != torch.float32:
         raise RuntimeError(
             f"the activation buffer is {packed.dtype}, not float32, so the token ids riding in "
             "it may no longer be exact (SAELens internals changed? see sae_lens_tokenized/_compat.py)"
         )
+    if with_prev:
+        return packed[:, :-2], packed[:, -1].long(), packed[:, -2].long()
     return packed[:, :-1], packed[:, -1].long()
+
+
+def previous_ids_of_batch(token_ids: torch.Tensor, n_sequences: int) -> torch.Tensor:
+    """Previous-token ids of a flattened LLM batch of ``n_sequences`` equal-length sequences."""
+    from sae_lens_tokenized.lookup_stats import previous_token_ids
+
+    if n_sequences <= 0 or token_ids.numel() % n_sequences:
+        raise ValueError(
+            f"cannot split {token_ids.numel()} token ids into {n_sequences} sequences to find each "
+            "position's previous token (SAELens's batch layout changed? see _compat.py)"
+        )
+    return previous_token_ids(token_ids.view(n_sequences, -1)).reshape(-1)
 
 
 def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None:
@@ -99,6 +128,8 @@ class TokenizedActivationsStore(ActivationsStore):
 
     #: rows of the lookup; ids are checked against it as they enter (set by from_config)
     d_vocab: int | None = None
+    #: also carry each activation's previous token (a bigram lookup; set by from_config)
+    carries_prev: bool = False
 
     @classmethod
     def from_config(cls, model: Any, cfg: Any, override_dataset: Any = None) -> TokenizedActivationsStore:  # type: ignore[override]
@@ -107,6 +138,7 @@ class TokenizedActivationsStore(ActivationsStore):
             check_vocab_packable(d_vocab)
         store = super().from_config(model, cfg, override_dataset)
         store.d_vocab = d_vocab  # type: ignore[attr-defined]
+        store.carries_prev = getattr(getattr(cfg, "sae", None), "lookup_ngram", 1) == 2  # type: ignore[attr-defined]
         if store.cached_activation_dataset is not None:
             check_cached_token_ids(store, d_vocab)
         return store  # type: ignore[return-value]
@@ -121,11 +153,19 @@ class TokenizedActivationsStore(ActivationsStore):
                 "with SAELens's CacheActivationsRunner (it saves token_ids) or train from "
                 "the model directly."
             )
-        return pack_token_ids(activations, token_ids, self.d_vocab), token_ids
+        prev = previous_ids_of_batch(token_ids, self.store_batch_size_prompts) if self.carries_prev else None
+        return pack_token_ids(activations, token_ids, self.d_vocab, prev), token_ids
 
-    def iter_with_token_ids(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """SAELens's shuffled stream, split into ``(activations [B, d_in], token_ids [B])``."""
-        return (unpack_token_ids(packed) for packed in self)
+    def get_raw_llm_batch_with_ids(self) -> tuple[torch.Tensor, ...]:
+        """One LLM batch in corpus order, unshuffled: ``(activations, ids)``, or with
+        ``carries_prev`` ``(activations, ids, previous ids)`` (the data-estimated init)."""
+        packed, _ = self.get_raw_llm_batch()
+        return unpack_token_ids(packed, self.carries_prev)
+
+    def iter_with_token_ids(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """SAELens's shuffled stream, split into ``(activations [B, d_in], token_ids [B])``
+        (a bigram lookup's store: plus the previous ids)."""
+        return (unpack_token_ids(packed, self.carries_prev) for packed in self)
 
 
 class TokenIdsSideChannel(Iterator[torch.Tensor]):
@@ -138,25 +178,31 @@ class TokenIdsSideChannel(Iterator[torch.Tensor]):
     ``source`` is what SAELens built: the store itself or its ``PrefetchingIterator``.
     """
 
-    def __init__(self, source: Iterator[torch.Tensor]):
+    def __init__(self, source: Iterator[torch.Tensor], with_prev: bool = False):
         self.source: Any = source
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.with_prev = with_prev
+        self._pending: tuple[torch.Tensor, ...] | None = None
 
     def __iter__(self) -> TokenIdsSideChannel:
         return self
 
     def __next__(self) -> torch.Tensor:
-        acts, ids = unpack_token_ids(next(self.source))
-        self._pending = (acts, ids)
-        return acts
+        unpacked = unpack_token_ids(next(self.source), self.with_prev)
+        self._pending = unpacked
+        return unpacked[0]
 
     def token_ids_for(self, batch: torch.Tensor) -> torch.Tensor:
+        """The ids of ``batch`` (see ``ids_for``)."""
+        return self.ids_for(batch)[0]
+
+    def ids_for(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(ids, previous ids or None)`` of ``batch``, once."""
         if self._pending is None or self._pending[0] is not batch:
             raise RuntimeError(
                 "this batch did not come from the token-carrying data provider (or its ids "
                 "were already used); tokenized SAEs must be trained on batches from a "
                 "TokenizedActivationsStore"
             )
-        ids = self._pending[1]
+        pending = self._pending
         self._pending = None
-        return ids
+        return pending[1], (pending[2] if self.with_prev else None)

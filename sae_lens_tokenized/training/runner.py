@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from sae_lens import logger
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
@@ -35,7 +36,14 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.models import device_of, vocab_size
-from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup_stats import LookupStatistics
+from sae_lens_tokenized.saes.lookup import (
+    DATA_STRATEGY,
+    PRECOMPUTED_STRATEGY,
+    LookupTrainingConfig,
+    TokenLookupMixin,
+    default_init_scale,
+)
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.optim import TokenizedAdam
 from sae_lens_tokenized.training.activations_store import (
@@ -100,8 +108,15 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
         SAELens's ``PrefetchingIterator`` over it), or a ``TokenIdsSideChannel`` over them."""
         if not isinstance(sae, TokenLookupMixin):
             raise TypeError(f"{type(sae).__name__} is not a tokenized SAE")
+        with_prev = sae.cfg.lookup_ngram == 2
         if not isinstance(data_provider, TokenIdsSideChannel):
-            data_provider = TokenIdsSideChannel(data_provider)
+            data_provider = TokenIdsSideChannel(data_provider, with_prev=with_prev)
+        if data_provider.with_prev != with_prev:
+            raise ValueError(
+                f"the data provider {'carries' if data_provider.with_prev else 'does not carry'} previous "
+                f"token ids but the SAE has lookup_ngram={sae.cfg.lookup_ngram}; build the store from "
+                "a runner config whose sae is this SAE's config"
+            )
         super().__init__(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
         self.token_ids_channel = data_provider
         # Rebuild Adam with the lookup in its own group (SAETrainer builds
@@ -138,17 +153,25 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
         self._lookup_scale_pending = sae.cfg.normalize_activations == "expected_average_only_in"
 
     def step(self, batch: torch.Tensor):  # type: ignore[override]
-        ids = self.token_ids_channel.token_ids_for(batch)
+        ids, prev = self.token_ids_channel.ids_for(batch)
+        if batch.shape[-1] != self.sae.cfg.d_in:
+            raise ValueError(
+                f"training batch has width {batch.shape[-1]} but the SAE has d_in={self.sae.cfg.d_in}: "
+                "the store packs a different number of id columns than this SAE reads (was it built "
+                "for another SAE config, e.g. another lookup_ngram?)"
+            )
         if self._lookup_scale_pending and self.activation_scaler.scaling_factor is not None:
             with torch.no_grad():
                 self.sae.W_lookup.mul_(self.activation_scaler.scaling_factor)
             self._lookup_scale_pending = False
         # validated where they entered (the store), so binding them costs no host sync
         ids = ids.to(self.sae.device, non_blocking=True)
-        with self.sae.token_ids(ids, validated=True):
+        if prev is not None:
+            prev = prev.to(self.sae.device, non_blocking=True)
+        with self.sae.token_ids(ids, prev_token_ids=prev, validated=True):
             if self.sae.lookup_rows is not None and self.sae.lookup_rows.requires_grad:
                 # outside SAELens's (possibly compiled) training_forward_pass
-                self.sae.stage_lookup_rows(ids)
+                self.sae.stage_lookup_rows(self.sae.lookup_row_index(ids, prev))
             return super().step(batch)
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
@@ -183,8 +206,13 @@ def check_against_model(model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> N
             f"d_in={sae_cfg.d_in} but activations at {cfg.hook_name!r} have width {width}; "
             f"set d_in={width}."
         )
+    if sae_cfg.lookup_ngram == 2 and len(cfg.seqpos_slice) > 2 and cfg.seqpos_slice[2] not in (None, 1):
+        raise ValueError(
+            f"seqpos_slice={cfg.seqpos_slice} skips positions, so a position's previous token is not "
+            "the one before it in the batch; a bigram lookup (lookup_ngram=2) needs a contiguous slice."
+        )
     if (sae_cfg.init_lookup_from_unigrams and sae_cfg.unigram_table_path is None
-            and sae_cfg.unigram_strategy != "auto"):
+            and sae_cfg.unigram_strategy not in ("auto", DATA_STRATEGY, PRECOMPUTED_STRATEGY)):
         strategy = UnigramStrategy.parse(sae_cfg.unigram_strategy)
         if not strategy.has_t:
             raise ValueError(
@@ -197,6 +225,12 @@ def check_against_model(model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> N
 EXPLICIT_MATCH_FIELDS = ("model_fingerprint", "hook_name", "hook_head_index", "strategy", "d_vocab")
 
 
+def unigram_table_strategy(path: str | Path) -> str | None:
+    """The strategy a table file written by this package records (None for a plain file)."""
+    _, meta = load_unigram_table_file(path)
+    return meta.get("strategy") if meta.get("format", "").startswith("sae_lens_tokenized.unigrams") else None
+
+
 def load_unigram_table(path: str | Path, model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> torch.Tensor:
     """A table the user named explicitly. A file written by this package carries metadata;
     if it says the table was computed for another model, hook or strategy, that is an error
@@ -204,7 +238,7 @@ def load_unigram_table(path: str | Path, model: Any, cfg: LanguageModelSAERunner
     table, meta = load_unigram_table_file(path)
     if meta.get("format", "").startswith("sae_lens_tokenized.unigrams"):
         want = table_metadata(model, cfg.hook_name, meta["strategy"], cfg.hook_head_index, table.dtype)
-        if cfg.sae.unigram_strategy != "auto":
+        if cfg.sae.unigram_strategy not in ("auto", DATA_STRATEGY, PRECOMPUTED_STRATEGY):
             want["strategy"] = str(UnigramStrategy.parse(cfg.sae.unigram_strategy))
         wrong = [f"{k}: file {meta.get(k)!r} vs this run {want[k]!r}"
                  for k in EXPLICIT_MATCH_FIELDS if meta.get(k) != want[k]]
@@ -280,8 +314,10 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
             cfg.sae.d_vocab = vocab_size(self.model)
         check_against_model(self.model, cfg)
         table = self._unigram_table_arg
+        self._table_strategy: str | None = None
         if table is None and cfg.sae.unigram_table_path is not None:
             table = load_unigram_table(cfg.sae.unigram_table_path, self.model, cfg)
+            self._table_strategy = unigram_table_strategy(cfg.sae.unigram_table_path)
         if table is not None:
             expected = (cfg.sae.d_vocab, cfg.sae.d_in)
             if tuple(table.shape) != expected:
@@ -290,8 +326,37 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                     f"but this SAE needs [d_vocab, d_in] = {list(expected)}"
                 )
             if self._will_init and cfg.sae.unigram_strategy == "auto":
-                raise ValueError("unigram_strategy='auto' cannot be used with a precomputed unigram table")
+                raise ValueError(
+                    "unigram_strategy='auto' chooses the table itself, so it cannot be used with a "
+                    "precomputed unigram table; pass the table's strategy.")
+            if cfg.sae.unigram_strategy == DATA_STRATEGY:
+                # An explicit table wins over the default data estimate; record what it is.
+                cfg.sae.unigram_strategy = self._table_strategy or PRECOMPUTED_STRATEGY
         self._unigram_table_arg = table
+
+    def _sample_lookup_statistics(self) -> tuple[LookupStatistics, dict[str, Any]]:
+        """Per-token (and per-bigram) sums over ``lookup_init_tokens`` activations drawn
+        from the training stream before training (they are not trained on)."""
+        cfg, store = self.cfg, self.activations_store
+        target = cfg.sae.lookup_init_tokens
+        stats = LookupStatistics(cfg.sae.d_vocab, cfg.sae.d_in, cfg.sae.lookup_ngram, device=self.sae.W_lookup.device)
+        excluded = store.exclude_special_tokens
+        drawn = 0
+        with tqdm(total=target, desc="lookup init: sampling activations", unit="tok") as bar:
+            while drawn < target:
+                acts, ids, *prev = store.get_raw_llm_batch_with_ids()
+                drawn += len(ids)
+                bar.update(len(ids))
+                if excluded is not None:
+                    keep = ~torch.isin(ids, excluded.to(ids.device))
+                    acts, ids, prev = acts[keep], ids[keep], [p[keep] for p in prev]
+                stats.add(acts, ids, prev[0] if prev else None)
+        report = {"tokens_drawn_from_training_stream": drawn, **stats.report()}
+        logger.info(
+            f"lookup init: estimated from {drawn:,} activations drawn from the training stream before "
+            f"training (they are not trained on): {report}"
+        )
+        return stats, report
 
     def _init_lookup(self, will_init: bool) -> None:
         cfg, table = self.cfg, self._unigram_table_arg
@@ -299,7 +364,13 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         self.unigram_table: torch.Tensor | None = None
         if not will_init:
             return
+        strategy = cfg.sae.unigram_strategy
+        ngram = cfg.sae.lookup_ngram
+        c = cfg.sae.lookup_init_pseudo_count
+        stats = None
+        measured = None
         if table is None:
+            # measured first, so the measurement sequences are not in the init sample
             measure_tokens = self.activations_store.get_batch_tokens(N_MEASURE_SEQUENCES)
             excluded = self.activations_store.exclude_special_tokens
             exclude_ids = [] if excluded is None else excluded.tolist()
@@ -307,23 +378,42 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 warn_unexcluded_special_tokens(self.model.tokenizer, measure_tokens, excluded)
             measured = sample_activations(self.model, measure_tokens, cfg.hook_name, cfg.hook_head_index,
                                           exclude_ids=exclude_ids)
-            if cfg.sae.unigram_strategy == "auto":
+        if strategy in ("auto", DATA_STRATEGY) or ngram == 2:
+            stats, self.unigram_report["lookup_init"] = self._sample_lookup_statistics()
+        if table is None:
+            assert measured is not None
+            if strategy == "auto":
                 chosen, report = select_unigram_strategy(
                     self.model, cfg.hook_name, measure_tokens, hook_head_index=cfg.hook_head_index,
-                    exclude_ids=exclude_ids)
+                    exclude_ids=exclude_ids, extra_tables={DATA_STRATEGY: stats.token_rows(None, c)})
                 logger.info(f"unigram_strategy='auto' chose '{chosen}': {report}")
-                cfg.sae.unigram_strategy = self.sae.cfg.unigram_strategy = chosen
+                strategy = cfg.sae.unigram_strategy = self.sae.cfg.unigram_strategy = chosen
                 self.unigram_report["unigram_strategy_selection"] = report
-            table = get_unigram_table(
-                self.model, cfg.hook_name, strategy=cfg.sae.unigram_strategy,
-                hook_head_index=cfg.hook_head_index, cache_dir=cfg.sae.unigram_cache,
-            )
+            if strategy == DATA_STRATEGY:
+                assert stats is not None
+                table = stats.token_rows(None, c)
+            else:
+                table = get_unigram_table(
+                    self.model, cfg.hook_name, strategy=strategy,
+                    hook_head_index=cfg.hook_head_index, cache_dir=cfg.sae.unigram_cache,
+                )
             # Guard the choice: compare the table with real activations of its tokens.
-            fit = unigram_fit(table, *measured, strategy=cfg.sae.unigram_strategy)
+            fit = unigram_fit(table, *measured, strategy=strategy)
             warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
             self.unigram_report["unigram_fit"] = fit.as_dict()
+        if cfg.sae.lookup_init_scale is None:
+            cfg.sae.lookup_init_scale = self.sae.cfg.lookup_init_scale = default_init_scale(strategy)
         self.unigram_table = table
         self.sae.init_lookup_from_unigrams(table)
+        if ngram == 2:
+            assert stats is not None
+            scale = self.sae.cfg.lookup_init_scale
+            bigrams = stats.bigram_table(stats.token_rows(None, c), self.sae.cfg.lookup_bigram_rows,
+                                         cfg.sae.lookup_bigram_min_count, cfg.sae.lookup_bigram_pseudo_count)
+            self.sae.set_bigram_rows(bigrams.keys, scale * bigrams.rows)
+            self.unigram_report["lookup_init"].update(
+                bigram_rows_used=len(bigrams.keys), bigram_row_budget=self.sae.cfg.lookup_bigram_rows,
+                bigram_min_count=cfg.sae.lookup_bigram_min_count)
         for key, value in self.unigram_report.items():
             setattr(self.sae.cfg.metadata, key, value)
 

@@ -1,0 +1,291 @@
+"""The lookup estimated from the data (``unigram_strategy="data"``) and bigram lookups
+(``lookup_ngram=2``): estimates equal direct means, ids and previous ids stay aligned
+through SAELens's shuffling buffer and its activation cache, round trips are exact, and
+bad settings fail before any work."""
+
+import json
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from helpers import runner_cfg, token_dataset
+from sae_lens_tokenized import (
+    TokenIdsError,
+    TokenizedSAETrainingRunner,
+    TokenizedTopKTrainingSAE,
+    TokenizedTopKTrainingSAEConfig,
+    token_ids_from,
+)
+from sae_lens_tokenized.lookup_stats import previous_token_ids
+from sae_lens_tokenized.unigrams import activations_at_hook
+
+RESID1 = "blocks.1.hook_resid_pre"  # after attention: depends on the previous tokens
+N_MEASURE = 8  # sequences the runner reads for its strategy measurement before the sample
+CTX = 32
+
+
+def data_cfg(model, tokens: int = 2048, **kw):
+    base = dict(d_in=model.cfg.d_model, d_sae=64, k=4, unigram_strategy="data", lookup_init_tokens=tokens,
+                lookup_init_pseudo_count=0.0, lookup_bigram_pseudo_count=0.0)
+    base.update(kw)
+    return runner_cfg(TokenizedTopKTrainingSAEConfig(**base), RESID1, 8_192)
+
+
+def sample_rows(dataset, n_tokens):
+    """The dataset rows the runner's init sample holds: after its measurement sequences."""
+    n_seq = n_tokens // CTX
+    return torch.stack([dataset[i]["tokens"] for i in range(N_MEASURE, N_MEASURE + n_seq)])
+
+
+def direct_means(model, tokens, hook=RESID1):
+    acts = activations_at_hook(model, tokens, hook).reshape(-1, model.cfg.d_model)
+    ids, prev = tokens.reshape(-1), previous_token_ids(tokens).reshape(-1)
+    return acts, ids, prev
+
+
+def test_data_init_is_the_per_token_mean_of_the_sample_and_unseen_tokens_get_the_prior(model, dataset):
+    runner = TokenizedSAETrainingRunner(data_cfg(model), override_model=model, override_dataset=dataset)
+    assert runner.unigram_report["lookup_init"]["tokens_drawn_from_training_stream"] == 2048
+    acts, ids, _ = direct_means(model, sample_rows(dataset, 2048))
+    W = runner.sae.W_lookup.detach()[: model.cfg.d_vocab]  # the token rows
+    seen = torch.unique(ids)
+    for t in seen[:: max(len(seen) // 40, 1)]:
+        torch.testing.assert_close(W[t], acts[ids == t].mean(0), atol=1e-4, rtol=1e-4)
+    unseen = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
+    unseen[seen] = False
+    assert unseen.any()
+    torch.testing.assert_close(W[unseen], acts.mean(0).expand(int(unseen.sum()), -1), atol=1e-4, rtol=1e-4)
+    assert runner.sae.cfg.lookup_init_scale == 1.0  # the data strategy's default scale
+
+
+def test_pseudo_count_shrinks_rare_tokens_toward_the_mean(model, dataset):
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_pseudo_count=3.0), override_model=model,
+                                        override_dataset=dataset)
+    acts, ids, _ = direct_means(model, sample_rows(dataset, 2048))
+    t = torch.unique(ids)[3]
+    n = int((ids == t).sum())
+    expected = (acts[ids == t].sum(0) + 3.0 * acts.mean(0)) / (n + 3.0)
+    torch.testing.assert_close(runner.sae.W_lookup[t].detach(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bigram_rows_are_the_pair_means_of_the_sample(model, dataset):
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000),
+                                        override_model=model, override_dataset=dataset)
+    sae = runner.sae
+    acts, ids, prev = direct_means(model, sample_rows(dataset, 2048))
+    pairs = sae.bigram_pairs()
+    used = pairs[:, 0] >= 0
+    distinct = {(int(p), int(t)) for p, t in zip(prev, ids) if p >= 0}
+    assert int(used.sum()) == len(distinct) == runner.unigram_report["lookup_init"]["bigram_rows_used"]
+    V = model.cfg.d_vocab
+    for row in used.nonzero().squeeze(1)[::37]:
+        p, t = (int(v) for v in pairs[row])
+        where = (prev == p) & (ids == t)
+        torch.testing.assert_close(sae.W_lookup[V + row].detach(), acts[where].mean(0), atol=1e-4, rtol=1e-4)
+    # and the forward reads them: with ids [batch, pos] the previous tokens come from pos
+    tokens = sample_rows(dataset, 2048)[:4]
+    x = activations_at_hook(model, tokens, RESID1)
+    rows = sae.lookup_row_index(tokens)
+    assert torch.equal(rows[:, 0], tokens[:, 0])  # position 0: no previous token, its token's row
+    assert (rows[:, 1:] >= V).all()  # every later pair of the sample has a row
+    with torch.no_grad():
+        assert torch.equal(sae.lookup_bias(tokens.shape, tokens), sae.W_lookup[rows])
+    with torch.no_grad():
+        explicit = sae(x.reshape(-1, x.shape[-1]), token_ids=tokens.reshape(-1),
+                       prev_token_ids=previous_token_ids(tokens).reshape(-1))
+        assert torch.equal(sae(x, token_ids=tokens).reshape(explicit.shape), explicit)
+        with token_ids_from(model, sae):  # spliced: both ids from the model's input
+            model.run_with_cache(tokens, names_filter=RESID1)
+            assert torch.equal(sae(x).reshape(explicit.shape), explicit)
+
+
+def _match(acts, ref_acts):
+    d = torch.cdist(acts, ref_acts, compute_mode="donot_use_mm_for_euclid_dist")
+    dist, idx = d.min(1)
+    return dist, idx
+
+
+def test_ids_and_previous_ids_stay_aligned_through_saelens_shuffling_buffer(model, dataset):
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=1000),
+                                        override_model=model, override_dataset=dataset)
+    store = runner.activations_store
+    ref = torch.stack([dataset[i]["tokens"] for i in range(0, 400)])
+    ref_acts, ref_ids, ref_prev = direct_means(model, ref)
+    stream = store.iter_with_token_ids()
+    for _ in range(3):
+        acts, ids, prev = next(stream)
+        dist, idx = _match(acts, ref_acts)
+        assert float(dist.max()) < 1e-4, "an activation the store yielded is not in the corpus"
+        assert torch.equal(ids, ref_ids[idx]), "token ids came apart from their activations"
+        assert torch.equal(prev, ref_prev[idx]), "previous-token ids came apart from their activations"
+        assert (prev == -1).any() and (prev >= 0).any()  # both kinds of position were shuffled in
+
+
+def test_a_step_trains_the_bigram_rows_it_reads_and_no_others(model, dataset):
+    from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+
+    cfg = data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    sae = runner.sae
+    trainer = TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=sae, data_provider=runner.activations_store)
+    before = sae.W_lookup.detach().clone()
+    batch = next(trainer.data_provider)
+    ids, prev = trainer.token_ids_channel._pending[1], trainer.token_ids_channel._pending[2]
+    read = torch.unique(sae.lookup_row_index(ids, prev))
+    trainer.step(batch)
+    moved = ((sae.W_lookup.detach() - before).abs().sum(1) > 0).nonzero().squeeze(1)
+    assert torch.equal(moved, read), "exactly the rows the batch read must move"
+    assert (read >= model.cfg.d_vocab).sum() > 0  # bigram rows among them
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_save_load_round_trip_keeps_every_bigram_exact(tmp_path, dtype):
+    V = 600
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=16, d_sae=32, k=4, d_vocab=V, lookup_ngram=2,
+                                                                  lookup_bigram_rows=50))
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randperm(V * V, generator=g)[:40].sort().values
+    sae.set_bigram_rows(keys, torch.randn(40, 16, generator=g))
+    with torch.no_grad():
+        sae.W_lookup[:V].normal_()
+    sae.save_inference_model(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["lookup_ngram"] == 2 and cfg["lookup_bigram_rows"] == 50
+    loaded = SAE.load_from_disk(tmp_path / "sae", dtype=dtype)
+    assert torch.equal(loaded.bigram_pairs(), sae.bigram_pairs())  # ids survive any float dtype
+    assert int((loaded.bigram_pairs()[:, 0] >= 0).sum()) == 40
+    ids = torch.randint(0, V, (3, 20), generator=g)
+    ids[0, 5], ids[0, 6] = keys[0] // V, keys[0] % V  # plant a known pair
+    x = torch.randn(3, 20, 16, generator=g)
+    assert torch.equal(loaded.lookup_row_index(ids), sae.lookup_row_index(ids))
+    assert int(sae.lookup_row_index(ids)[0, 6]) == V
+    if dtype == "float32":
+        for name in ("W_lookup", "lookup_bigram_ids"):  # (SAELens folds W_dec norms on save)
+            assert torch.equal(loaded.state_dict()[name], sae.state_dict()[name]), name
+        with torch.no_grad():  # the inference class computes the same output (to float rounding)
+            torch.testing.assert_close(loaded(x, token_ids=ids), sae(x, token_ids=ids))
+
+
+def test_hub_round_trip_with_bigram_rows(tmp_path, hub):
+    from sae_lens_tokenized.hub import load_from_hub, push_to_hub
+
+    V = 300
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=16, d_sae=32, k=4, d_vocab=V, lookup_ngram=2,
+                                                                  lookup_bigram_rows=20))
+    sae.set_bigram_rows(torch.tensor([5, 301, 4000, 89_999]), torch.randn(4, 16))
+    with torch.no_grad():
+        sae.W_lookup[:V].normal_()
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = "blocks.1.hook_resid_pre", "gpt2"
+    sae.save_inference_model(tmp_path / "b")
+    push_to_hub({"bigram": tmp_path / "b"}, "user/bigram")
+    remote = load_from_hub("user/bigram", "bigram")
+    local = SAE.load_from_disk(tmp_path / "b")
+    for name, t in local.state_dict().items():
+        assert torch.equal(remote.state_dict()[name], t), name  # bitwise, bigram ids included
+    assert torch.equal(remote.bigram_pairs(), sae.bigram_pairs())
+    card = hub.files("user/bigram")["README.md"].decode()
+    assert "bigram lookup" in card and "| lookup_ngram | 2 |" in card and "| lookup_bigram_rows | 20 |" in card
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lookup_ngram=3), "lookup_ngram=3 is not supported"),
+    (dict(lookup_ngram=2, lookup_bigram_rows=0), "needs a positive bigram row budget"),
+    (dict(lookup_ngram=1, lookup_bigram_rows=10), "only applies to lookup_ngram=2"),
+    (dict(lookup_ngram=2, init_lookup_from_unigrams=False), "needs init_lookup_from_unigrams=True"),
+    (dict(lookup_init_tokens=0), "lookup_init_tokens must be > 0"),
+    (dict(lookup_init_scale=-1.0), "lookup_init_scale must be"),
+])
+def test_bad_settings_are_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TokenizedTopKTrainingSAEConfig(d_in=16, d_sae=32, k=4, d_vocab=100, **kw)
+
+
+def test_bigram_sae_without_previous_ids_is_a_clear_error():
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=16, d_sae=32, k=4, d_vocab=100, lookup_ngram=2,
+                                                                  lookup_bigram_rows=8))
+    x, ids = torch.randn(6, 16), torch.randint(0, 100, (6,))
+    sae(x, token_ids=ids)  # no pair has a row yet: previous tokens cannot change anything
+    sae.set_bigram_rows(torch.tensor([5 * 100 + 7]), torch.randn(1, 16))
+    with pytest.raises(TokenIdsError, match="needs its previous token too"):
+        sae(x, token_ids=ids)
+    with pytest.raises(TokenIdsError, match="prev_token_ids must be an integer tensor of the ids' shape"):
+        sae(x, token_ids=ids, prev_token_ids=ids[:3])
+    with pytest.raises(TokenIdsError, match="prev_token_ids out of range"):
+        sae(x, token_ids=ids, prev_token_ids=torch.full((6,), 100))
+    sae(x, token_ids=ids, prev_token_ids=torch.full((6,), -1))  # -1: no previous token, reads the token row
+
+
+def test_bigram_lookup_rejects_a_strided_position_slice(model, dataset):
+    cfg = data_cfg(model, lookup_ngram=2)
+    cfg.seqpos_slice = (1, None, 2)
+    with pytest.raises(ValueError, match="needs a contiguous slice"):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+
+
+def test_analysis_covers_bigram_rows(model, dataset):
+    from sae_lens_tokenized.analysis import lookup_analysis
+
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000),
+                                        override_model=model, override_dataset=dataset)
+    tokens = sample_rows(dataset, 2048)[:16]  # pairs the lookup was estimated on
+    out = lookup_analysis(runner.sae, None, model, tokens, RESID1)
+    b = out["bigrams"]
+    assert b["bigram_rows_used"] == runner.unigram_report["lookup_init"]["bigram_rows_used"]
+    assert b["positions_reading_a_bigram_row"] == 1.0  # every pair after position 0 has a row
+    assert b["last_bigram_detection"] > 0.5
+    with torch.no_grad():  # shuffled bigram rows: detection collapses
+        V = model.cfg.d_vocab
+        runner.sae.W_lookup[V:] = runner.sae.W_lookup[V:][torch.randperm(runner.sae.cfg.lookup_bigram_rows)]
+    assert lookup_analysis(runner.sae, None, model, tokens, RESID1)["bigrams"]["last_bigram_detection"] < 0.5 * b["last_bigram_detection"]
+
+
+def test_a_saelens_cache_carries_previous_ids_for_a_bigram_lookup(tmp_path):
+    from sae_lens.load_model import HookedProxyLM
+
+    from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
+    from test_cached_activations import CONTEXT, cached_cfg, make_cache
+    from test_hf_models import tiny_llama
+
+    import tempfile
+    hf, tok = tiny_llama()
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    hook = "model.layers.0"
+    path = make_cache(folder, tmp_path / "cache", hook=hook)
+    proxy = HookedProxyLM(hf, tok)
+    cfg = cached_cfg(path, hook=hook, d_vocab=len(tok), lookup_ngram=2, lookup_bigram_rows=100)
+    store = TokenizedActivationsStore.from_config(proxy, cfg, override_dataset=token_dataset(CONTEXT))
+    assert store.cached_activation_dataset is not None and store.carries_prev
+    ref = torch.stack([token_dataset(CONTEXT)[i]["tokens"] for i in range(64)])
+    ref_acts = activations_at_hook(proxy, ref, hook).reshape(-1, 32).float()
+    ref_ids, ref_prev = ref.reshape(-1), previous_token_ids(ref).reshape(-1)
+    for acts, ids, prev in [next(store.iter_with_token_ids()) for _ in range(3)]:
+        dist, idx = _match(acts, ref_acts)
+        assert float(dist.max()) < 1e-4
+        assert torch.equal(ids, ref_ids[idx]) and torch.equal(prev, ref_prev[idx])
+
+
+def test_rows_follow_ids_changed_in_place_and_are_not_kept_after_the_scope():
+    V = 50
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=8, d_sae=16, k=2, d_vocab=V, lookup_ngram=2,
+                                                                  lookup_bigram_rows=4))
+    sae.set_bigram_rows(torch.tensor([1 * V + 2]), torch.ones(1, 8))
+    ids = torch.tensor([[1, 2, 3]])
+    assert sae.lookup_row_index(ids).tolist() == [[1, V, 3]]
+    ids[0, 0] = 7  # a reused buffer: the pair (1, 2) is gone
+    assert sae.lookup_row_index(ids).tolist() == [[7, 2, 3]]
+    with sae.token_ids(ids):
+        sae.lookup_bias(torch.Size([1, 3]))
+    assert sae._rows_memo is None
+
+
+def test_auto_measures_the_data_estimate_beside_the_prompts(model, dataset):
+    cfg = data_cfg(model, unigram_strategy="auto")
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    report = runner.unigram_report["unigram_strategy_selection"]
+    assert "data" in report and "bos,t" in report
+    scored = {k: v["nmse"] for k, v in report.items() if "nmse" in v}
+    assert runner.sae.cfg.unigram_strategy == min(scored, key=scored.__getitem__)
+    assert runner.sae.cfg.lookup_init_scale == (1.0 if runner.sae.cfg.unigram_strategy == "data" else 0.5)
