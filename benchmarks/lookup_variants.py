@@ -60,21 +60,27 @@ def main() -> None:
     ap.add_argument("--rerun", nargs="*", default=[], help="variants to train again even if --resume has them")
     args = ap.parse_args()
     done: dict = {}
+    resumed_rows: list[dict] = []
     if args.resume:
         import json
 
         for r in json.loads(Path(args.resume).read_text())["runs"]:
             done[(r["layer"], r["k"], r["seed"])] = {n: v for n, v in r.items() if n in VARIANTS and n not in args.rerun}
+            resumed_rows.append(r)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bench = Workbench.offline()
-    runs: list[dict] = []
-    curves: dict = {}
+    grid = {(layer, k, seed) for layer in args.layers for k in args.ks for seed in args.seeds}
+    # resumed runs outside this invocation's grid are kept as they are (summary, table, plot)
+    runs: list[dict] = [r for r in resumed_rows if (r["layer"], r["k"], r["seed"]) not in grid]
+    curves: dict = {(r["layer"], r["k"], r["seed"], n): r[n]["curve"] for r in runs for n in args.variants if n in r}
     for layer in args.layers:
         base = CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", training_tokens=args.training_tokens,
                                lookup_init_tokens=args.lookup_init_tokens, n_eval_ce_batches=args.ce_batches)
-        data = bench.prepare(base.hook_name, stream_tokens(base), base.n_eval_activations)
+        todo = [(k, seed) for k in args.ks for seed in args.seeds
+                if any(n not in done.get((layer, k, seed), {}) for n in args.variants)]
+        data = bench.prepare(base.hook_name, stream_tokens(base), base.n_eval_activations) if todo else None
         for k in args.ks:
             for seed in args.seeds:
                 s = replace(base, k=k, seed=seed)
@@ -150,15 +156,18 @@ def table(summary: list[dict], variants: list[str]) -> str:
 
 
 def plot(curves, args, path) -> None:
-    combos = [(layer, k) for layer in args.layers for k in args.ks]
+    combos = sorted({(layer, k) for layer, k, _, _ in curves})
+    seeds = sorted({seed for _, _, seed, _ in curves})
     fig, axes = new_figure(1, len(combos), size=(4.2, 3.2))
     colors = {"topk": "tab:blue", "prompt": "tab:green", "data": "tab:orange", "data+bigram": "tab:red"}
     for j, (layer, k) in enumerate(combos):
         ax = axes[0][j]
         for name in args.variants:
-            for seed in args.seeds:
+            for seed in seeds:
+                if (layer, k, seed, name) not in curves:
+                    continue
                 xs, ys = zip(*curves[(layer, k, seed, name)])
-                ax.plot(xs, ys, color=colors.get(name), alpha=0.8, label=name if seed == args.seeds[0] else None)
+                ax.plot(xs, ys, color=colors.get(name), alpha=0.8, label=name if seed == seeds[0] else None)
         ax.set(title=f"SmolLM2 L{layer}, k={k}", xlabel="training tokens", ylabel="held-out NMSE", yscale="log")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)

@@ -44,10 +44,17 @@ def direct_means(model, tokens, hook=RESID1):
     return acts, ids, prev
 
 
+def later_positions(acts, ids, prev):
+    """Each sequence's first position (an attention sink) is left out of the estimate."""
+    keep = prev >= 0
+    return acts[keep], ids[keep], prev[keep]
+
+
 def test_data_init_is_the_per_token_mean_of_the_sample_and_unseen_tokens_get_the_prior(model, dataset):
     runner = TokenizedSAETrainingRunner(data_cfg(model), override_model=model, override_dataset=dataset)
-    assert runner.unigram_report["lookup_init"]["tokens_drawn_from_training_stream"] == 2048
-    acts, ids, _ = direct_means(model, sample_rows(dataset, 2048))
+    report = runner.unigram_report["lookup_init"]
+    assert report["tokens_drawn_from_training_stream"] == 2048 and report["first_positions_skipped"] == 2048 // CTX
+    acts, ids, _ = later_positions(*direct_means(model, sample_rows(dataset, 2048)))
     W = runner.sae.W_lookup.detach()[: model.cfg.d_vocab]  # the token rows
     seen = torch.unique(ids)
     for t in seen[:: max(len(seen) // 40, 1)]:
@@ -62,7 +69,7 @@ def test_data_init_is_the_per_token_mean_of_the_sample_and_unseen_tokens_get_the
 def test_pseudo_count_shrinks_rare_tokens_toward_the_mean(model, dataset):
     runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_pseudo_count=3.0), override_model=model,
                                         override_dataset=dataset)
-    acts, ids, _ = direct_means(model, sample_rows(dataset, 2048))
+    acts, ids, _ = later_positions(*direct_means(model, sample_rows(dataset, 2048)))
     t = torch.unique(ids)[3]
     n = int((ids == t).sum())
     expected = (acts[ids == t].sum(0) + 3.0 * acts.mean(0)) / (n + 3.0)

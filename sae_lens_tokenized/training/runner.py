@@ -49,6 +49,7 @@ from sae_lens_tokenized.training.optim import TokenizedAdam
 from sae_lens_tokenized.training.activations_store import (
     TokenIdsSideChannel,
     TokenizedActivationsStore,
+    previous_ids_of_batch,
 )
 from sae_lens_tokenized.unigrams import (
     UnigramCacheError,
@@ -341,17 +342,24 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         target = cfg.sae.lookup_init_tokens
         stats = LookupStatistics(cfg.sae.d_vocab, cfg.sae.d_in, cfg.sae.lookup_ngram, device=self.sae.W_lookup.device)
         excluded = store.exclude_special_tokens
-        drawn = 0
+        drawn = skipped_first = 0
         with tqdm(total=target, desc="lookup init: sampling activations", unit="tok") as bar:
             while drawn < target:
                 acts, ids, *prev = store.get_raw_llm_batch_with_ids()
                 drawn += len(ids)
                 bar.update(len(ids))
+                # Each sequence's first position is an attention sink in most LMs (massive
+                # activations whatever the token): averaged in, one occurrence would swamp
+                # its token's mean. Skipped here (a token seen only there gets the prior);
+                # the lookup still trains on those positions.
+                keep = previous_ids_of_batch(ids, store.store_batch_size_prompts) >= 0
+                skipped_first += int((~keep).sum())
                 if excluded is not None:
-                    keep = ~torch.isin(ids, excluded.to(ids.device))
-                    acts, ids, prev = acts[keep], ids[keep], [p[keep] for p in prev]
+                    keep &= ~torch.isin(ids, excluded.to(ids.device))
+                acts, ids, prev = acts[keep], ids[keep], [p[keep] for p in prev]
                 stats.add(acts, ids, prev[0] if prev else None)
-        report = {"tokens_drawn_from_training_stream": drawn, **stats.report()}
+        report = {"tokens_drawn_from_training_stream": drawn, "first_positions_skipped": skipped_first,
+                  **stats.report()}
         logger.info(
             f"lookup init: estimated from {drawn:,} activations drawn from the training stream before "
             f"training (they are not trained on): {report}"
@@ -378,20 +386,22 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 warn_unexcluded_special_tokens(self.model.tokenizer, measure_tokens, excluded)
             measured = sample_activations(self.model, measure_tokens, cfg.hook_name, cfg.hook_head_index,
                                           exclude_ids=exclude_ids)
+        data_table = None  # per-token means of the sample (the "data" table)
         if strategy in ("auto", DATA_STRATEGY) or ngram == 2:
             stats, self.unigram_report["lookup_init"] = self._sample_lookup_statistics()
+            data_table = stats.token_rows(None, c)
         if table is None:
             assert measured is not None
             if strategy == "auto":
                 chosen, report = select_unigram_strategy(
                     self.model, cfg.hook_name, measure_tokens, hook_head_index=cfg.hook_head_index,
-                    exclude_ids=exclude_ids, extra_tables={DATA_STRATEGY: stats.token_rows(None, c)})
+                    exclude_ids=exclude_ids, extra_tables={DATA_STRATEGY: data_table})
                 logger.info(f"unigram_strategy='auto' chose '{chosen}': {report}")
                 strategy = cfg.sae.unigram_strategy = self.sae.cfg.unigram_strategy = chosen
                 self.unigram_report["unigram_strategy_selection"] = report
             if strategy == DATA_STRATEGY:
                 assert stats is not None
-                table = stats.token_rows(None, c)
+                table = data_table
             else:
                 table = get_unigram_table(
                     self.model, cfg.hook_name, strategy=strategy,
@@ -408,7 +418,7 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         if ngram == 2:
             assert stats is not None
             scale = self.sae.cfg.lookup_init_scale
-            bigrams = stats.bigram_table(stats.token_rows(None, c), self.sae.cfg.lookup_bigram_rows,
+            bigrams = stats.bigram_table(data_table, self.sae.cfg.lookup_bigram_rows,
                                          cfg.sae.lookup_bigram_min_count, cfg.sae.lookup_bigram_pseudo_count)
             self.sae.set_bigram_rows(bigrams.keys, scale * bigrams.rows)
             self.unigram_report["lookup_init"].update(
