@@ -352,7 +352,9 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 # activations whatever the token): averaged in, one occurrence would swamp
                 # its token's mean. Skipped here (a token seen only there gets the prior);
                 # the lookup still trains on those positions.
-                keep = previous_ids_of_batch(ids, store.store_batch_size_prompts) >= 0
+                # (a bigram store already packed the previous ids; otherwise derive them)
+                prev_ids = prev[0] if prev else previous_ids_of_batch(ids, store.store_batch_size_prompts)
+                keep = prev_ids >= 0
                 skipped_first += int((~keep).sum())
                 if excluded is not None:
                     keep &= ~torch.isin(ids, excluded.to(ids.device))
