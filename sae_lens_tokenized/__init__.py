@@ -48,7 +48,7 @@ _register()
 from sae_lens_tokenized.convert import convert_original_checkpoint  # noqa: E402
 from sae_lens_tokenized.hub import load_from_hub, push_to_hub  # noqa: E402
 from sae_lens_tokenized.lookup_stats import LookupStatistics  # noqa: E402
-from sae_lens_tokenized.splicing import token_ids_from  # noqa: E402
+from sae_lens_tokenized.splicing import error_term_mode, token_ids_from, token_ids_from_any_model  # noqa: E402
 from sae_lens_tokenized.training import TokenizedSAETrainingRunner  # noqa: E402
 from sae_lens_tokenized.unigrams import (  # noqa: E402
     UnigramStrategy,
@@ -72,10 +72,12 @@ __all__ = [
     "compute_unigram_table",
     "compute_unigram_tables",
     "convert_original_checkpoint",
+    "error_term_mode",
     "get_unigram_table",
     "get_unigram_tables",
     "load_from_hub",
     "push_to_hub",
     "select_unigram_strategy",
     "token_ids_from",
+    "token_ids_from_any_model",
 ]

@@ -1,4 +1,4 @@
-"""``sae-lens-tokenized``: train, demo, unigrams, analyze (and push / convert).
+"""``sae-lens-tokenized``: train, demo, unigrams, analyze, evals (and push / convert).
 
 ``train`` takes exactly the arguments of ``python -m sae_lens.llm_sae_training_runner``
 (SAELens's own parser, with the tokenized architectures registered) and runs the
@@ -121,7 +121,10 @@ def run_analyze(ns: argparse.Namespace) -> None:
         # a data-estimated lookup has no prompt table to compare with
         table = (None if sae.cfg.unigram_strategy in ("data", "precomputed")
                  else get_unigram_table(model, hook, sae.cfg.unigram_strategy))
-        result = analysis.lookup_analysis(sae, table, model, _text_tokens(model, ns), hook)
+        tokens = _text_tokens(model, ns)
+        result = analysis.lookup_analysis(sae, table, model, tokens, hook)
+        page = analysis.lookup_page(sae, model, tokens, out / "lookup.html", unigrams=table)
+        print(f"wrote {page} (open it in a browser)")
     result["command"] = "sae-lens-tokenized " + " ".join(ns.argv)
     path = out / f"{ns.what}.json"
     path.write_text(json.dumps(result, indent=2))
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", default="analysis_out")
 
+    from sae_lens_tokenized.evals import add_evals_command
+
+    add_evals_command(sub)
     try:
         from sae_lens_tokenized.hub import add_hub_commands
     except ImportError:  # pragma: no cover

@@ -139,8 +139,10 @@ class HookData:
 class Workbench:
     """A model with disjoint train / held-out token datasets, and activations per hook."""
 
-    def __init__(self, model: Any, train_ds: Any, heldout_ds: Any):
+    def __init__(self, model: Any, train_ds: Any, heldout_ds: Any, dataset_name: str = "in-memory"):
         self.model, self.train_ds, self.heldout_ds = model, train_ds, heldout_ds
+        # recorded as the SAEs' metadata.dataset_path (`sae-lens-tokenized evals` defaults to it)
+        self.dataset_name = dataset_name
         self.special_ids = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
         self._hooks: dict[tuple[str, int, int], HookData] = {}
 
@@ -152,7 +154,7 @@ class Workbench:
         model = load_offline_model(SMOLLM2)
         return cls(model,
                    load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "train"),
-                   load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "heldout"))
+                   load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "heldout"), WIKI_DATASET)
 
     def prepare(self, hook_name: str, training_tokens: int, n_eval_activations: int = 20_000) -> HookData:
         key = (hook_name, training_tokens, n_eval_activations)
@@ -276,12 +278,13 @@ def dead_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, prev: torch.Te
     return int((~fired).sum())
 
 
-def runner_config(s: CompareSettings, sae_cfg: Any, model_name: str, output_path: str | None) -> LanguageModelSAERunnerConfig[Any]:
+def runner_config(s: CompareSettings, sae_cfg: Any, model_name: str, output_path: str | None,
+                  dataset_path: str = "in-memory") -> LanguageModelSAERunnerConfig[Any]:
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg,
         model_name=model_name,
         hook_name=s.hook_name,
-        dataset_path="precomputed",
+        dataset_path=dataset_path,  # the text's name; the runner is always given the dataset itself
         is_dataset_tokenized=True,
         context_size=s.context_size,
         prepend_bos=False,
@@ -332,7 +335,7 @@ def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookDat
     (``overrides``: SAE config fields for this variant only)."""
     model = bench.model
     sae_cfg = sae_config(arch, s, model.cfg.d_model, model.cfg.d_vocab, overrides)
-    cfg = runner_config(s, sae_cfg, model.cfg.model_name, output_path)
+    cfg = runner_config(s, sae_cfg, model.cfg.model_name, output_path, bench.dataset_name)
     store, tokenized_store = _store_classes(data.train)
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()

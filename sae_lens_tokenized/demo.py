@@ -115,7 +115,7 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
     for variant in s.variants:
         with warnings.catch_warnings():
             # SAELens advises how to load the *model* for this SAE; the demo already has it
-            warnings.filterwarnings("ignore", message=".*non-empty model_from_pretrained_kwargs")
+            warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
             loaded = SAE.load_from_disk(out / folders[variant])
         trained = results[names[variant]]["sae"]
         x, ids, prev = (t[:256] for t in data.eval)

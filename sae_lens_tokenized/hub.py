@@ -345,9 +345,16 @@ def load_from_hub(
     if (local / MANIFEST).is_file():
         entry = json.loads((local / MANIFEST).read_text()).get("saes", {}).get(sae_id)
         if entry is not None:
+            # What the revision lists now, not what an earlier download left in the snapshot
+            # folder (huggingface_hub 0.x keeps files of an earlier download of that commit).
+            from huggingface_hub import HfApi
+
+            # local is .../snapshots/<commit sha>: list exactly the commit that was downloaded
+            info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=local.name)
+            listed = {f.rfilename for f in info.siblings or []}
             for name, digest in entry["files"].items():
                 path = folder / name
-                if not path.is_file():
+                if not path.is_file() or f"{sae_id}/{name}" not in listed:
                     raise SAEFolderError(f"download of {repo_id}/{sae_id} is incomplete: {name} is missing")
                 if _sha256(path) != digest:
                     raise SAEFolderError(

@@ -98,6 +98,7 @@ def test_a_model_without_input_embeddings_is_a_clear_error():
 
 
 def test_splicing_into_saelens_transformer_bridge_uses_the_bridge_s_input_ids(tmp_path):
+    pytest.importorskip("transformer_lens.model_bridge", reason="TransformerBridge is new in TransformerLens 3")
     from sae_lens.analysis.sae_transformer_bridge import SAETransformerBridge
 
     hf, tok = tiny_llama()

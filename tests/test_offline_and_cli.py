@@ -90,9 +90,23 @@ def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2, arch, l
     assert sae.cfg.unigram_strategy == "space,t"
 
 
-def test_demo_quick_writes_table_plot_and_saes(tmp_path, smollm2):
-    out = tmp_path / "demo"
-    main(["demo", "--quick", "--out", str(out)])
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory, smollm2):
+    """`demo --quick`, once for the tests below; (its folder, the UserWarnings it raised)."""
+    import warnings
+
+    out = tmp_path_factory.mktemp("demo")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["demo", "--quick", "--out", str(out)])
+    return out, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_demo_quick_writes_table_plot_and_saes(quick_demo):
+    out, alarms = quick_demo
+    # a first run must not greet the user with warnings that are not theirs to act on
+    # (SAELens's model_from_pretrained_kwargs advice on reload; a false sink alarm)
+    assert alarms == []
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]) == {"SAELens TopK", "tokenized TopK"}
     assert (out / "nmse_vs_tokens.png").stat().st_size > 10_000
@@ -153,3 +167,20 @@ def test_smollm2_as_a_hugging_face_model_through_saelens_loader(smollm2):
     assert runner.sae.cfg.d_vocab == 49152
     sae = runner.run()
     assert sae.W_lookup.abs().sum() > 0  # the zero-initialised lookup learned
+
+
+def test_evals_and_lookup_page_on_the_demo_s_saes(tmp_path, quick_demo):
+    """The offline default end to end: `evals` (SAELens's metrics, ids from the model) on
+    the demo's two SAEs, and `analyze lookup` writing the lookup page of its bigram SAE."""
+    out, _ = quick_demo
+    main(["evals", str(out / "sae_tokenized"), str(out / "sae_topk"), "--ctx_lens", "32",
+          "--batch_size_prompts", "4", "--n_eval_reconstruction_batches", "2", "--output_dir", str(tmp_path / "ev")])
+    results = json.loads((tmp_path / "ev" / "all_eval_results.json").read_text())
+    assert [r["sae_cfg"]["architecture"] for r in results] == ["tokenized_topk", "topk"]
+    assert all(r["eval_cfg"]["dataset"] == "wiki-summaries-en" for r in results)
+    for r in results:
+        assert 0 < r["metrics"]["model_performance_preservation"]["ce_loss_score"] <= 1.05
+    main(["analyze", "lookup", "--sae", str(out / "sae_tokenized"), "--layers", "3", "--n_sequences", "2",
+          "--seq_len", "32", "--out", str(tmp_path / "an")])
+    page = (tmp_path / "an" / "lookup.html").read_text()
+    assert page.count("<tr data-token=") > 20 and "Pair rows read by this text" in page

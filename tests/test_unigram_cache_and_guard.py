@@ -121,6 +121,22 @@ def test_fit_flags_a_sink_table_and_not_a_good_one(dataset):
         warn_if_sink(fit, "sink-model", "blocks.0.hook_resid_pre")
 
 
+def test_large_rows_that_match_their_tokens_activations_are_not_a_sink():
+    """Tokens with genuinely massive activations mid-sequence (SmolLM2 L3 has one on 6% of
+    positions) get large data-estimated rows; that is right, and must not warn."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (4000,))
+    means = torch.randn(50, 16)
+    means[3] *= 20  # token 3's activations are huge, and it is frequent
+    ids[::10] = 3
+    acts = means[ids] + 0.3 * torch.randn(4000, 16)
+    fit = unigram_fit(means, acts, ids, "data")
+    assert fit.sink_fraction > 0.05  # oversized by the norm rule ...
+    assert fit.nmse < fit.nmse_of_mean and not fit.looks_like_a_sink()  # ... but a good fit
+    # rows far larger than the activations they stand for are a sink
+    assert unigram_fit(10 * means, acts, ids, "t").looks_like_a_sink()
+
+
 def test_auto_avoids_the_sink_and_is_recorded_in_cfg_json(tmp_path, dataset):
     model = sink_model()
     tokens = torch.stack([dataset[i]["tokens"] for i in range(4)])

@@ -277,9 +277,14 @@ class TokenLookupMixin:
         self._denormalize_out = self.run_time_activation_norm_fn_out
         self.run_time_activation_norm_fn_out = self._add_lookup_then_denormalize
         self.hook_sae_lookup = HookPoint()
+        self._lookup_cancelled = 0  # > 0 inside error_term_mode(self)
         self.setup()  # type: ignore[attr-defined]  # register the new hook point
 
     def _add_lookup_then_denormalize(self, recons: torch.Tensor) -> torch.Tensor:
+        if self._lookup_cancelled:
+            # error_term_mode (splicing.py): the caller adds x - decode(f), in which the
+            # lookup cancels exactly, so it is left out and no ids are needed.
+            return self._denormalize_out(recons)
         lookup = self.hook_sae_lookup(self.lookup_bias(recons.shape[:-1]).to(recons.dtype))
         return self._denormalize_out(recons + lookup)
 
