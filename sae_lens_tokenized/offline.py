@@ -61,7 +61,12 @@ def _package_dir(package: str, what: str) -> Path:
 # ------------------------------------------------------------------------ model ------------
 def _converted_folder() -> Path:
     # The folder name must not contain "llama": TransformerLens then skips its config.json.
-    return cache_dir() / "models" / f"{SMOLLM2}-hf"
+    # One folder per transformers major version: a tokenizer saved by transformers 5 names
+    # a class (TokenizersBackend) that 4.x cannot load, and both are supported.
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    return cache_dir() / "models" / f"{SMOLLM2}-hf-transformers{major}"
 
 
 def _convert_smollm2(folder: Path) -> None:
@@ -135,6 +140,12 @@ def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, verify
     hf_model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     cfg = loading.get_pretrained_model_config(str(folder), device=device, dtype=dtype, fold_ln=False)
     cfg.model_name = SMOLLM2
+    # TransformerLens 2.x reads no rope_theta for a Llama it does not know by name (it keeps
+    # 10,000; SmolLM2 uses 100,000): take it from the config (3.x reads it; same value).
+    hf_cfg = hf_model.config
+    rope_theta = getattr(hf_cfg, "rope_theta", None) or (getattr(hf_cfg, "rope_parameters", None) or {}).get("rope_theta")
+    if rope_theta:
+        cfg.rotary_base = float(rope_theta)
     state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model=hf_model, dtype=dtype)
     del hf_model
     model = HookedSAETransformer(cfg, tokenizer=tokenizer, move_to_device=False)
