@@ -78,7 +78,26 @@ def main() -> None:
         results["saes"][name] = r
     results["wall_time_s"] = time.perf_counter() - t0
     (out / "saebench_demo.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"wrote {out / 'saebench_demo.json'}")
+    (out / "table.md").write_text(core_table(results))
+    print(core_table(results))
+    print(f"wrote {out / 'saebench_demo.json'} and table.md")
+
+
+CORE_ROWS = (("reconstruction_quality", "explained_variance"), ("reconstruction_quality", "mse"),
+             ("reconstruction_quality", "cossim"), ("model_performance_preservation", "ce_loss_score"),
+             ("model_performance_preservation", "ce_loss_with_sae"), ("model_behavior_preservation", "kl_div_score"),
+             ("model_behavior_preservation", "kl_div_with_sae"), ("shrinkage", "l2_ratio"), ("sparsity", "l0"))
+
+
+def core_table(results: dict) -> str:
+    saes = [n for n in ("sae_topk", "sae_tokenized") if "core" in results["saes"].get(n, {})]
+    if not saes:
+        return ""
+    lines = ["| SAEBench core | " + " | ".join(saes) + " |", "|---" * (len(saes) + 1) + "|"]
+    for group, key in CORE_ROWS:
+        vals = [results["saes"][n]["core"].get(group, {}).get(key) for n in saes]
+        lines.append(f"| {group}.{key} | " + " | ".join("" if v is None else f"{v:.4f}" for v in vals) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

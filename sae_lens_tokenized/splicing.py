@@ -213,6 +213,19 @@ def _check_tokenized(saes: tuple[Any, ...], what: str) -> None:
 
 
 @contextlib.contextmanager
+def _attached(capture: Any, saes: tuple[Any, ...]) -> Iterator[Any]:
+    """The SAEs read their ids from ``capture`` until the block ends; then it unhooks."""
+    for sae in saes:
+        sae._push_token_id_source(capture)
+    try:
+        yield capture
+    finally:
+        for sae in saes:
+            sae._pop_token_id_source(capture)
+        capture.close()
+
+
+@contextlib.contextmanager
 def token_ids_from_any_model(*saes: Any) -> Iterator[AnyModelTokenCapture]:
     """Within the block, the SAEs take their ids from whichever model last ran a forward.
 
@@ -223,15 +236,8 @@ def token_ids_from_any_model(*saes: Any) -> Iterator[AnyModelTokenCapture]:
 
     Prefer ``token_ids_from(model, sae)`` when you hold the model."""
     _check_tokenized(saes, "token_ids_from_any_model(*saes)")
-    capture = AnyModelTokenCapture(saes)
-    for sae in saes:
-        sae._push_token_id_source(capture)
-    try:
+    with _attached(AnyModelTokenCapture(saes), saes) as capture:
         yield capture
-    finally:
-        for sae in saes:
-            sae._pop_token_id_source(capture)
-        capture.close()
 
 
 @contextlib.contextmanager
@@ -257,12 +263,5 @@ def error_term_mode(*saes: Any) -> Iterator[None]:
 def token_ids_from(model: nn.Module, *saes: Any) -> Iterator[ModelTokenCapture]:
     """Within the block, the given tokenized SAEs take their ids from ``model``'s input."""
     _check_tokenized(saes, "token_ids_from(model, *saes)")
-    capture = ModelTokenCapture(model)
-    for sae in saes:
-        sae._push_token_id_source(capture)
-    try:
+    with _attached(ModelTokenCapture(model), saes) as capture:
         yield capture
-    finally:
-        for sae in saes:
-            sae._pop_token_id_source(capture)
-        capture.close()
