@@ -66,7 +66,7 @@ def test_lookup_page_reports_rows_neighbours_and_latents(sae, model, dataset):
     by_id = {r["id"]: r for r in data["tokens"]}
     assert [r["id"] for r in data["tokens"]][:2] == [a, b]  # most frequent first
     assert by_id[a]["count"] == counts[a]
-    assert by_id[b]["norm"] == pytest.approx(float(sae.W_lookup[b].norm()), rel=1e-5)
+    assert by_id[b]["norm"] == pytest.approx(float(sae.W_lookup[b].detach().norm()), rel=1e-5)
     assert by_id[b]["neighbours"][0] == [by_id[a]["token"], pytest.approx(1.0, abs=1e-5)]
     # the latents listed for a are those with the highest mean activation on a's positions
     from sae_lens_tokenized.unigrams import activations_at_hook
