@@ -51,6 +51,11 @@ the public seams that would retire these entries.
     base-256 digits, exact in any float dtype (``TokenLookupMixin._store_bigram_ids``;
     tested in bfloat16). Not a reliance: the digits load exactly whether or not SAELens
     casts them.
+13. ``sae-lens-tokenized evals`` (``evals.py``) assembles each result in the layout of
+    ``sae_lens.evals.multiple_evals`` (unique_id, sae_set, sae_id, eval_cfg, metrics,
+    feature_metrics, sae_cfg), because that function only loads SAEs from SAELens's
+    pretrained list; the metrics themselves come from SAELens's ``run_evals``.
+    ``tests/test_compat.py`` runs SAELens's ``multiple_evals`` and compares the layouts.
 """
 
 from __future__ import annotations

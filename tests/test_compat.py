@@ -146,3 +146,40 @@ def test_7_runner_classes_substitutes_only_subclasses_and_always_restores(model,
         TokenizedSAETrainer.__init__ = init
     assert len(trainers) == 1
     assert (saelens_runner.ActivationsStore, saelens_runner.SAETrainer) == stock
+
+
+def test_13_evals_results_have_the_layout_of_saelens_own_evals(model, dataset, tmp_path, monkeypatch):
+    """`sae-lens-tokenized evals` writes SAELens's result layout (`multiple_evals`), built
+    from the same functions. SAELens's own multiple_evals runs here with its Hub lookups
+    pointed at a tiny model and a saved plain TopK SAE; the two results must have the same
+    keys at every level, so a change of SAELens's layout fails here."""
+    import sae_lens.evals as saelens_evals
+    from sae_lens import SAE, TopKSAE, TopKSAEConfig
+    from sae_lens.training.activations_store import ActivationsStore
+
+    from sae_lens_tokenized.evals import evaluate
+
+    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=4))
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = RESID, "tiny"
+    sae.cfg.metadata.prepend_bos, sae.cfg.metadata.context_size = True, 32
+    sae.cfg.metadata.model_from_pretrained_kwargs = {}  # as SAELens's runner records it
+    sae.save_model(str(tmp_path / "topk"))
+    from_sae = ActivationsStore.from_sae.__func__
+    monkeypatch.setattr(saelens_evals, "get_saes_from_regex", lambda *a: [("rel", "topk", 0.0, 0.0)])
+    monkeypatch.setattr(saelens_evals.SAE, "from_pretrained", classmethod(
+        lambda cls, release, sae_id, device="cpu", **kw: SAE.load_from_disk(str(tmp_path / sae_id))))
+    monkeypatch.setattr(saelens_evals.HookedTransformer, "from_pretrained_no_processing",
+                        classmethod(lambda cls, *a, **kw: model))
+    monkeypatch.setattr(saelens_evals.ActivationsStore, "from_sae", classmethod(
+        lambda cls, m, s, **kw: from_sae(cls, m, s, **{**kw, "dataset": dataset})))
+    theirs = saelens_evals.multiple_evals("rel", "topk", n_eval_reconstruction_batches=1,
+                                          n_eval_sparsity_variance_batches=1, eval_batch_size_prompts=2,
+                                          ctx_lens=[32])[0]
+    ours = evaluate([str(tmp_path / "topk")], model=model, datasets=[dataset], ctx_lens=[32],
+                    batch_size_prompts=2, n_eval_reconstruction_batches=1, n_eval_sparsity_variance_batches=1)[0]
+
+    def layout(d):
+        return {k: layout(v) for k, v in d.items()} if isinstance(d, dict) else None
+
+    assert layout(ours) == layout(theirs)
+    assert ours["metrics"]["sparsity"]["l0"] == pytest.approx(theirs["metrics"]["sparsity"]["l0"])
