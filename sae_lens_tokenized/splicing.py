@@ -79,7 +79,29 @@ class _ForwardStarts:
         return restarted
 
 
-class ModelTokenCapture:
+class _TokenCapture:
+    """What both captures share: the ids held, the hooks to remove, reading ids off an
+    embedding's input (only integer tensors are ids; embeddings of floats are not)."""
+
+    _tokens: torch.Tensor | None = None
+    _handles: list[Any]
+
+    def _take_tokens(self, args: Any) -> None:
+        tokens = args[0] if args else None
+        if isinstance(tokens, torch.Tensor) and not tokens.dtype.is_floating_point:
+            self._tokens = tokens
+
+    def current_token_ids(self) -> torch.Tensor | None:
+        return self._tokens
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._tokens = None
+
+
+class ModelTokenCapture(_TokenCapture):
     """Holds the tokens of ``model``'s latest forward pass (see module docstring)."""
 
     def __init__(self, model: nn.Module):
@@ -109,24 +131,14 @@ class ModelTokenCapture:
             self._tokens = None
 
     def _on_embed(self, module: nn.Module, args: Any) -> None:
-        tokens = args[0] if args else None
-        if isinstance(tokens, torch.Tensor) and not tokens.dtype.is_floating_point:
-            self._tokens = tokens
-
-    def current_token_ids(self) -> torch.Tensor | None:
-        return self._tokens
+        self._take_tokens(args)
 
     def describe(self) -> str:
         return f"token_ids_from({self._model_name})"
 
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._tokens = None
 
 
-class AnyModelTokenCapture:
+class AnyModelTokenCapture(_TokenCapture):
     """Holds the tokens of the latest forward of any model (module docstring).
 
     Two process-wide module hooks (torch's ``register_module_forward_pre_hook`` and
@@ -180,26 +192,16 @@ class AnyModelTokenCapture:
                 self._model_name = type(module).__name__
         self._depth += 1
         if module is self._embed:
-            tokens = args[0] if args else None
-            if isinstance(tokens, torch.Tensor) and not tokens.dtype.is_floating_point:
-                self._tokens = tokens
+            self._take_tokens(args)
 
     def _on_forward_end(self, module: nn.Module, args: Any, output: Any) -> None:
         if id(module) not in self._sae_modules and self._depth > 0:
             self._depth -= 1
 
-    def current_token_ids(self) -> torch.Tensor | None:
-        return self._tokens
-
     def describe(self) -> str:
         model = f" (last model: {self._model_name})" if self._model_name else ""
         return f"token_ids_from_any_model(){model}"
 
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._tokens = None
 
 
 def _check_tokenized(saes: tuple[Any, ...], what: str) -> None:
