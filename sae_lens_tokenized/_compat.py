@@ -56,6 +56,19 @@ the public seams that would retire these entries.
     feature_metrics, sae_cfg), because that function only loads SAEs from SAELens's
     pretrained list; the metrics themselves come from SAELens's ``run_evals``.
     ``tests/test_compat.py`` runs SAELens's ``multiple_evals`` and compares the layouts.
+
+Two entries rely on SAEBench (written against sae-bench 0.6.0, ``SAEBENCH_WRITTEN_AGAINST``),
+which has no seam for either; ``tests/test_saebench.py`` runs its real code for each.
+
+14. Sparse probing resolves each of ``dataset_names`` through the module attributes
+    ``sae_bench.sae_bench_utils.dataset_utils.get_multi_label_train_test_data`` (Hub
+    downloads) and ``dataset_info.chosen_classes_per_dataset``, looked up at call time;
+    ``saebench_local_dataset`` answers one extra name from texts in memory.
+15. RAVEL's ``train_mdbm`` builds ``MDBM`` by its module-global name in
+    ``sae_bench.evals.ravel.mdbm``; the MDBM's hook decodes ``[B, D]`` rows taken at
+    ``base_pos_B``, and only ``MDBM.forward`` sees both those positions and the input ids.
+    ``ravel_position_ids`` substitutes a subclass whose ``forward`` supplies the ids (and
+    previous ids) at ``base_pos_B`` to the SAE for that call.
 """
 
 from __future__ import annotations
@@ -63,10 +76,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import sae_lens
 
 WRITTEN_AGAINST = "6.54.12"
+SAEBENCH_WRITTEN_AGAINST = "0.6.0"
 SAE_LENS_VERSION = sae_lens.__version__
 
 # entry 5
@@ -105,3 +120,76 @@ def runner_classes(**replacements: type) -> Iterator[None]:
         finally:
             for name, cls in saved.items():
                 setattr(module, name, cls)
+
+
+def _saebench_attribute(module: Any, name: str, kind: type | None = None) -> Any:
+    current = getattr(module, name, None)
+    if current is None or (kind is not None and not isinstance(current, kind)):
+        import importlib.metadata
+
+        raise RuntimeError(
+            f"{module.__name__}.{name} is {current!r}: this SAEBench "
+            f"({importlib.metadata.version('sae-bench')}) is not laid out the way sae-lens-tokenized "
+            f"(written against sae-bench {SAEBENCH_WRITTEN_AGAINST}) expects. Install sae-bench 0.6."
+        )
+    return current
+
+
+@contextlib.contextmanager
+def saebench_local_dataset(name: str, train: dict[str, list[str]], test: dict[str, list[str]]) -> Iterator[None]:
+    """Entry 14: inside the block, SAEBench's sparse probing reads dataset ``name`` from
+    ``train``/``test`` (texts by class) instead of the Hub. Process-wide, serialised."""
+    import sae_bench.sae_bench_utils.dataset_info as dataset_info
+    import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
+
+    original = _saebench_attribute(dataset_utils, "get_multi_label_train_test_data")
+    classes = _saebench_attribute(dataset_info, "chosen_classes_per_dataset", dict)
+
+    def get_data(dataset_name: str, *args: Any, **kwargs: Any) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        if dataset_name == name:
+            return {c: list(t) for c, t in train.items()}, {c: list(t) for c, t in test.items()}
+        return original(dataset_name, *args, **kwargs)
+
+    with _runner_lock:
+        dataset_utils.get_multi_label_train_test_data = get_data
+        classes[name] = sorted(train)
+        try:
+            yield
+        finally:
+            dataset_utils.get_multi_label_train_test_data = original
+            classes.pop(name, None)
+
+
+@contextlib.contextmanager
+def ravel_position_ids(*saes: Any) -> Iterator[None]:
+    """Entry 15: inside the block, SAEBench's RAVEL MDBM gives ``saes`` the token ids (and
+    previous ids) at the positions its hook decodes. Process-wide, serialised."""
+    import sae_bench.evals.ravel.mdbm as module
+    import torch
+
+    base = _saebench_attribute(module, "MDBM", type)
+    targets = tuple(saes)
+
+    class PositionIdsMDBM(base):  # type: ignore[misc, valid-type]
+        def forward(self, base_encoding_BL: Any, source_encoding_BL: Any, base_pos_B: torch.Tensor,
+                    source_pos_B: torch.Tensor, training_mode: bool = False) -> Any:
+            if not any(self.sae is sae for sae in targets):
+                return super().forward(base_encoding_BL, source_encoding_BL, base_pos_B, source_pos_B, training_mode)
+            ids = base_encoding_BL["input_ids"]
+            rows = torch.arange(ids.shape[0], device=ids.device)
+            pos = torch.as_tensor(base_pos_B, device=ids.device).long()
+            before = (pos - 1).clamp(min=0)
+            has_prev = pos > 0
+            mask = base_encoding_BL.get("attention_mask") if hasattr(base_encoding_BL, "get") else None
+            if mask is not None:  # left padding: the first real token has no previous token
+                has_prev &= mask.to(ids.device)[rows, before].bool()
+            prev = torch.where(has_prev, ids[rows, before], torch.full_like(pos, -1))
+            with self.sae.token_ids(ids[rows, pos], prev_token_ids=prev):
+                return super().forward(base_encoding_BL, source_encoding_BL, base_pos_B, source_pos_B, training_mode)
+
+    with _runner_lock:
+        module.MDBM = PositionIdsMDBM
+        try:
+            yield
+        finally:
+            module.MDBM = base

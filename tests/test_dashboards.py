@@ -112,3 +112,53 @@ def test_sae_dashboard_renders_a_tokenized_sae(sae, model, dataset, tmp_path):
     dom, png = browse(page, tmp_path)
     assert "Feature" in dom or "feature" in dom
     assert_not_blank(png)
+
+
+def test_neuronpedia_export_of_a_saved_tokenized_sae(sae, model, dataset, tmp_path, monkeypatch):
+    """sae-dashboard's NeuronpediaRunner, end to end: load the saved SAE by path, take prompts
+    from a dataset folder, write Neuronpedia's batch JSON. Offline, the model it would load by
+    name is the tiny one; everything else is sae-dashboard's."""
+    pytest.importorskip("sae_dashboard")
+    import json
+
+    from datasets import Dataset
+    from sae_dashboard.neuronpedia import neuronpedia_runner as npr
+    from sae_dashboard.neuronpedia.neuronpedia_runner_config import NeuronpediaRunnerConfig
+
+    sae.cfg.metadata.model_name = "tiny"
+    sae.cfg.metadata.context_size = 32
+    sae.cfg.metadata.prepend_bos = True
+    sae.save_model(str(tmp_path / "sae"))
+    # a text column: SAELens 6.53 checks a *pretokenized* dataset's tokenizer with
+    # hf_hub_download(path), which rejects a local folder
+    from helpers import stdlib_text
+
+    (tmp_path / "data").mkdir()
+    Dataset.from_dict({"text": stdlib_text()[:200]}).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    monkeypatch.chdir(tmp_path)  # it caches activations under ./cached_activations
+    monkeypatch.setattr(npr.HookedSAETransformer, "from_pretrained", lambda *a, **k: model)
+    cfg = NeuronpediaRunnerConfig(
+        sae_set="tiny-tokenized", sae_path=str(tmp_path / "sae"), from_local_sae=True,
+        outputs_dir=str(tmp_path / "np"), huggingface_dataset_path=str(tmp_path / "data"),
+        n_prompts_total=32, n_tokens_in_prompt=32, n_prompts_in_forward_pass=8, n_features_at_a_time=16,
+        quantile_feature_batch_size=16, sae_device="cpu", model_device="cpu", activation_store_device="cpu",
+        shuffle_tokens=False)
+    runner = npr.NeuronpediaRunner(cfg)
+    runner.run()
+    batches = sorted(Path(runner.cfg.outputs_dir).glob("batch-*.json"))
+    assert len(batches) == 4  # 64 latents, 16 at a time
+    features = [f for b in batches for f in json.loads(b.read_text())["features"]]
+    assert {f["feature_index"] for f in features} >= set(range(16))
+    # its top activations are the loaded SAE's encoder output on those prompts
+    loaded = npr.SAE.load_from_pretrained(str(tmp_path / "sae"), device="cpu")
+    tokens = runner.get_tokens()
+    _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
+    with torch.no_grad():
+        acts = loaded.encode(cache[HOOK])
+    compared = 0
+    for f in features:
+        top = max((max(a["values"]) for a in f["activations"]), default=0.0)
+        if top > 0:
+            assert abs(top - float(acts[..., f["feature_index"]].max())) < 1e-3 * max(1.0, top)
+            compared += 1
+    assert compared >= 16

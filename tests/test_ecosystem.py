@@ -268,3 +268,30 @@ def test_run_with_hooks_forwards_get_their_own_ids_and_never_stale_ones(model, d
             model.run_with_hooks(resid, start_at_layer=1, fwd_hooks=splice)
     torch.testing.assert_close(got_b, splice_by_hand(model, sae, b))
     torch.testing.assert_close(got_a, splice_by_hand(model, sae, a))
+
+
+def test_absorption_is_scored_on_the_sae_s_own_input(model, dataset):
+    """SAEBench's absorption reads blocks.{hook_layer}.hook_resid_post and takes hook_layer
+    from the hook name: a resid_pre SAE would be scored one block later, silently."""
+    from sae_lens_tokenized.saebench import absorption_hook_layer, saebench_mode
+
+    sae = TokenizedTopKSAE(TokenizedTopKSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=model.cfg.d_vocab))
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    assert absorption_hook_layer(sae) == 0
+    # the premise: the tensor is the same
+    tokens = torch.stack([dataset[i]["tokens"] for i in range(2)])
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pre", "blocks.0.hook_resid_post"])
+    assert torch.equal(cache["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"])
+    sae.cfg.hook_layer = 1  # what SAEBench's load_and_format_sae derives from the name
+    with pytest.raises(ValueError, match="hook_layer must be 0, not 1"):
+        with saebench_mode("absorption", sae):
+            pass
+    sae.cfg.hook_layer = 0
+    with saebench_mode("absorption", sae):
+        pass
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    assert absorption_hook_layer(sae) == 1
+    for name in ("blocks.1.hook_mlp_out", "blocks.0.hook_resid_pre"):
+        sae.cfg.metadata.hook_name = name
+        with pytest.raises(ValueError, match="absorption cannot score it"):
+            absorption_hook_layer(sae)
