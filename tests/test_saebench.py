@@ -277,3 +277,32 @@ def test_sparse_probing_reads_a_local_labelled_dataset(sae, model, tmp_path, mon
     with pytest.raises(ValueError, match="one of SAEBench's own datasets"):
         with local_probing_dataset("fancyzhx/ag_news", train, test):
             pass
+
+
+# ---- autointerp: everything before the LLM call ------------------------------------------
+def test_autointerp_examples_and_prompts_come_from_the_sae_s_activations(sae, model, dataset):
+    from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig
+    from sae_bench.evals.autointerp.main import AutoInterp
+
+    tokens = torch.stack([dataset[i]["tokens"] for i in range(48)])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
+        acts = sae.encode(cache[HOOK])  # encode reads no ids: nothing to supply
+    tok = model.tokenizer
+    special = torch.isin(tokens, torch.tensor([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]))
+    acts[special] = 0  # SAEBench masks BOS/pad/eos positions
+    latents = [int(i) for i in (acts > 0).sum((0, 1)).argsort(descending=True)[:3]]
+    cfg = AutoInterpEvalConfig(model_name="tiny", n_latents=None, override_latents=latents, llm_context_size=32, llm_batch_size=8,
+                               buffer=2, total_tokens=48 * 32, n_top_ex_for_generation=3,
+                               n_iw_sampled_ex_for_generation=1, n_top_ex_for_scoring=2, n_random_ex_for_scoring=2,
+                               n_iw_sampled_ex_for_scoring=1)
+    with saebench_mode("autointerp", sae):
+        interp = AutoInterp(cfg, model, sae, tokens, torch.ones(64), "cpu", api_key="unused offline")
+        generation, scoring = interp.gather_data()
+        messages = interp.get_generation_prompts(generation[latents[0]])
+    assert set(generation) == set(latents)
+    # the strongest example holds the latent's top activation over the data (bf16 in SAEBench)
+    for latent in latents:
+        top = max(max(ex.acts) for ex in list(generation[latent]) + list(scoring[latent]))
+        assert abs(top - float(acts[:, 2:-2, latent].max())) < 1e-2 * max(1.0, top)
+    assert "<<" in messages[1]["content"]  # activating tokens marked, ready for the LLM judge
