@@ -202,6 +202,7 @@ def test_hub_round_trip_with_bigram_rows(tmp_path, hub):
     (dict(lookup_ngram=2, init_lookup_from_unigrams=False), "needs init_lookup_from_unigrams=True"),
     (dict(lookup_init_tokens=0), "lookup_init_tokens must be > 0"),
     (dict(lookup_init_scale=-1.0), "lookup_init_scale must be"),
+    (dict(lookup_init_prior="median"), "lookup_init_prior must be 'mean', 'auto' or a prompt strategy"),
 ])
 def test_bad_settings_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -296,3 +297,31 @@ def test_auto_measures_the_data_estimate_beside_the_prompts(model, dataset):
     scored = {k: v["nmse"] for k, v in report.items() if "nmse" in v}
     assert runner.sae.cfg.unigram_strategy == min(scored, key=scored.__getitem__)
     assert runner.sae.cfg.lookup_init_scale == (1.0 if runner.sae.cfg.unigram_strategy == "data" else 0.5)
+
+
+def test_a_unigram_prior_gives_unseen_tokens_their_own_centred_unigram(model, dataset):
+    from sae_lens_tokenized import compute_unigram_table
+
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="bos,t", lookup_init_pseudo_count=2.0),
+                                        override_model=model, override_dataset=dataset)
+    acts, ids, _ = later_positions(*direct_means(model, sample_rows(dataset, 2048)))
+    U = compute_unigram_table(model, RESID1, "bos,t", show_progress=False)
+    counts = torch.bincount(ids, minlength=model.cfg.d_vocab).float()
+    prior = acts.mean(0) + U - (counts @ U) / counts.sum()
+    W = runner.sae.W_lookup.detach()[: model.cfg.d_vocab]
+    unseen = counts == 0
+    assert unseen.any()
+    torch.testing.assert_close(W[unseen], prior[unseen], atol=1e-4, rtol=1e-4)  # each its own row
+    assert not torch.allclose(W[unseen][0], W[unseen][1])
+    t = int(torch.unique(ids)[3])  # a seen token shrinks toward its own prior
+    n = int(counts[t])
+    torch.testing.assert_close(W[t], (acts[ids == t].sum(0) + 2.0 * prior[t]) / (n + 2.0), atol=1e-4, rtol=1e-4)
+    recorded = runner.sae.cfg.metadata.lookup_init["prior"]
+    assert recorded["unigram_strategy"] == "bos,t" and recorded["tokens_given_only_the_prior"] == int(unseen.sum())
+
+
+def test_a_unigram_prior_with_a_precomputed_table_fails_before_any_work(model, dataset):
+    table = torch.zeros(model.cfg.d_vocab, model.cfg.d_model)
+    with pytest.raises(ValueError, match="lookup_init_prior='mean'"):
+        TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="auto"), override_model=model,
+                                   override_dataset=dataset, unigram_table=table)

@@ -330,6 +330,11 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 raise ValueError(
                     "unigram_strategy='auto' chooses the table itself, so it cannot be used with a "
                     "precomputed unigram table; pass the table's strategy.")
+            if cfg.sae.lookup_init_prior != "mean":
+                raise ValueError(
+                    f"lookup_init_prior={cfg.sae.lookup_init_prior!r} builds the prior of data-estimated rows "
+                    "from the model's unigrams, but a precomputed unigram table was given; drop the table or "
+                    "set lookup_init_prior='mean'.")
             if cfg.sae.unigram_strategy == DATA_STRATEGY:
                 # An explicit table wins over the default data estimate; record what it is.
                 cfg.sae.unigram_strategy = self._table_strategy or PRECOMPUTED_STRATEGY
@@ -368,6 +373,32 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         )
         return stats, report
 
+    def _lookup_prior(self, stats: LookupStatistics, measure_tokens: Any, exclude_ids: list[int]) -> torch.Tensor | None:
+        """The prior of data-estimated rows (``lookup_init_prior``): ``None`` for the sample
+        mean, else ``mean + (U - U_mean)`` from a prompt unigram table ``U``."""
+        cfg = self.cfg
+        prior = cfg.sae.lookup_init_prior
+        if prior == "mean":
+            self.unigram_report["lookup_init"]["prior"] = "mean"
+            return None
+        assert measure_tokens is not None  # a precomputed table with a unigram prior fails in _prepare_for_model
+        report = None
+        if prior == "auto":
+            prior, report = select_unigram_strategy(self.model, cfg.hook_name, measure_tokens,
+                                                    hook_head_index=cfg.hook_head_index, exclude_ids=exclude_ids)
+            logger.info(f"lookup_init_prior='auto' chose '{prior}': {report}")
+        table = get_unigram_table(self.model, cfg.hook_name, strategy=prior, hook_head_index=cfg.hook_head_index,
+                                  cache_dir=cfg.sae.unigram_cache).to(stats.sums)
+        counts = stats.counts.to(stats.sums)
+        centre = (counts @ table) / counts.sum().clamp_min(1)
+        unseen = int((stats.counts == 0).sum())
+        self.unigram_report["lookup_init"]["prior"] = {
+            "unigram_strategy": prior, "tokens_given_only_the_prior": unseen,
+            **({"selection": report} if report is not None else {})}
+        logger.info(f"lookup init: {unseen:,} tokens absent from the sample get their '{prior}' unigram, centred on "
+                    "the sample mean, as their row")
+        return stats.mean() + (table - centre)
+
     def _init_lookup(self, will_init: bool) -> None:
         cfg, table = self.cfg, self._unigram_table_arg
         self.unigram_report: dict[str, Any] = {}
@@ -378,7 +409,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         ngram = cfg.sae.lookup_ngram
         c = cfg.sae.lookup_init_pseudo_count
         stats = None
-        measured = None
+        measured = measure_tokens = None
+        exclude_ids: list[int] = []
         if table is None:
             # measured first, so the measurement sequences are not in the init sample
             measure_tokens = self.activations_store.get_batch_tokens(N_MEASURE_SEQUENCES)
@@ -391,7 +423,7 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         data_table = None  # per-token means of the sample (the "data" table)
         if strategy in ("auto", DATA_STRATEGY) or ngram == 2:
             stats, self.unigram_report["lookup_init"] = self._sample_lookup_statistics()
-            data_table = stats.token_rows(None, c)
+            data_table = stats.token_rows(self._lookup_prior(stats, measure_tokens, exclude_ids), c)
         if table is None:
             assert measured is not None
             if strategy == "auto":
