@@ -137,23 +137,15 @@ def main() -> None:
     print(f"wrote {path} and table.md")
 
 
-def spelling_by_part(model, demo: Path) -> dict:
-    """Where the first letter lives: SAEBench's first-letter probe (trained by the absorption
-    eval on the model's activations) applied to each part of each SAE's reconstruction.
-
-    For the held-out words of the absorption eval (prompt "{word} has the first letter:",
-    activation at the word): the probe's 26-way accuracy on the activation, on each SAE's
-    reconstruction, on its latent part ``W_dec f + b_dec`` and, for the tokenized SAE, on
-    the lookup row the position reads. Run after ``--evals absorption`` (it reads the probe
-    and the held-out activations SAEBench saved)."""
+def first_letter_words(model) -> tuple:
+    """SAEBench's first-letter probe and its held-out words, as the absorption eval saved them
+    (layer 2: ``blocks.2.hook_resid_post`` = ``blocks.3.hook_resid_pre``): ``(probe, x, y,
+    tok, prev)``, x the activation at the word, tok/prev its token and the one before."""
     import numpy as np
     import pandas as pd
     from sae_bench.evals.absorption.common import PROBES_DIR
-    from sae_lens import SAE
 
-    from sae_lens_tokenized import error_term_mode
-
-    folder = PROBES_DIR / model.cfg.model_name / "layer_2"  # blocks.2.hook_resid_post = blocks.3.hook_resid_pre
+    folder = PROBES_DIR / model.cfg.model_name / "layer_2"
     probe = torch.load(folder / "probe.pth", map_location="cpu", weights_only=False).float()
     data = np.load(folder / "data.npz")
     x, y = torch.from_numpy(data["X_test"]).float(), torch.from_numpy(data["y_test"]).long()
@@ -165,13 +157,34 @@ def spelling_by_part(model, demo: Path) -> dict:
         check = [model.run_with_cache(ids[i][None], names_filter=["blocks.3.hook_resid_pre"], stop_at_layer=4)[1]
                  ["blocks.3.hook_resid_pre"][0, -6] for i in range(16)]
     torch.testing.assert_close(torch.stack(check), x[:16], rtol=1e-4, atol=1e-3)
+    return probe, x, y, tok, prev
 
+
+def rows_never_seen(sae) -> torch.Tensor:
+    """``[d_vocab]`` bool: token rows still equal to the init sample's mean, the one row every
+    token absent from the sample (and never read in training) shares."""
+    rows = sae.W_lookup.detach()[: sae.cfg.d_vocab]
+    _, shared, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
+    return shared == int(counts.argmax())
+
+
+def spelling_by_part(model, demo: Path) -> dict:
+    """Where the first letter lives: SAEBench's first-letter probe (trained by the absorption
+    eval on the model's activations) applied to each part of each SAE's reconstruction.
+
+    For the held-out words of the absorption eval (prompt "{word} has the first letter:",
+    activation at the word): the probe's 26-way accuracy on the activation, on each SAE's
+    reconstruction, on its latent part ``W_dec f + b_dec`` and, for the tokenized SAE, on
+    the lookup row the position reads. Run after ``--evals absorption`` (it reads the probe
+    and the held-out activations SAEBench saved)."""
+    from sae_lens import SAE
+
+    from sae_lens_tokenized import error_term_mode
+
+    probe, x, y, tok, prev = first_letter_words(model)
     # Words whose token row is still the sample mean (never in the init sample, never read
     # in training) are reported apart: their lookup row carries nothing about them.
-    lookup = SAE.load_from_disk(str(demo / "sae_tokenized")).W_lookup.detach()
-    V = int(lookup.shape[0] - SAE.load_from_disk(str(demo / "sae_tokenized")).cfg.lookup_bigram_rows)
-    _, shared, counts = torch.unique(lookup[:V], dim=0, return_inverse=True, return_counts=True)
-    prior_row = shared[tok] == int(counts.argmax())
+    prior_row = rows_never_seen(SAE.load_from_disk(str(demo / "sae_tokenized")))[tok]
     groups = {"all": torch.ones_like(prior_row), "token seen": ~prior_row, "token row = sample mean": prior_row}
 
     def accuracy(v: torch.Tensor) -> dict:

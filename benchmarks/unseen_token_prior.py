@@ -37,9 +37,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/saebench_demo/unseen_token_prior.json")
     args = p.parse_args()
 
-    import numpy as np
-    import pandas as pd
-    from sae_bench.evals.absorption.common import PROBES_DIR
+    from saebench_demo import first_letter_words, rows_never_seen  # this folder's SAEBench script
     from sae_lens import SAE
 
     from sae_lens_tokenized import compute_unigram_table
@@ -52,18 +50,10 @@ def main() -> None:
     topk = SAE.load_from_disk(str(Path(args.demo) / "sae_topk"))
     V = sae.cfg.d_vocab
     trained = sae.W_lookup.detach().clone()
-    # the sample mean: the one row that all never-seen tokens share exactly
-    _, shared, counts = torch.unique(trained[:V], dim=0, return_inverse=True, return_counts=True)
-    never_seen = shared == int(counts.argmax())
+    never_seen = rows_never_seen(sae)
     mean_row = trained[:V][never_seen][0]
 
-    folder = PROBES_DIR / model.cfg.model_name / "layer_2"  # = blocks.3.hook_resid_pre
-    probe = torch.load(folder / "probe.pth", map_location="cpu", weights_only=False).float()
-    data = np.load(folder / "data.npz")
-    x, y = torch.from_numpy(data["X_test"]).float(), torch.from_numpy(data["y_test"]).long()
-    prompts = pd.read_csv(folder / "test_df.csv", keep_default_na=False)["prompt"].tolist()
-    ids = [model.to_tokens(p)[0] for p in prompts]
-    tok, prev = torch.stack([i[-6] for i in ids]), torch.stack([i[-7] for i in ids])
+    probe, x, y, tok, prev = first_letter_words(model)
     words = never_seen[tok]
     x, y, tok, prev = x[words], y[words], tok[words], prev[words]
     need = torch.unique(tok)
