@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--evals", nargs="+", default=["core", "absorption"], choices=["core", "absorption", "sparse_probing", "spelling"])
     p.add_argument("--probe_train_per_class", type=int, default=300)
     p.add_argument("--probe_test_per_class", type=int, default=80)
+    p.add_argument("--saes", nargs="+", default=["sae_topk", "sae_tokenized"], choices=["sae_topk", "sae_tokenized"])
     p.add_argument("--core_batches", type=int, default=20)
     p.add_argument("--out", default="benchmarks/results/saebench_demo")
     args = p.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
         results["wall_time_s"] = {"core": results["wall_time_s"]}
     t0 = time.perf_counter()
     artifacts = tempfile.mkdtemp(prefix="saebench_artifacts_")  # model activations shared by both SAEs
-    for name in ("sae_topk", "sae_tokenized"):
+    for name in args.saes:
         sae = SAE.load_from_disk(str(Path(args.demo) / name))
         sae.fold_W_dec_norm()  # SAEBench expects unit decoder rows (outputs unchanged)
         sae = load_and_format_sae("demo", sae, "cpu")[1]

@@ -65,6 +65,7 @@ class CompareSettings:
     lookup_init_scale: float | None = None  # the strategy's default (data 1.0, prompts 0.5)
     lookup_ngram: int = 2
     lookup_init_tokens: int = 500_000  # the config's default
+    lookup_init_prior: str = "mean"  # the config's default
     seed: int = 0
     n_curve_points: int = 16
     n_eval_activations: int = 20_000
@@ -119,7 +120,7 @@ def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int, overrides
     if is_tokenized(arch):
         kw.update(d_vocab=d_vocab, lookup_lr=s.lookup_lr, unigram_strategy=s.unigram_strategy,
                   lookup_init_scale=s.lookup_init_scale, lookup_ngram=s.lookup_ngram,
-                  lookup_init_tokens=s.lookup_init_tokens)
+                  lookup_init_tokens=s.lookup_init_tokens, lookup_init_prior=s.lookup_init_prior)
     kw.update(overrides or {})
     return get_sae_training_class(arch)[1](**kw)
 

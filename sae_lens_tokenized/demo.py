@@ -55,6 +55,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookup_ngram", type=int, default=2, choices=[1, 2], help="2 (default): token and bigram rows")
     p.add_argument("--lookup_init_tokens", type=int, default=500_000,
                    help="activations drawn before training to estimate the lookup (not trained on)")
+    p.add_argument("--lookup_init_prior", default="mean",
+                   help="prior of data-estimated rows: 'mean' (default), 'auto' or a prompt such as 'space,t'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, ~2 minutes)")
 
@@ -64,6 +66,7 @@ def settings_from_args(ns: argparse.Namespace) -> CompareSettings:
         hook_name=ns.hook_name, expansion=ns.expansion, k=ns.k, training_tokens=ns.training_tokens,
         batch=ns.batch, lr=ns.lr, lookup_lr=ns.lookup_lr, unigram_strategy=ns.unigram_strategy, seed=ns.seed,
         lookup_ngram=ns.lookup_ngram, lookup_init_tokens=ns.lookup_init_tokens,
+        lookup_init_prior=ns.lookup_init_prior,
     )
     if ns.quick:
         s.expansion, s.k, s.training_tokens, s.batch = 2, 8, 24_576, 512

@@ -184,3 +184,16 @@ def test_evals_and_lookup_page_on_the_demo_s_saes(tmp_path, quick_demo):
           "--seq_len", "32", "--out", str(tmp_path / "an")])
     page = (tmp_path / "an" / "lookup.html").read_text()
     assert page.count("<tr data-token=") > 20 and "Pair rows read by this text" in page
+
+
+def test_demo_and_workbench_pass_the_lookup_prior_to_the_config():
+    import argparse
+
+    from sae_lens_tokenized.compare import sae_config
+    from sae_lens_tokenized.demo import add_demo_args, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_demo_args(p)
+    s = settings_from_args(p.parse_args(["--lookup_init_prior", "space,t"]))
+    assert sae_config("tokenized_topk", s, 32, 100).lookup_init_prior == "space,t"
+    assert sae_config("tokenized_topk", settings_from_args(p.parse_args([])), 32, 100).lookup_init_prior == "mean"
