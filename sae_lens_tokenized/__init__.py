@@ -1,8 +1,12 @@
 """Tokenized SAEs for SAELens.
 
 ``import sae_lens_tokenized`` registers the tokenized architectures (inference and
-training) in SAELens's registry, so ``SAE.load_from_disk``, ``SAE.from_pretrained``,
-``LanguageModelSAERunnerConfig(sae=...)`` and SAELens's CLI know them.
+training) in SAELens's registry, so ``SAE.load_from_disk``, ``SAE.from_pretrained`` and
+``LanguageModelSAERunnerConfig(sae=...)`` know them. A tokenized SAE trains through
+``TokenizedSAETrainingRunner`` (or ``sae-lens-tokenized train``, which takes SAELens's CLI
+arguments): SAELens's own runners cannot carry token ids and refuse a tokenized config
+before any work, and its CLI (``python -m sae_lens.llm_sae_training_runner``) never
+imports this package, so it lists no tokenized architecture.
 """
 
 from __future__ import annotations

@@ -57,6 +57,21 @@ the public seams that would retire these entries.
     pretrained list; the metrics themselves come from SAELens's ``run_evals``.
     ``tests/test_compat.py`` runs SAELens's ``multiple_evals`` and compares the layouts.
 
+16. (TransformerLens 2.16-3.9) ``HookedTransformer.generate`` (and ``generate_stream``)
+    embeds the prompt, then each sampled token, *outside* ``forward``, and runs
+    ``forward`` directly on the residual (``start_at_layer=0``), the newest position only
+    when it uses its KV cache. No module hook sees where a generation starts or which
+    positions a step runs, so ``generation_events`` brackets each call for the captures in
+    ``splicing.py`` (they then build the sequence from the embeds). Tested in
+    ``tests/test_generate.py`` against forwards with explicit ids.
+
+17. SAELens's own runners (``LanguageModelSAETrainingRunner``, which its CLI
+    ``python -m sae_lens.llm_sae_training_runner`` runs, and ``MultiSAETrainingRunner``)
+    accept any registered training config and build no seam to refuse one. Given a
+    tokenized config they would load the model, fill the buffer, and fail at the first
+    step (no ids reach the SAE). ``guard_runner_init`` wraps each ``__init__`` with a check
+    that runs before anything else (``tests/test_compat.py`` runs SAELens's CLI entry).
+
 Two entries rely on SAEBench (written against sae-bench 0.6.0, ``SAEBENCH_WRITTEN_AGAINST``),
 which has no seam for either; ``tests/test_saebench.py`` runs its real code for each.
 
@@ -74,8 +89,10 @@ which has no seam for either; ``tests/test_saebench.py`` runs its real code for 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sae_lens
@@ -120,6 +137,88 @@ def runner_classes(**replacements: type) -> Iterator[None]:
         finally:
             for name, cls in saved.items():
                 setattr(module, name, cls)
+
+
+_generation_listeners: list[Callable[[Any, bool], None]] = []
+_generation_saved: dict[str, Any] = {}
+GENERATE_METHODS = ("generate", "generate_stream")
+
+
+def _bracketed(method: Callable[..., Any]) -> Callable[..., Any]:
+    def notify(model: Any, started: bool) -> None:
+        for listener in list(_generation_listeners):
+            listener(model, started)
+
+    if inspect.isgeneratorfunction(method):  # generate_stream: bracket the whole iteration
+        @functools.wraps(method)
+        def stream(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            notify(self, True)
+            try:
+                yield from method(self, *args, **kwargs)
+            finally:
+                notify(self, False)
+
+        return stream
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        notify(self, True)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            notify(self, False)
+
+    return call
+
+
+@contextlib.contextmanager
+def generation_events(listener: Callable[[Any, bool], None]) -> Iterator[None]:
+    """Entry 16: inside the block, ``listener(model, True)`` / ``(model, False)`` bracket
+    every ``HookedTransformer.generate`` / ``generate_stream`` call (process-wide while any
+    block is open; the methods are restored when the last one closes)."""
+    from transformer_lens import HookedTransformer
+
+    with _runner_lock:
+        if not _generation_listeners:
+            for name in GENERATE_METHODS:
+                if hasattr(HookedTransformer, name):
+                    _generation_saved[name] = HookedTransformer.__dict__.get(name)
+                    setattr(HookedTransformer, name, _bracketed(getattr(HookedTransformer, name)))
+        _generation_listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _runner_lock:
+            _generation_listeners.remove(listener)
+            if not _generation_listeners:
+                for name, saved in _generation_saved.items():
+                    if saved is None:
+                        delattr(HookedTransformer, name)
+                    else:
+                        setattr(HookedTransformer, name, saved)
+                _generation_saved.clear()
+
+
+_RUNNER_GUARDS: dict[str, Callable[[Any, Any], None]] = {}
+
+
+def guard_runner_init(runner_cls: type, check: Callable[[Any, Any], None]) -> None:
+    """Entry 17: ``check(runner, cfg)`` runs first in every ``runner_cls(cfg, ...)``.
+    Idempotent: a second call (a reload of this package) replaces the check, never wraps
+    twice."""
+    key = f"{runner_cls.__module__}.{runner_cls.__qualname__}"
+    _RUNNER_GUARDS[key] = check
+    if getattr(runner_cls.__init__, "_sae_lens_tokenized_guard", False):
+        return
+    original = runner_cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, cfg: Any, *args: Any, **kwargs: Any) -> None:
+        _RUNNER_GUARDS[key](self, cfg)
+        original(self, cfg, *args, **kwargs)
+
+    __init__._sae_lens_tokenized_guard = True  # type: ignore[attr-defined]
+    runner_cls.__init__ = __init__  # type: ignore[method-assign]
 
 
 def _saebench_attribute(module: Any, name: str, kind: type | None = None) -> Any:

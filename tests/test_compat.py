@@ -183,3 +183,43 @@ def test_13_evals_results_have_the_layout_of_saelens_own_evals(model, dataset, t
 
     assert layout(ours) == layout(theirs)
     assert ours["metrics"]["sparsity"]["l0"] == pytest.approx(theirs["metrics"]["sparsity"]["l0"])
+
+
+class _NoDataset(torch.utils.data.IterableDataset):
+    """A dataset that fails on its first read: nothing may read it before the refusal."""
+
+    def __iter__(self):
+        raise AssertionError("the dataset was read")
+
+
+@pytest.mark.parametrize("entry", ["runner", "cli", "multi"])
+def test_17_saelens_own_runners_refuse_a_tokenized_config_before_any_work(model, entry, monkeypatch):
+    """SAELens's runners would load the model, fill the buffer, then fail at the first
+    step (no ids reach the SAE). The refusal comes first and names what trains it."""
+    from sae_lens import LanguageModelSAETrainingRunner, TopKTrainingSAEConfig
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+
+    loaded, forwards = [], []
+    monkeypatch.setattr(saelens_runner, "load_model", lambda *a, **k: loaded.append(a) or model)
+    handle = model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    tokenized = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4)
+    try:
+        with pytest.raises(TypeError, match=r"TokenizedSAETrainingRunner\(cfg\).*sae-lens-tokenized train"):
+            if entry == "runner":
+                LanguageModelSAETrainingRunner(runner_cfg(tokenized, RESID, 10_000), override_dataset=_NoDataset())
+            elif entry == "cli":  # what `python -m sae_lens.llm_sae_training_runner` runs
+                saelens_runner._run_cli(["--architecture", "tokenized_topk", "--model_name", "tiny",
+                                         "--hook_name", RESID, "--d_in", "32", "--d_sae", "64"])
+            else:
+                MultiSAETrainingRunner(MultiSAETrainingRunnerConfig(
+                    saes={"plain": TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), "tok": tokenized},
+                    hook_names=RESID, model_name="tiny", dataset_path="unused", training_tokens=10_000,
+                    context_size=32, device="cpu"), override_dataset=_NoDataset())
+    finally:
+        handle.remove()
+    assert loaded == [] and forwards == []
+    # the guard passes plain configs through to SAELens unchanged
+    plain = runner_cfg(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
+    from helpers import token_dataset
+
+    assert LanguageModelSAETrainingRunner(plain, override_model=model, override_dataset=token_dataset()).sae is not None

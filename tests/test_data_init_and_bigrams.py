@@ -197,7 +197,7 @@ def test_hub_round_trip_with_bigram_rows(tmp_path, hub):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(lookup_ngram=3), "lookup_ngram=3 is not supported"),
-    (dict(lookup_ngram=2, lookup_bigram_rows=0), "needs a positive bigram row budget"),
+    (dict(lookup_ngram=2, lookup_bigram_rows=-1), "needs a bigram row count >= 0"),
     (dict(lookup_ngram=1, lookup_bigram_rows=10), "only applies to lookup_ngram=2"),
     (dict(lookup_ngram=2, init_lookup_from_unigrams=False), "needs init_lookup_from_unigrams=True"),
     (dict(lookup_init_tokens=0), "lookup_init_tokens must be > 0"),
@@ -325,3 +325,67 @@ def test_a_unigram_prior_with_a_precomputed_table_fails_before_any_work(model, d
     with pytest.raises(ValueError, match="lookup_init_prior='mean'"):
         TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="auto"), override_model=model,
                                    override_dataset=dataset, unigram_table=table)
+
+
+# ------------------------------------------------------------------ proportion (issue 18)
+def test_the_init_sample_never_exceeds_the_run_nor_one_pass_over_the_data(model):
+    embedded = []
+    handle = model.embed.register_forward_pre_hook(lambda m, args: embedded.append(args[0].numel()))
+    try:
+        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=20_000),
+                         RESID1, 2048)
+        runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=token_dataset())
+        report = runner.sae.cfg.metadata.lookup_init  # recorded in cfg.json
+        assert report["tokens_requested"] == 20_000
+        assert report["tokens_drawn_from_training_stream"] == 2048 and report["capped_by"] == "training_tokens"
+        # the model ran on the sample, the strategy measurement and the config probe, nothing more
+        assert sum(embedded) == 2048 + N_MEASURE * CTX + 2
+
+        small = token_dataset(n_rows=24)  # 768 tokens, 8 of its rows read for the measurement
+        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=50_000),
+                         RESID1, 100_000)
+        report = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=small).unigram_report["lookup_init"]
+        assert report["capped_by"] == "one pass over the dataset"
+        assert report["tokens_drawn_from_training_stream"] == (24 - N_MEASURE) * CTX
+    finally:
+        handle.remove()
+
+
+def test_a_trained_bigram_lookup_saves_only_the_rows_its_init_chose(tmp_path, model, dataset):
+    from sae_lens_tokenized.training.runner import saved_lookup_rows
+
+    sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4)  # the default budget
+    cfg = runner_cfg(sae_cfg, RESID1, 4096, output_path=str(tmp_path / "out"))
+    sae = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
+    used = sae.cfg.metadata.lookup_init["bigram_rows_used"]
+    V = model.cfg.d_vocab
+    assert 0 < used < sae_cfg.lookup_bigram_rows == 65_536  # the user's config keeps its budget
+    assert saved_lookup_rows(tmp_path / "out") == V + used
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert loaded.cfg.lookup_bigram_rows == used and (loaded.bigram_pairs() >= 0).all()
+    stored = sum(t.numel() * t.element_size() for t in loaded.state_dict().values())
+    assert (tmp_path / "out" / "sae_weights.safetensors").stat().st_size <= stored + 4096  # + the header
+    assert stored < (V + sae_cfg.lookup_bigram_rows) * 32 * 4 / 10  # the budget's rows alone were 10x that
+    tokens = torch.stack([dataset[i]["tokens"] for i in range(2)])
+    x = activations_at_hook(model, tokens, RESID1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, token_ids=tokens), sae.eval()(x, token_ids=tokens))
+
+
+def test_a_data_estimated_table_never_raises_the_sink_alarm(model, dataset, monkeypatch):
+    """The sink check is about prompt prefixes that are attention sinks; a data table skips
+    each sequence's first position, and on a small sample its unseen rows (the mean) can
+    measure like a sink: no warning the user could act on."""
+    import warnings
+
+    from sae_lens_tokenized.unigrams import UnigramFit, UnigramSinkWarning
+
+    monkeypatch.setattr(UnigramFit, "looks_like_a_sink", lambda self: True)  # whatever the measure says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnigramSinkWarning)
+        TokenizedSAETrainingRunner(runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID1, 2048),
+                                   override_model=model, override_dataset=dataset)
+    with pytest.warns(UnigramSinkWarning):  # a prompt strategy is still checked
+        TokenizedSAETrainingRunner(runner_cfg(TokenizedTopKTrainingSAEConfig(
+            d_in=32, d_sae=64, k=4, unigram_strategy="bos,t", lookup_ngram=1), RESID1, 2048),
+            override_model=model, override_dataset=dataset)

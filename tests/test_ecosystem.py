@@ -76,25 +76,30 @@ def test_any_model_capture_keeps_ids_through_run_with_cache_then_encode_decode(m
 
 def test_any_model_capture_never_serves_stale_ids(model, tokens):
     sae = make_sae(model)
+    expected = sae(model.run_with_cache(tokens, names_filter=[HOOK])[1][HOOK], token_ids=tokens)
     with token_ids_from_any_model(sae):
         _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
         x = cache[HOOK]
-        sae(x)
-        # a later forward without tokens (embeddings given): the earlier ids are gone
+        y = x * 1.0  # computed by the caller: it gets the latest forward's ids
+        torch.testing.assert_close(sae(y), expected)
+        # a later forward without tokens (embeddings given): the latest ids are gone
         model(model.embed(tokens) + model.pos_embed(tokens), start_at_layer=0)
         with pytest.raises(TokenIdsError, match="token_ids_from_any_model"):
-            sae(x)
+            sae(y)
+        # while the model's own activations keep the ids of the forward that produced them
+        torch.testing.assert_close(sae(x), expected)
         # any other module run at top level (a probe) also clears them: an error, never stale
         model(tokens)
-        sae(x)
+        sae(y)
         nn.Linear(4, 2)(torch.zeros(1, 4))
         with pytest.raises(TokenIdsError):
-            sae(x)
+            sae(y)
+        torch.testing.assert_close(sae(x), expected)
         # a forward that raises still ends its depth (always_call): the next forward captures
         with pytest.raises(Exception):
             model(tokens[:, :0].float())
         model(tokens)
-        sae(x)
+        sae(y)
 
 
 def test_any_model_capture_reads_a_hugging_face_model_and_its_generate_steps(tokens):
@@ -264,9 +269,12 @@ def test_run_with_hooks_forwards_get_their_own_ids_and_never_stale_ones(model, d
         got_b = model.run_with_hooks(b, fwd_hooks=splice)
         got_a = model.run_with_hooks(a, fwd_hooks=splice)
         resid = model.run_with_cache(b, names_filter=["blocks.0.hook_resid_post"])[1]["blocks.0.hook_resid_post"]
-        with pytest.raises(TokenIdsError):  # b's ids were captured; this forward has none
-            model.run_with_hooks(resid, start_at_layer=1, fwd_hooks=splice)
+        # b's residual, run on from layer 1: its activations are b's, and so are their ids
+        got_from_resid = model.run_with_hooks(resid, start_at_layer=1, fwd_hooks=splice)
+        with pytest.raises(TokenIdsError):  # a residual the caller computed: this forward has no ids
+            model.run_with_hooks(resid * 1.0, start_at_layer=1, fwd_hooks=splice)
     torch.testing.assert_close(got_b, splice_by_hand(model, sae, b))
+    torch.testing.assert_close(got_from_resid, got_b)
     torch.testing.assert_close(got_a, splice_by_hand(model, sae, a))
 
 

@@ -74,10 +74,34 @@ def test_forward_without_tokens_does_not_reuse_earlier_ids(model, sae, dataset):
         _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
         resid = cache[HOOK]
         sae.decode(sae.encode(resid))  # ids of that forward: fine
-        # a forward that starts after the embedding has no tokens: the earlier ids are gone
+        # a forward that starts after the embedding has no tokens
         model(model.embed(tokens) + model.pos_embed(tokens), start_at_layer=0)
+        # the cached activations still carry the ids of the forward that produced them
+        torch.testing.assert_close(sae.decode(sae.encode(resid)), sae(resid, token_ids=tokens))
+        # a tensor the caller computed gets the latest forward's ids, and it had none
         with pytest.raises(TokenIdsError, match="has not run a forward pass with tokens"):
-            sae.decode(sae.encode(resid))
+            sae(resid * 1.0)
+
+
+def test_cached_activations_of_an_earlier_forward_get_their_own_ids(model, sae, dataset):
+    """The issue's case: two forwards of the same shape, then the SAE on the first one's
+    cache. It used to decode them silently with the second forward's ids."""
+    first = torch.stack([dataset[i]["tokens"] for i in range(2)])
+    second = torch.stack([dataset[i]["tokens"] for i in range(2, 4)])
+    with token_ids_from(model, sae):
+        _, cache1 = model.run_with_cache(first, names_filter=[HOOK])
+        _, cache2 = model.run_with_cache(second, names_filter=[HOOK])
+        got1, got2 = sae(cache1[HOOK]), sae(cache2[HOOK])
+        latents = sae.encode(cache1[HOOK])
+        model(second)  # latents keep their activations' ids through later forwards too
+        decoded1 = sae.decode(latents)
+        # a computed tensor has no provenance: it gets the latest forward's ids
+        computed = sae(cache1[HOOK] * 1.0)
+    torch.testing.assert_close(got1, sae(cache1[HOOK], token_ids=first))
+    torch.testing.assert_close(got2, sae(cache2[HOOK], token_ids=second))
+    torch.testing.assert_close(decoded1, sae(cache1[HOOK], token_ids=first))
+    torch.testing.assert_close(computed, sae(cache1[HOOK], token_ids=second))
+    assert not torch.allclose(got1, sae(cache1[HOOK], token_ids=second))  # the ids matter here
 
 
 def test_shape_mismatch_between_captured_ids_and_activations(model, sae, dataset):

@@ -69,7 +69,9 @@ class LookupConfig:
         lookup_bigram_rows: how many bigram rows the lookup holds (``lookup_ngram=2``;
             ``None`` = ``DEFAULT_BIGRAM_ROWS``). They are the table's rows
             ``d_vocab .. d_vocab + lookup_bigram_rows - 1``; which pair each row belongs
-            to is stored beside the weights (``lookup_bigram_ids``).
+            to is stored beside the weights (``lookup_bigram_ids``). In a training config
+            it is the most the data-estimated init may choose; the trained SAE holds (and
+            saves) exactly the rows it chose.
     """
 
     d_vocab: int | None = None
@@ -129,8 +131,9 @@ class LookupTrainingConfig(LookupConfig):
             (``unigram_strategy="data"``) and the bigram rows (``lookup_ngram=2``) are
             estimated from. The runner draws it from SAELens's activation store before
             training starts, so those activations are not trained on (SAELens's own norm
-            estimate draws its batches the same way); it logs the count and records it in
-            the cfg.json metadata (``lookup_init``).
+            estimate draws its batches the same way); never more than the run's
+            ``training_tokens`` nor more than one pass over a finite dataset. It records
+            what it drew, and which cap applied, in the cfg.json metadata (``lookup_init``).
         lookup_init_pseudo_count: shrinkage of data-estimated token rows: a token seen n
             times gets ``(sum + c * prior) / (n + c)``; an unseen token gets the prior.
             0.5 measured best of 0.5-32.
@@ -260,9 +263,9 @@ def validate_lookup_config(cfg: Any) -> None:
             f"lookup_ngram={ngram!r} is not supported: use 1 (a row per token, the method) or 2 "
             "(plus a row per frequent (previous token, token) pair)."
         )
-    if ngram == 2 and (not isinstance(rows, int) or rows <= 0):
+    if ngram == 2 and (not isinstance(rows, int) or rows < 0):
         raise ValueError(
-            f"lookup_ngram=2 needs a positive bigram row budget, got lookup_bigram_rows={rows!r}; "
+            f"lookup_ngram=2 needs a bigram row count >= 0, got lookup_bigram_rows={rows!r}; "
             f"leave it None for the default ({DEFAULT_BIGRAM_ROWS}) or use lookup_ngram=1."
         )
     if ngram == 1 and rows:
@@ -274,10 +277,56 @@ def validate_lookup_config(cfg: Any) -> None:
         raise ValueError(f"lookup_init_scale must be a number >= 0 or None, got {scale!r}")
 
 
-class TokenIdSource(Protocol):
-    """Anything that knows the token ids of the model's current input."""
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s version counter; ``None`` for an inference tensor, which has none."""
+    return None if t.is_inference() else t._version
 
-    def current_token_ids(self) -> torch.Tensor | None: ...
+
+@dataclass(frozen=True)
+class CapturedIds:
+    """The token ids of one sequence a model ran, as a capture saw them.
+
+    ``seq`` [..., S] holds every position of the sequence so far; the forward that took
+    them ran its last ``own`` positions (fewer than S when it continued a sequence from a
+    KV cache, as generation does). Activations of that forward have batch shape
+    ``[..., own]`` or, when it ran the whole sequence, ``[..., S]``; their previous tokens
+    are read off ``seq``, so a cached generation step still knows the token before it.
+    """
+
+    seq: torch.Tensor
+    own: int
+
+    def for_batch(self, batch_shape: tuple[int, ...], origin: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, previous ids)`` for activations of ``batch_shape`` (-1: no previous token)."""
+        from sae_lens_tokenized.lookup_stats import previous_token_ids
+
+        seq = self.seq
+        if seq.is_inference() and not torch.is_inference_mode_enabled():
+            seq = seq.clone()  # ids taken under inference_mode, used where autograd may save them
+        full = tuple(seq.shape)
+        if tuple(batch_shape) == full:
+            return seq, previous_token_ids(seq)
+        if self.own < full[-1] and tuple(batch_shape) == full[:-1] + (self.own,):
+            return seq[..., -self.own:], previous_token_ids(seq)[..., -self.own:]
+        raise TokenIdsError(
+            f"token ids from the {origin} have shape {full}"
+            + (f" (the last {self.own} positions ran in its latest forward)" if self.own < full[-1] else "")
+            + f" but the activations have batch shape {tuple(batch_shape)}: each activation needs "
+            "exactly one id (ids [batch, pos] for activations [batch, pos, d_in]). If these "
+            "activations are from another input, pass token_ids=... explicitly."
+        )
+
+
+class TokenIdSource(Protocol):
+    """Where a tokenized SAE finds the ids of activations it was not given ids for
+    (``sae_lens_tokenized.splicing``: the ids of a model's input)."""
+
+    def ids_of(self, tensor: torch.Tensor | None) -> CapturedIds | None:
+        """The ids of the forward that produced ``tensor``, if known, else of the latest
+        forward; ``None`` if there are none."""
+
+    def remember(self, tensor: torch.Tensor, ids: CapturedIds) -> None:
+        """``tensor`` (an SAE's latents) belongs to ``ids``: a later decode of it reads them."""
 
     def describe(self) -> str: ...
 
@@ -346,6 +395,8 @@ class TokenLookupMixin:
         self._staged_version: int | None = None
         self._scoped_token_ids: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._token_id_sources: list[TokenIdSource] = []
+        # (source, the ids it gave for the input of the encode/decode/forward call in progress)
+        self._captured_ids: list[tuple[TokenIdSource, CapturedIds | None]] = []
         self._rows_memo: tuple[Any, ...] | None = None
         self._keys_memo: tuple[Any, ...] | None = None
 
@@ -372,10 +423,11 @@ class TokenLookupMixin:
             self._scoped_token_ids.pop()
             self._rows_memo = None
 
-    def _push_token_id_source(self, source: TokenIdSource) -> None:
+    def attach_token_id_source(self, source: TokenIdSource) -> None:
+        """Read ids from ``source`` where none are given (``token_ids_from`` does this)."""
         self._token_id_sources.append(source)
 
-    def _pop_token_id_source(self, source: TokenIdSource) -> None:
+    def detach_token_id_source(self, source: TokenIdSource) -> None:
         self._token_id_sources.remove(source)
 
     def _check_id_values(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -414,7 +466,8 @@ class TokenLookupMixin:
         """The ids for activations of batch shape ``batch_shape`` (all dims but the last).
 
         Order: the explicit argument, then the innermost ``token_ids(...)`` scope, then the
-        ids captured from the model's current input by ``token_ids_from(model, sae)``.
+        ids captured from a model by ``token_ids_from(model, sae)`` (those of the forward
+        that produced the call's input, else of the latest forward; splicing.py).
         Nothing else: ids are never remembered from an earlier call.
         """
         return self._resolve_ids(batch_shape, token_ids)[0]
@@ -428,15 +481,16 @@ class TokenLookupMixin:
         elif self._scoped_token_ids:
             (ids, prev), origin = self._scoped_token_ids[-1], "token_ids(...) scope"
         elif self._token_id_sources:
-            source = self._token_id_sources[-1]
-            captured = source.current_token_ids()
+            source, captured = (self._captured_ids[-1] if self._captured_ids
+                                else (self._token_id_sources[-1], self._token_id_sources[-1].ids_of(None)))
             if captured is None:
                 raise TokenIdsError(
                     f"{type(self).__name__} is attached to {source.describe()} but that model "
                     "has not run a forward pass with tokens since (a forward with "
                     "start_at_layer skips the embedding). Pass token_ids=... explicitly."
                 )
-            ids, origin = self._check_id_values(captured), source.describe()
+            ids, prev = captured.for_batch(tuple(batch_shape), source.describe())
+            return self._check_id_values(ids), prev
         else:
             raise TokenIdsError(
                 f"{type(self).__name__} adds a per-token lookup, so it needs the input token id "
@@ -486,11 +540,14 @@ class TokenLookupMixin:
         # Memoised for the same id tensors (the trainer stages rows, then the forward reads
         # them: one lookup per step); an in-place change to the ids, or to the bigram table,
         # bumps a version and misses, and a scope's exit clears it.
+        # (Inference tensors, e.g. ids made under TransformerLens's generate, have no version
+        # counter: nothing is memoised for them.)
         buf = self.lookup_bigram_ids
-        key = (token_ids._version, None if prev_token_ids is None else prev_token_ids._version, buf._version)
+        key = (_version(token_ids), None if prev_token_ids is None else _version(prev_token_ids), _version(buf))
+        memoisable = None not in key[::2] and (prev_token_ids is None or key[1] is not None)
         memo = self._rows_memo
-        if (memo is not None and memo[0] is token_ids and memo[1] is prev_token_ids and memo[2] is buf
-                and memo[3] == key):
+        if (memoisable and memo is not None and memo[0] is token_ids and memo[1] is prev_token_ids
+                and memo[2] is buf and memo[3] == key):
             return memo[4]
         if prev_token_ids is None:
             if token_ids.ndim < 2 and self._bigram_rows_in_use() == 0:
@@ -508,6 +565,8 @@ class TokenLookupMixin:
         else:
             prev = prev_token_ids
         keys = self._bigram_keys()
+        if len(keys) == 0:
+            return token_ids  # a bigram lookup that holds no pair rows
         ids = token_ids.to(keys.device)
         prev = prev.to(keys.device).long()
         V = self.cfg.d_vocab
@@ -515,7 +574,8 @@ class TokenLookupMixin:
         pos = torch.searchsorted(keys, query.reshape(-1)).clamp(max=len(keys) - 1).view(query.shape)
         hit = (keys[pos] == query) & (prev >= 0)
         rows = torch.where(hit, V + pos, ids)
-        self._rows_memo = (token_ids, prev_token_ids, buf, key, rows)
+        if memoisable:
+            self._rows_memo = (token_ids, prev_token_ids, buf, key, rows)
         return rows
 
     def _bigram_rows_in_use(self) -> int:
@@ -527,14 +587,14 @@ class TokenLookupMixin:
         # holds the buffer itself, so its id cannot be reused by another tensor meanwhile
         buf = self.lookup_bigram_ids
         memo = self._keys_memo
-        if memo is None or memo[0] is not buf or memo[1] != buf._version:
+        if memo is None or memo[0] is not buf or memo[1] is None or memo[1] != _version(buf):
             digits = self.lookup_bigram_ids.detach().round().long()  # [B, 2, 3]
             pair = (digits * torch.tensor([1, 256, 65536], device=digits.device)).sum(-1) - 1  # [B, 2]
             V = self.cfg.d_vocab
             B = pair.shape[0]
             unused = pair[:, 0] < 0
             keys = torch.where(unused, V * V + torch.arange(B, device=pair.device), pair[:, 0] * V + pair[:, 1])
-            self._keys_memo = (buf, buf._version, keys, int((~unused).sum()))
+            self._keys_memo = (buf, _version(buf), keys, int((~unused).sum()))
         return self._keys_memo[2]
 
     def _store_bigram_ids(self, keys: torch.Tensor) -> None:
@@ -572,6 +632,29 @@ class TokenLookupMixin:
         self._store_bigram_ids(full)
         self.W_lookup.data[V : V + len(keys)] = rows.to(self.W_lookup)
         self.W_lookup.data[V + len(keys) :] = 0
+
+    @torch.no_grad()
+    def resize_bigram_rows(self, n: int) -> None:
+        """Hold exactly ``n`` bigram rows: the first ``n`` are kept (as they are), any rows
+        added are unused. The runner calls it with the number of pairs the init chose, so
+        a saved lookup carries no empty rows. Call it before an optimizer holds
+        ``W_lookup`` (it replaces the parameter)."""
+        if self.cfg.lookup_ngram != 2:
+            raise ValueError("resize_bigram_rows needs a bigram lookup (lookup_ngram=2)")
+        if n < 0:
+            raise ValueError(f"a lookup cannot hold {n} bigram rows")
+        V, old = self.cfg.d_vocab, self.cfg.lookup_bigram_rows
+        keep = min(n, old)
+        keys = torch.full((n,), -1, dtype=torch.long)
+        used = self._bigram_keys()[:keep].cpu()
+        keys[:keep] = torch.where(used < V * V, used, torch.full_like(used, -1))
+        weight = self.W_lookup.new_zeros(V + n, self.W_lookup.shape[1])
+        weight[: V + keep] = self.W_lookup[: V + keep]
+        self.W_lookup = nn.Parameter(weight, requires_grad=self.W_lookup.requires_grad)
+        self.lookup_bigram_ids = self.lookup_bigram_ids.new_zeros(n, 2, 3)
+        self.cfg.lookup_bigram_rows = n
+        self._store_bigram_ids(keys)
+        self._keys_memo = self._rows_memo = self._lookup_stage = None
 
     # ---- sparse updates -------------------------------------------------------------
     # With lookup_updates="sparse", a training forward does not read W_lookup through
@@ -654,31 +737,52 @@ class TokenLookupMixin:
             yield (prefix + "." if prefix else "") + "lookup_rows", self.lookup_rows
 
     # ---- forward ------------------------------------------------------------------
-    def _with_ids(self, token_ids: torch.Tensor | None, prev: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
-        if token_ids is None:
-            if prev is not None:
-                raise TokenIdsError("prev_token_ids were given without token_ids; pass both")
-            return contextlib.nullcontext()
-        return self.token_ids(token_ids, prev_token_ids=prev)
+    @contextlib.contextmanager
+    def _ids_for_call(self, x: torch.Tensor, token_ids: torch.Tensor | None,
+                      prev: torch.Tensor | None) -> Iterator[tuple[TokenIdSource, CapturedIds] | None]:
+        """The ids of one encode/decode/forward call on ``x``: the explicit ones, else (with a
+        capture attached and no enclosing scope) the ids of the forward that produced ``x``
+        (splicing.py). Yields (source, ids) when they came from a capture."""
+        if token_ids is not None:
+            with self.token_ids(token_ids, prev_token_ids=prev):
+                yield None
+            return
+        if prev is not None:
+            raise TokenIdsError("prev_token_ids were given without token_ids; pass both")
+        if self._scoped_token_ids or not self._token_id_sources:
+            yield None
+            return
+        source = self._token_id_sources[-1]
+        captured = source.ids_of(x)
+        self._captured_ids.append((source, captured))
+        try:
+            yield None if captured is None else (source, captured)
+        finally:
+            self._captured_ids.pop()
+            self._rows_memo = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None,  # type: ignore[override]
                 prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``sae(x, token_ids=ids)``: x is [..., d_in] and ids [...]."""
-        with self._with_ids(token_ids, prev_token_ids):
+        with self._ids_for_call(x, token_ids, prev_token_ids):
             return super().forward(x)  # type: ignore[misc]
 
     def decode(self, feature_acts: torch.Tensor, token_ids: torch.Tensor | None = None,  # type: ignore[override]
                prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``sae.decode(acts, token_ids=ids)``: the base decode, plus the ids' lookup rows."""
-        with self._with_ids(token_ids, prev_token_ids):
+        with self._ids_for_call(feature_acts, token_ids, prev_token_ids):
             return super().decode(feature_acts)  # type: ignore[misc]
 
     def encode(self, x: torch.Tensor, token_ids: torch.Tensor | None = None,  # type: ignore[override]
                prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The base encoder, unchanged: ids are accepted (and ignored by every architecture
-        whose encoder does not reconstruct) so callers can pass them uniformly."""
-        with self._with_ids(token_ids, prev_token_ids):
-            return super().encode(x)  # type: ignore[misc]
+        whose encoder does not reconstruct) so callers can pass them uniformly. Latents
+        encoded from a model's activations keep those activations' ids for their decode."""
+        with self._ids_for_call(x, token_ids, prev_token_ids) as captured:
+            feature_acts = super().encode(x)  # type: ignore[misc]
+        if captured is not None:
+            captured[0].remember(feature_acts, captured[1])
+        return feature_acts
 
     # ---- folding: keep outputs equal, lookup included ----------------------------------
     @torch.no_grad()

@@ -156,10 +156,12 @@ class TokenizedActivationsStore(ActivationsStore):
         prev = previous_ids_of_batch(token_ids, self.store_batch_size_prompts) if self.carries_prev else None
         return pack_token_ids(activations, token_ids, self.d_vocab, prev), token_ids
 
-    def get_raw_llm_batch_with_ids(self) -> tuple[torch.Tensor, ...]:
+    def get_raw_llm_batch_with_ids(self, raise_on_epoch_end: bool = False) -> tuple[torch.Tensor, ...]:
         """One LLM batch in corpus order, unshuffled: ``(activations, ids)``, or with
-        ``carries_prev`` ``(activations, ids, previous ids)`` (the data-estimated init)."""
-        packed, _ = self.get_raw_llm_batch()
+        ``carries_prev`` ``(activations, ids, previous ids)`` (the data-estimated init).
+        ``raise_on_epoch_end``: as SAELens's ``get_raw_llm_batch`` (StopIteration once the
+        dataset has been read through; the store then starts it anew)."""
+        packed, _ = self.get_raw_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
         return unpack_token_ids(packed, self.carries_prev)
 
     def iter_with_token_ids(self) -> Iterator[tuple[torch.Tensor, ...]]:

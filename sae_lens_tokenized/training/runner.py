@@ -34,7 +34,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_lens_tokenized._compat import runner_classes
+from sae_lens_tokenized._compat import guard_runner_init, runner_classes
 from sae_lens_tokenized.models import device_of, vocab_size
 from sae_lens_tokenized.lookup_stats import LookupStatistics
 from sae_lens_tokenized.saes.lookup import (
@@ -248,6 +248,15 @@ def load_unigram_table(path: str | Path, model: Any, cfg: LanguageModelSAERunner
     return table
 
 
+def saved_lookup_rows(folder: str | Path) -> int:
+    """Rows of ``W_lookup`` in a saved SAE or checkpoint folder (read from the weights)."""
+    from safetensors import safe_open
+    from sae_lens.constants import SAE_WEIGHTS_FILENAME
+
+    with safe_open(str(Path(folder) / SAE_WEIGHTS_FILENAME), framework="pt") as f:
+        return int(f.get_slice("W_lookup").get_shape()[0])
+
+
 def _check_buffer(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
     # SAELens would crash on the first batch with a bare "Buffer size must be >= batch size".
     buffer = cfg.n_batches_in_buffer * len(range(cfg.context_size)[slice(*cfg.seqpos_slice)])
@@ -299,6 +308,11 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
             super().__init__(cfg, override_dataset, override_model, override_sae)
         if not isinstance(self.sae, TokenLookupMixin):
             raise TypeError(f"{type(self.sae).__name__} is not a tokenized SAE")
+        if cfg.resume_from_checkpoint is not None and self.sae.cfg.lookup_ngram == 2:
+            # the checkpointed lookup holds the bigram rows its init chose: size to them
+            # before the trainer's optimizer takes W_lookup
+            rows = saved_lookup_rows(cfg.resume_from_checkpoint) - self.sae.cfg.d_vocab
+            self.sae.resize_bigram_rows(rows)
         self._init_lookup(self._will_init)
         self.sae.set_lookup_trainable(cfg.sae.train_lookup)
 
@@ -341,16 +355,25 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         self._unigram_table_arg = table
 
     def _sample_lookup_statistics(self) -> tuple[LookupStatistics, dict[str, Any]]:
-        """Per-token (and per-bigram) sums over ``lookup_init_tokens`` activations drawn
-        from the training stream before training (they are not trained on)."""
+        """Per-token (and per-bigram) sums over activations drawn from the training stream
+        before training (they are not trained on): ``lookup_init_tokens`` of them, but never
+        more than the run's ``training_tokens`` nor more than one pass over the dataset."""
         cfg, store = self.cfg, self.activations_store
-        target = cfg.sae.lookup_init_tokens
+        requested = cfg.sae.lookup_init_tokens
+        target = min(requested, cfg.training_tokens)
+        capped_by = "training_tokens" if target < requested else None
         stats = LookupStatistics(cfg.sae.d_vocab, cfg.sae.d_in, cfg.sae.lookup_ngram, device=self.sae.W_lookup.device)
         excluded = store.exclude_special_tokens
         drawn = skipped_first = 0
-        with tqdm(total=target, desc="lookup init: sampling activations", unit="tok") as bar:
+        desc = "lookup init: sampling activations" + (f" (capped at training_tokens={target:,})" if capped_by else "")
+        with tqdm(total=target, desc=desc, unit="tok") as bar:
             while drawn < target:
-                acts, ids, *prev = store.get_raw_llm_batch_with_ids()
+                try:
+                    acts, ids, *prev = store.get_raw_llm_batch_with_ids(raise_on_epoch_end=True)
+                except StopIteration:  # the store rewinds; training starts the dataset anew
+                    capped_by = "one pass over the dataset"
+                    bar.set_postfix_str("the dataset ended: one pass sampled")
+                    break
                 drawn += len(ids)
                 bar.update(len(ids))
                 # Each sequence's first position is an attention sink in most LMs (massive
@@ -365,8 +388,14 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                     keep &= ~torch.isin(ids, excluded.to(ids.device))
                 acts, ids, prev = acts[keep], ids[keep], [p[keep] for p in prev]
                 stats.add(acts, ids, prev[0] if prev else None)
-        report = {"tokens_drawn_from_training_stream": drawn, "first_positions_skipped": skipped_first,
-                  **stats.report()}
+        if stats.n_tokens == 0:
+            raise ValueError(
+                f"the lookup init sampled {drawn} activations and none was usable (each sequence's first "
+                "position is skipped, and so are excluded special tokens): the dataset is too small to "
+                "estimate a lookup from. Use a prompt strategy (unigram_strategy='space,t') with lookup_ngram=1."
+            )
+        report = {"tokens_requested": requested, "tokens_drawn_from_training_stream": drawn,
+                  "capped_by": capped_by, "first_positions_skipped": skipped_first, **stats.report()}
         logger.info(
             f"lookup init: estimated from {drawn:,} activations drawn from the training stream before "
             f"training (they are not trained on): {report}"
@@ -441,9 +470,13 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                     self.model, cfg.hook_name, strategy=strategy,
                     hook_head_index=cfg.hook_head_index, cache_dir=cfg.sae.unigram_cache,
                 )
-            # Guard the choice: compare the table with real activations of its tokens.
+            # Guard the choice: compare the table with real activations of its tokens. (A
+            # data-estimated table skips each sequence's first position, so it holds no
+            # sink; on a small sample its unseen rows are the mean, which the measure would
+            # misread as one.)
             fit = unigram_fit(table, *measured, strategy=strategy)
-            warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
+            if strategy != DATA_STRATEGY:
+                warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
             self.unigram_report["unigram_fit"] = fit.as_dict()
         if cfg.sae.lookup_init_scale is None:
             cfg.sae.lookup_init_scale = self.sae.cfg.lookup_init_scale = default_init_scale(strategy)
@@ -454,9 +487,11 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
             scale = self.sae.cfg.lookup_init_scale
             bigrams = stats.bigram_table(data_table, self.sae.cfg.lookup_bigram_rows,
                                          cfg.sae.lookup_bigram_min_count, cfg.sae.lookup_bigram_pseudo_count)
+            # the SAE holds (and saves) the chosen rows only, not the whole budget
+            self.sae.resize_bigram_rows(len(bigrams.keys))
             self.sae.set_bigram_rows(bigrams.keys, scale * bigrams.rows)
             self.unigram_report["lookup_init"].update(
-                bigram_rows_used=len(bigrams.keys), bigram_row_budget=self.sae.cfg.lookup_bigram_rows,
+                bigram_rows_used=len(bigrams.keys), bigram_row_budget=cfg.sae.lookup_bigram_rows,
                 bigram_min_count=cfg.sae.lookup_bigram_min_count)
         for key, value in self.unigram_report.items():
             setattr(self.sae.cfg.metadata, key, value)
@@ -465,3 +500,38 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         """Train the SAE: SAELens's ``run``, with the tokenized trainer."""
         with runner_classes(SAETrainer=TokenizedSAETrainer):
             return super().run()
+
+
+#: What trains a tokenized SAE, for the errors of the entry points that cannot.
+TRAINING_ENTRY_POINTS = (
+    "sae_lens_tokenized.TokenizedSAETrainingRunner(cfg).run() (same config), or the CLI "
+    "`sae-lens-tokenized train ...` (the same arguments as `python -m sae_lens.llm_sae_training_runner`)"
+)
+
+
+def refuse_tokenized_configs(runner: Any, cfg: Any) -> None:
+    """Run first in SAELens's own runners (``_compat.py`` entry 17): a tokenized config
+    there would load the model and fill the buffer, then fail at the first step, since
+    SAELens's store drops each activation's token id. Refused before any of that."""
+    if isinstance(runner, TokenizedSAETrainingRunner):
+        return
+    sae_cfgs = getattr(cfg, "saes", None)
+    named = dict(sae_cfgs) if isinstance(sae_cfgs, dict) else {"sae": getattr(cfg, "sae", None)}
+    tokenized = sorted(name for name, c in named.items() if isinstance(c, LookupTrainingConfig))
+    if tokenized:
+        what = "cfg.sae is" if "sae" in named and len(named) == 1 else f"cfg.saes {tokenized} are"
+        raise TypeError(
+            f"{what} a tokenized SAE config, which SAELens's {type(runner).__name__} cannot train: "
+            "its activation store drops the token id of each activation, which the lookup needs "
+            f"at every step. Train it with {TRAINING_ENTRY_POINTS}."
+        )
+
+
+def _guard_saelens_runners() -> None:
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
+
+    for runner_cls in (LanguageModelSAETrainingRunner, MultiSAETrainingRunner):
+        guard_runner_init(runner_cls, refuse_tokenized_configs)
+
+
+_guard_saelens_runners()
