@@ -21,15 +21,10 @@ from dataclasses import replace
 import torch
 from sae_lens.util import get_special_token_ids
 
-from sae_lens_tokenized.compare import (
-    CompareSettings,
-    HookData,
-    Workbench,
-    heldout_nmse,
-    precompute,
-    train_variant,
-    write_json,
-)
+from sae_lens_tokenized.workbench.settings import CompareSettings
+from sae_lens_tokenized.workbench.data import HookData, Workbench, precompute
+from sae_lens_tokenized.workbench.runs import heldout_nmse, train_variant
+from sae_lens_tokenized.workbench.report import write_json
 
 
 def main() -> None:

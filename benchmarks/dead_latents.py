@@ -15,7 +15,10 @@ import sys
 import time
 from dataclasses import replace
 
-from sae_lens_tokenized.compare import CompareSettings, Workbench, evaluate, stream_tokens, train_variant, write_json
+from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
+from sae_lens_tokenized.workbench.data import Workbench
+from sae_lens_tokenized.workbench.runs import evaluate, train_variant
+from sae_lens_tokenized.workbench.report import write_json
 
 
 def main() -> None:

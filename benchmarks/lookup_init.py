@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sae_lens_tokenized.compare import Workbench, write_json
-from sae_lens_tokenized.lookup_stats import LookupStatistics, bigram_keys, previous_token_ids
+from sae_lens_tokenized.workbench.data import Workbench
+from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.lookup_init.statistics import LookupStatistics
+from sae_lens_tokenized.lookup.ids import bigram_keys, previous_token_ids
 from sae_lens_tokenized.metrics import nmse
-from sae_lens_tokenized.unigrams import get_unigram_table
+from sae_lens_tokenized.lookup_init.unigrams import get_unigram_table
 
 
 def rows_nmse(table: torch.Tensor, acts: torch.Tensor, ids: torch.Tensor) -> float:
@@ -61,7 +63,7 @@ def main() -> None:
         data = bench.prepare(hook, int(n_max / 1.1) + ctx, args.eval_activations)
         # held-out positions with their previous token (eval rows are filtered, so recompute)
         ev_acts, ev_ids = data.eval
-        from sae_lens_tokenized.compare import precompute
+        from sae_lens_tokenized.workbench.data import precompute
 
         ho_acts, ho_ids = precompute(bench.model, bench.heldout_ds, hook, args.eval_activations * 2, desc="held-out")
         ho_prev = previous_token_ids(ho_ids.view(-1, ctx)).reshape(-1)

@@ -18,7 +18,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sae_lens_tokenized.compare import CompareSettings, Workbench, evaluate, train_variant, write_json
+from sae_lens_tokenized.workbench.settings import CompareSettings
+from sae_lens_tokenized.workbench.data import Workbench
+from sae_lens_tokenized.workbench.runs import evaluate, train_variant
+from sae_lens_tokenized.workbench.report import write_json
 
 
 def main() -> None:

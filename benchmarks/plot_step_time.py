@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sae_lens_tokenized.plotting import new_figure, save_figure
+from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
 
 def main() -> None:

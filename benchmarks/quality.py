@@ -22,16 +22,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sae_lens_tokenized.compare import (
-    SPARSITY,
-    CompareSettings,
-    Workbench,
-    evaluate,
-    tokens_to_reach,
-    train_variant,
-    write_json,
-)
-from sae_lens_tokenized.plotting import new_figure, save_figure
+from sae_lens_tokenized.workbench.settings import SPARSITY, CompareSettings
+from sae_lens_tokenized.workbench.data import Workbench
+from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_variant
+from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
 METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "train_s")
 

@@ -47,9 +47,14 @@ def main() -> None:
     from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
     from sae_lens import SAE
 
-    from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
-    from sae_lens_tokenized.saebench import saebench_mode
-    from sae_lens_tokenized.saes.lookup import TokenLookupMixin
+    from sae_lens_tokenized.integrations.offline import (
+        SMOLLM2,
+        WIKI_DATASET,
+        load_offline_dataset,
+        load_offline_model,
+    )
+    from sae_lens_tokenized.integrations.saebench import saebench_mode
+    from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,8 +115,8 @@ def main() -> None:
             from sae_bench.evals.sparse_probing import main as sparse_probing
             from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 
-            from sae_lens_tokenized.offline import bbc_news
-            from sae_lens_tokenized.saebench import local_probing_dataset
+            from sae_lens_tokenized.integrations.offline import bbc_news
+            from sae_lens_tokenized.integrations.saebench import local_probing_dataset
 
             train, test = split_per_class(bbc_news(), args.probe_train_per_class, args.probe_test_per_class)
             sparse_probing.HookedTransformer.from_pretrained_no_processing = lambda *a, **k: model
@@ -215,7 +220,7 @@ def spelling_by_part(model, demo: Path) -> dict:
 def absorption_layer(sae):
     """SAEBench's absorption probes ``blocks.{hook_layer}.hook_resid_post``: for an SAE on
     ``blocks.L.hook_resid_pre`` that is layer L - 1 (the same tensor)."""
-    from sae_lens_tokenized.saebench import absorption_hook_layer
+    from sae_lens_tokenized.integrations.saebench import absorption_hook_layer
 
     saved = sae.cfg.hook_layer, sae.cfg.metadata.hook_layer
     sae.cfg.hook_layer = sae.cfg.metadata.hook_layer = absorption_hook_layer(sae)

@@ -35,9 +35,9 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm import tqdm
 
 import sae_lens_tokenized
-from sae_lens_tokenized.compare import SPARSITY, CompareSettings, sae_config
+from sae_lens_tokenized.workbench.settings import SPARSITY, CompareSettings, sae_config
 from sae_lens_tokenized.training.activations_store import pack_token_ids
-from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
 
 def trainer_cfg(batch: int, steps: int) -> SAETrainerConfig:

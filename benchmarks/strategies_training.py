@@ -12,9 +12,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sae_lens_tokenized.compare import CompareSettings, Workbench, train_variant, write_json
-from sae_lens_tokenized.plotting import new_figure, save_figure
-from sae_lens_tokenized.unigrams import STRATEGIES
+from sae_lens_tokenized.workbench.settings import CompareSettings
+from sae_lens_tokenized.workbench.data import Workbench
+from sae_lens_tokenized.workbench.runs import train_variant
+from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
+from sae_lens_tokenized.lookup.strategies import STRATEGIES
 
 
 def main() -> None:

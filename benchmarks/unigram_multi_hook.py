@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sae_lens_tokenized.offline import SMOLLM2, load_offline_model
-from sae_lens_tokenized.unigrams import compute_unigram_table, compute_unigram_tables
+from sae_lens_tokenized.integrations.offline import SMOLLM2, load_offline_model
+from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table, compute_unigram_tables
 
 
 def main() -> None:

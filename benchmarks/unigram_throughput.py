@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
-from sae_lens_tokenized.offline import SMOLLM2, load_offline_model
-from sae_lens_tokenized.unigrams import UnigramStrategy, compute_unigram_table
+from sae_lens_tokenized.integrations.offline import SMOLLM2, load_offline_model
+from sae_lens_tokenized.lookup.strategies import UnigramStrategy
+from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table
 
 
 def main() -> None:

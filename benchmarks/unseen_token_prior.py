@@ -41,7 +41,7 @@ def main() -> None:
     from sae_lens import SAE
 
     from sae_lens_tokenized import compute_unigram_table
-    from sae_lens_tokenized.offline import SMOLLM2, load_offline_model
+    from sae_lens_tokenized.integrations.offline import SMOLLM2, load_offline_model
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()

@@ -7,6 +7,12 @@ training) in SAELens's registry, so ``SAE.load_from_disk``, ``SAE.from_pretraine
 arguments): SAELens's own runners cannot carry token ids and refuse a tokenized config
 before any work, and its CLI (``python -m sae_lens.llm_sae_training_runner``) never
 imports this package, so it lists no tokenized architecture.
+
+The layout: ``lookup/`` (the lookup component every architecture reuses), ``saes/`` (one
+file per architecture), ``lookup_init/`` (what a fresh lookup starts from),
+``training/`` (SAELens's runner, store and trainer, carrying ids), ``splicing`` (ids from
+a model's input), ``integrations/`` (Hub, SAEBench, evals, converted checkpoints, the
+offline model), ``analysis/`` and ``workbench/`` (the demo and benchmarks).
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from sae_lens.registry import (
     register_sae_training_class,
 )
 
+from sae_lens_tokenized import _legacy
 from sae_lens_tokenized import saes as _saes
+from sae_lens_tokenized._version import __version__
 from sae_lens_tokenized.saes import *  # noqa: F403  ARCHITECTURES, TokenIdsError, every Tokenized<Base> class
-
-__version__ = "0.1.0"
 
 
 def _register() -> None:
@@ -47,22 +53,22 @@ def _register() -> None:
 
 
 _register()
+_legacy.install()
 
 # Imported after registration: building a training config looks the architecture up.
-from sae_lens_tokenized.convert import convert_original_checkpoint  # noqa: E402
-from sae_lens_tokenized.hub import load_from_hub, push_to_hub  # noqa: E402
-from sae_lens_tokenized.lookup_stats import LookupStatistics  # noqa: E402
-from sae_lens_tokenized.splicing import error_term_mode, token_ids_from, token_ids_from_any_model  # noqa: E402
-from sae_lens_tokenized.training import TokenizedSAETrainingRunner  # noqa: E402
-from sae_lens_tokenized.unigrams import (  # noqa: E402
-    UnigramStrategy,
-    UnigramStrategyError,
+from sae_lens_tokenized.integrations.convert import convert_original_checkpoint  # noqa: E402
+from sae_lens_tokenized.integrations.hub import load_from_hub, push_to_hub  # noqa: E402
+from sae_lens_tokenized.lookup.strategies import UnigramStrategy, UnigramStrategyError  # noqa: E402
+from sae_lens_tokenized.lookup_init.fit import select_unigram_strategy  # noqa: E402
+from sae_lens_tokenized.lookup_init.statistics import LookupStatistics  # noqa: E402
+from sae_lens_tokenized.lookup_init.unigrams import (  # noqa: E402
     compute_unigram_table,
     compute_unigram_tables,
     get_unigram_table,
     get_unigram_tables,
-    select_unigram_strategy,
 )
+from sae_lens_tokenized.splicing import error_term_mode, token_ids_from, token_ids_from_any_model  # noqa: E402
+from sae_lens_tokenized.training import TokenizedSAETrainingRunner  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
@@ -73,6 +79,7 @@ __all__ = [
     *(cls.__name__ for pair in _saes.INFERENCE_CLASSES + _saes.TRAINING_CLASSES for cls in pair),
     "UnigramStrategy",
     "UnigramStrategyError",
+    "__version__",
     "compute_unigram_table",
     "compute_unigram_tables",
     "convert_original_checkpoint",

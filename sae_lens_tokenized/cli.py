@@ -24,7 +24,6 @@ TOKENIZED_DEFAULT_ARCH = "tokenized_topk"
 def parse_train_args(args: Sequence[str]) -> Any:
     """SAELens's CLI parser (``_parse_cfg_args``, sae-lens 6.54.12; see _compat.py), with
     ``--architecture tokenized_topk`` as the default instead of ``standard``."""
-    import sae_lens_tokenized  # noqa: F401  (registers the architectures for the parser)
     from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
     args = list(args)
@@ -36,8 +35,13 @@ def parse_train_args(args: Sequence[str]) -> Any:
 def run_train(args: Sequence[str]) -> Any:
     from sae_lens import LanguageModelSAETrainingRunner
 
-    from sae_lens_tokenized.offline import OFFLINE_DATASETS, OFFLINE_MODELS, load_offline_dataset, load_offline_model
-    from sae_lens_tokenized.saes.lookup import LookupTrainingConfig
+    from sae_lens_tokenized.integrations.offline import (
+        OFFLINE_DATASETS,
+        OFFLINE_MODELS,
+        load_offline_dataset,
+        load_offline_model,
+    )
+    from sae_lens_tokenized.lookup.config import LookupTrainingConfig
     from sae_lens_tokenized.training.runner import TokenizedSAETrainingRunner
 
     cfg = parse_train_args(args)
@@ -59,14 +63,11 @@ def run_train(args: Sequence[str]) -> Any:
 
 # ------------------------------------------------------------------------ unigrams ---------
 def run_unigrams(ns: argparse.Namespace) -> None:
-    from sae_lens_tokenized.unigrams import (
-        UnigramStrategy,
-        get_unigram_table,
-        save_unigram_table,
-        table_metadata,
-    )
+    from sae_lens_tokenized.integrations.offline import load_model
+    from sae_lens_tokenized.lookup.strategies import UnigramStrategy
+    from sae_lens_tokenized.lookup_init.unigrams import get_unigram_table, save_unigram_table, table_metadata
 
-    model = _load_model(ns.model_name, ns.device)
+    model = load_model(ns.model_name, ns.device)
     strategy = str(UnigramStrategy.parse(ns.strategy))
     table = get_unigram_table(model, ns.hook_name, strategy, batch_size=ns.batch_size,
                               cache_dir=False if ns.no_cache else True)
@@ -76,18 +77,8 @@ def run_unigrams(ns: argparse.Namespace) -> None:
         print(f"wrote {save_unigram_table(ns.out, table, meta)}")
 
 
-def _load_model(name: str, device: str) -> Any:
-    from sae_lens_tokenized.offline import OFFLINE_MODELS, load_offline_model
-
-    if name in OFFLINE_MODELS:
-        return load_offline_model(name, device=device)
-    from sae_lens import HookedSAETransformer
-
-    return HookedSAETransformer.from_pretrained_no_processing(name, device=device)
-
-
 def _text_tokens(model: Any, ns: argparse.Namespace) -> torch.Tensor:
-    from sae_lens_tokenized.offline import load_offline_dataset
+    from sae_lens_tokenized.integrations.offline import load_offline_dataset
 
     ds = load_offline_dataset(ns.dataset, model.tokenizer, context_size=ns.seq_len + 1, split="heldout")
     # drop the separator each row starts with: the note runs real text with no BOS prepended
@@ -95,11 +86,12 @@ def _text_tokens(model: Any, ns: argparse.Namespace) -> torch.Tensor:
 
 
 def run_analyze(ns: argparse.Namespace) -> None:
-    from sae_lens_tokenized import analysis
+    from sae_lens_tokenized.integrations.offline import load_model
+    import sae_lens_tokenized.analysis as analysis
 
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = _load_model(ns.model_name, ns.device)
+    model = load_model(ns.model_name, ns.device)
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in ns.layers]
     if ns.what == "strategies":
         tokens = _text_tokens(model, ns)
@@ -112,7 +104,7 @@ def run_analyze(ns: argparse.Namespace) -> None:
     else:
         from sae_lens import SAE
 
-        from sae_lens_tokenized.unigrams import get_unigram_table
+        from sae_lens_tokenized.lookup_init.unigrams import get_unigram_table
 
         if not ns.sae:
             raise SystemExit("analyze lookup needs --sae PATH (a saved tokenized SAE folder)")
@@ -133,7 +125,7 @@ def run_analyze(ns: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------ main -------------
 def build_parser() -> argparse.ArgumentParser:
-    from sae_lens_tokenized.offline import SMOLLM2, WIKI_DATASET
+    from sae_lens_tokenized.integrations.offline import SMOLLM2, WIKI_DATASET
 
     p = argparse.ArgumentParser(prog="sae-lens-tokenized", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
 
     d = sub.add_parser("demo", help="tokenized TopK vs SAELens TopK on SmolLM2 + Wikipedia, offline")
-    from sae_lens_tokenized.demo import add_demo_args
+    from sae_lens_tokenized.workbench.demo import add_demo_args
 
     add_demo_args(d)
 
@@ -167,11 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", default="analysis_out")
 
-    from sae_lens_tokenized.evals import add_evals_command
+    from sae_lens_tokenized.integrations.evals import add_evals_command
 
     add_evals_command(sub)
     try:
-        from sae_lens_tokenized.hub import add_hub_commands
+        from sae_lens_tokenized.integrations.hub import add_hub_commands
     except ImportError:  # pragma: no cover
         pass
     else:
@@ -187,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
     ns.argv = argv
     if ns.command == "demo":
-        from sae_lens_tokenized.demo import run_demo
+        from sae_lens_tokenized.workbench.demo import run_demo
 
         run_demo(ns)
     elif ns.command == "unigrams":

@@ -51,7 +51,8 @@ from transformer_lens.hook_points import HookPoint
 
 from sae_lens_tokenized._compat import generation_events
 from sae_lens_tokenized.models import _hf_model, embedding_module
-from sae_lens_tokenized.saes.lookup import CapturedIds, TokenLookupMixin
+from sae_lens_tokenized.lookup.ids import CapturedIds
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 class _ForwardStarts:

@@ -13,7 +13,7 @@ from sae_lens_tokenized.analysis import (
     plot_massive,
     plot_strategies,
 )
-from sae_lens_tokenized.unigrams import compute_unigram_table
+from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table
 
 
 def text_tokens(dataset, n=4):

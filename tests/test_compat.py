@@ -22,7 +22,7 @@ from sae_lens_tokenized.training.activations_store import (
     pack_token_ids,
     unpack_token_ids,
 )
-from sae_lens_tokenized.training.runner import TokenizedEvaluator, TokenizedSAETrainer
+from sae_lens_tokenized.training.trainer import TokenizedEvaluator, TokenizedSAETrainer
 
 RESID = "blocks.1.hook_resid_pre"
 
@@ -157,7 +157,7 @@ def test_13_evals_results_have_the_layout_of_saelens_own_evals(model, dataset, t
     from sae_lens import SAE, TopKSAE, TopKSAEConfig
     from sae_lens.training.activations_store import ActivationsStore
 
-    from sae_lens_tokenized.evals import evaluate
+    from sae_lens_tokenized.integrations.evals import evaluate
 
     sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=4))
     sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = RESID, "tiny"

@@ -6,7 +6,11 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from sae_lens_tokenized.convert import CheckpointFormatError, convert_original_checkpoint, parse_checkpoint_name
+from sae_lens_tokenized.integrations.convert import (
+    CheckpointFormatError,
+    convert_original_checkpoint,
+    parse_checkpoint_name,
+)
 
 D_IN, D_SAE, V, K = 16, 64, 50, 30
 

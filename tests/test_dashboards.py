@@ -69,7 +69,7 @@ def test_lookup_page_reports_rows_neighbours_and_latents(sae, model, dataset):
     assert by_id[b]["norm"] == pytest.approx(float(sae.W_lookup[b].detach().norm()), rel=1e-5)
     assert by_id[b]["neighbours"][0] == [by_id[a]["token"], pytest.approx(1.0, abs=1e-5)]
     # the latents listed for a are those with the highest mean activation on a's positions
-    from sae_lens_tokenized.unigrams import activations_at_hook
+    from sae_lens_tokenized.models import activations_at_hook
 
     acts = activations_at_hook(model, tokens, HOOK)[:, 1:].reshape(-1, 32)
     f = sae.encode(acts)[tokens[:, 1:].reshape(-1) == a]

@@ -17,8 +17,8 @@ from sae_lens_tokenized import (
     TokenizedTopKTrainingSAEConfig,
     token_ids_from,
 )
-from sae_lens_tokenized.lookup_stats import previous_token_ids
-from sae_lens_tokenized.unigrams import activations_at_hook
+from sae_lens_tokenized.lookup.ids import previous_token_ids
+from sae_lens_tokenized.models import activations_at_hook
 
 RESID1 = "blocks.1.hook_resid_pre"  # after attention: depends on the previous tokens
 N_MEASURE = 8  # sequences the runner reads for its strategy measurement before the sample
@@ -130,7 +130,7 @@ def test_ids_and_previous_ids_stay_aligned_through_saelens_shuffling_buffer(mode
 
 
 def test_a_step_trains_the_bigram_rows_it_reads_and_no_others(model, dataset):
-    from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+    from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
     cfg = data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
@@ -175,7 +175,7 @@ def test_save_load_round_trip_keeps_every_bigram_exact(tmp_path, dtype):
 
 
 def test_hub_round_trip_with_bigram_rows(tmp_path, hub):
-    from sae_lens_tokenized.hub import load_from_hub, push_to_hub
+    from sae_lens_tokenized.integrations.hub import load_from_hub, push_to_hub
 
     V = 300
     sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=16, d_sae=32, k=4, d_vocab=V, lookup_ngram=2,
@@ -378,7 +378,7 @@ def test_a_data_estimated_table_never_raises_the_sink_alarm(model, dataset, monk
     measure like a sink: no warning the user could act on."""
     import warnings
 
-    from sae_lens_tokenized.unigrams import UnigramFit, UnigramSinkWarning
+    from sae_lens_tokenized.lookup_init.fit import UnigramFit, UnigramSinkWarning
 
     monkeypatch.setattr(UnigramFit, "looks_like_a_sink", lambda self: True)  # whatever the measure says
     with warnings.catch_warnings():

@@ -201,7 +201,7 @@ def _saved(tmp_path, model, name, tokenized=True):
 
 
 def test_evaluate_matches_saelens_run_evals_with_the_models_ids(tmp_path, model, dataset):
-    from sae_lens_tokenized.evals import evaluate
+    from sae_lens_tokenized.integrations.evals import evaluate
 
     folder, sae = _saved(tmp_path, model, "tok")
     plain, _ = _saved(tmp_path, model, "topk", tokenized=False)
@@ -226,11 +226,13 @@ def test_evaluate_matches_saelens_run_evals_with_the_models_ids(tmp_path, model,
 def test_evals_cli_on_a_hub_sae_writes_saelens_result_files(tmp_path, model, dataset, hub, monkeypatch):
     from sae_lens_tokenized import push_to_hub
     from sae_lens_tokenized import cli
-    from sae_lens_tokenized import evals as evals_mod
+    from sae_lens_tokenized.integrations import evals as evals_mod
 
     folder, _ = _saved(tmp_path, model, "tok")
     push_to_hub({HOOK: str(folder)}, "user/evals-cli")
-    monkeypatch.setattr(cli, "_load_model", lambda name, device: model)  # "tiny" is not a Hub model
+    from sae_lens_tokenized.integrations import offline
+
+    monkeypatch.setattr(offline, "load_model", lambda name, device: model)  # "tiny" is not a Hub model
     monkeypatch.setattr(evals_mod, "_dataset", lambda name, lm, ctx: dataset)
     out = tmp_path / "results"
     cli.main(["evals", f"hf://user/evals-cli/{HOOK}", "--ctx_lens", "32", "--batch_size_prompts", "2",
@@ -243,9 +245,10 @@ def test_evals_cli_on_a_hub_sae_writes_saelens_result_files(tmp_path, model, dat
 
 def test_evals_cli_rejects_a_bad_spec_before_loading_any_model(tmp_path, model, monkeypatch):
     from sae_lens_tokenized import cli
+    from sae_lens_tokenized.integrations import offline
 
     loaded = []
-    monkeypatch.setattr(cli, "_load_model", lambda name, device: loaded.append(name))
+    monkeypatch.setattr(offline, "load_model", lambda name, device: loaded.append(name))
     good, _ = _saved(tmp_path, model, "tok")
     with pytest.raises(SystemExit, match="neither a saved SAE folder"):
         cli.main(["evals", str(good), str(tmp_path / "missing")])
@@ -281,7 +284,7 @@ def test_run_with_hooks_forwards_get_their_own_ids_and_never_stale_ones(model, d
 def test_absorption_is_scored_on_the_sae_s_own_input(model, dataset):
     """SAEBench's absorption reads blocks.{hook_layer}.hook_resid_post and takes hook_layer
     from the hook name: a resid_pre SAE would be scored one block later, silently."""
-    from sae_lens_tokenized.saebench import absorption_hook_layer, saebench_mode
+    from sae_lens_tokenized.integrations.saebench import absorption_hook_layer, saebench_mode
 
     sae = TokenizedTopKSAE(TokenizedTopKSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=model.cfg.d_vocab))
     sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"

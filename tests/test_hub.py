@@ -9,7 +9,7 @@ import yaml
 from sae_lens import SAE
 
 from sae_lens_tokenized import TokenizedTopKTrainingSAE, TokenizedTopKTrainingSAEConfig
-from sae_lens_tokenized.hub import (
+from sae_lens_tokenized.integrations.hub import (
     HubUploadError,
     SAEFolderError,
     check_sae_folder,

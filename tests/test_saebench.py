@@ -23,7 +23,7 @@ from sae_lens_tokenized import (  # noqa: E402
     TokenizedTopKSAEConfig,
     token_ids_from,
 )
-from sae_lens_tokenized.saebench import saebench_mode  # noqa: E402
+from sae_lens_tokenized.integrations.saebench import saebench_mode  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -239,7 +239,7 @@ def test_sparse_probing_reads_a_local_labelled_dataset(sae, model, tmp_path, mon
     from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
     from sae_bench.sae_bench_utils import dataset_info, dataset_utils
 
-    from sae_lens_tokenized.saebench import local_probing_dataset
+    from sae_lens_tokenized.integrations.saebench import local_probing_dataset
 
     # two classes any probe separates: each text repeats its class's word a varying number of times
     words = {"sport": " goal", "tech": " chip"}

@@ -21,7 +21,8 @@ from sae_lens_tokenized import (
 )
 from sae_lens_tokenized import METHOD_LOOKUP
 from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
-from sae_lens_tokenized.unigrams import UnigramCacheError, activations_at_hook
+from sae_lens_tokenized.lookup_init.unigrams import UnigramCacheError
+from sae_lens_tokenized.models import activations_at_hook
 
 EMBED = "hook_embed"  # activation == W_E[token]: the token explains everything
 RESID = "blocks.1.hook_resid_pre"
@@ -74,7 +75,7 @@ def test_special_tokens_that_true_leaves_in_are_named_with_the_fix(dataset):
 
     from transformers import AutoTokenizer
 
-    from sae_lens_tokenized.training.runner import SpecialTokensNotExcludedWarning
+    from sae_lens_tokenized.lookup_init.plan import SpecialTokensNotExcludedWarning
 
     # SmolLM2-Instruct's case: bos/eos are chat markers, the text separator is another
     # special token, so SAELens's exclude_special_tokens=True keeps every separator.
@@ -173,7 +174,7 @@ def test_frozen_lookup_stays_bitwise_put_while_the_rest_trains(model, dataset):
 def test_lookup_has_its_own_learning_rate(model, dataset):
     # Adam's first step moves every parameter entry with a gradient by about its lr: run
     # one real step through SAELens's trainer and read each group's lr off the weights.
-    from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+    from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
     cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-4, lr_warm_up_steps=0)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
@@ -297,7 +298,7 @@ def test_non_tokenized_config_is_rejected(model, dataset):
 
 
 def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path, model, dataset, monkeypatch):
-    from sae_lens_tokenized.training.runner import TokenizedSAETrainer
+    from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
     cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-3,
                      checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1)

@@ -10,14 +10,16 @@ from sae_lens_tokenized import METHOD_LOOKUP
 from safetensors.torch import save_file
 from sae_lens import SAE
 
-import sae_lens_tokenized.unigrams as U
+import sae_lens_tokenized.lookup_init.unigrams as U
 from helpers import runner_cfg, tiny_model
 from sae_lens_tokenized import TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
-from sae_lens_tokenized.unigrams import (
+from sae_lens_tokenized.lookup_init.unigrams import (
     UnigramCacheError,
-    UnigramSinkWarning,
     get_unigram_table,
     load_unigram_table_file,
+)
+from sae_lens_tokenized.lookup_init.fit import (
+    UnigramSinkWarning,
     sample_activations,
     select_unigram_strategy,
     unigram_fit,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sae_lens_tokenized import UnigramStrategy, UnigramStrategyError, compute_unigram_table
-from sae_lens_tokenized.unigrams import BUILTIN_STRATEGIES
+from sae_lens_tokenized.lookup.strategies import BUILTIN_STRATEGIES
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -69,7 +69,7 @@ def test_token_subset(model):
 
 
 def test_tables_for_several_hooks_come_from_one_pass_per_batch_and_equal_single_hook_tables(model, tmp_path):
-    from sae_lens_tokenized.unigrams import compute_unigram_tables, get_unigram_tables
+    from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_tables, get_unigram_tables
 
     hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
     forwards = []

@@ -20,7 +20,7 @@ def single_token_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, top: i
     """Fraction of live latents (firing at least ``top`` times on ``acts``) whose top
     activations are dominated by one token. ``ids`` [N] are the activations' tokens
     (given to a tokenized SAE's encoder too, which ignores them)."""
-    from sae_lens_tokenized.saes.lookup import TokenLookupMixin
+    from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
     tokenized = isinstance(sae, TokenLookupMixin)
     d_sae = sae.cfg.d_sae

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_tokenized.unigrams import activations_at_hook
+from sae_lens_tokenized.models import activations_at_hook
 
 
 @torch.no_grad()
@@ -102,7 +102,7 @@ def lookup_analysis(
         })
     acts = ids = prev = None
     if model is not None and tokens is not None:
-        from sae_lens_tokenized.lookup_stats import previous_token_ids
+        from sae_lens_tokenized.lookup.ids import previous_token_ids
 
         hook = hook_name or sae.cfg.metadata.hook_name
         acts = activations_at_hook(model, tokens, hook)[:, min_position:].reshape(-1, lookup.shape[1]).cpu()

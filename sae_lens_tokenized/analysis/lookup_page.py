@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from sae_lens_tokenized.lookup_stats import previous_token_ids
-from sae_lens_tokenized.unigrams import activations_at_hook
+from sae_lens_tokenized.lookup.ids import previous_token_ids
+from sae_lens_tokenized.models import activations_at_hook
 
 
 def _show(tokenizer: Any, t: int) -> str:

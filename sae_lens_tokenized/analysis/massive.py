@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_tokenized.unigrams import activations_at_hook
+from sae_lens_tokenized.models import activations_at_hook
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def massive_activations(
 
 
 def plot_massive(result: dict[str, Any], path: str) -> None:
-    from sae_lens_tokenized.plotting import new_figure, save_figure
+    from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
     hooks = list(result["hooks"])
     fig, axes = new_figure(1, 3, size=(17 / 3, 4.6))

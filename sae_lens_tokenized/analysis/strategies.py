@@ -21,13 +21,9 @@ from typing import Any
 import torch
 
 from sae_lens_tokenized.metrics import nmse_per_activation
-from sae_lens_tokenized.unigrams import (
-    STRATEGIES,
-    UnigramStrategy,
-    UnigramStrategyError,
-    activations_at_hook,
-    compute_unigram_table,
-)
+from sae_lens_tokenized.lookup.strategies import STRATEGIES, UnigramStrategy, UnigramStrategyError
+from sae_lens_tokenized.models import activations_at_hook
+from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table
 
 DEFAULT_STRATEGIES = STRATEGIES
 
@@ -84,7 +80,7 @@ def compare_strategies(
 
 
 def plot_strategies(result: dict[str, Any], path: str) -> None:
-    from sae_lens_tokenized.plotting import new_figure, save_figure
+    from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
     hooks = list(result["hooks"])
     strategies = result["strategies"]

@@ -5,13 +5,9 @@ front; its architecture name is ``"tokenized_" + <base name>``. BatchTopK and Ma
 have no inference class (as in SAELens they save as JumpReLU: here ``tokenized_jumprelu``).
 """
 
-from sae_lens_tokenized.saes.lookup import (
-    METHOD_LOOKUP,
-    LookupConfig,
-    LookupTrainingConfig,
-    TokenIdsError,
-    TokenLookupMixin,
-)
+from sae_lens_tokenized.lookup.config import METHOD_LOOKUP, LookupConfig, LookupTrainingConfig
+from sae_lens_tokenized.lookup.ids import TokenIdsError
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 from sae_lens_tokenized.saes.tokenized_abstopk_sae import (
     TokenizedAbsTopKSAE,
     TokenizedAbsTopKSAEConfig,

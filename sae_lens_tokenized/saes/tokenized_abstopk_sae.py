@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig, AbsTopKTrainingSAE, AbsTopKTrainingSAEConfig
 
-from sae_lens_tokenized.saes.lookup import LookupConfig, LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup.config import LookupConfig, LookupTrainingConfig
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 @dataclass(kw_only=True)

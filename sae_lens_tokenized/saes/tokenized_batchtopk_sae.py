@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 
-from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup.config import LookupTrainingConfig
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 @dataclass(kw_only=True)

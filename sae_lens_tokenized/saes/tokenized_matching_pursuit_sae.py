@@ -23,7 +23,8 @@ from sae_lens.saes.matching_pursuit_sae import (
 )
 from typing_extensions import override
 
-from sae_lens_tokenized.saes.lookup import LookupConfig, LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup.config import LookupConfig, LookupTrainingConfig
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 @dataclass(kw_only=True)

@@ -16,7 +16,8 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
     MatryoshkaBatchTopKTrainingSAEConfig,
 )
 
-from sae_lens_tokenized.saes.lookup import LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup.config import LookupTrainingConfig
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 @dataclass(kw_only=True)

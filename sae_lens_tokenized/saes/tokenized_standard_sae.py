@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig
 
-from sae_lens_tokenized.saes.lookup import LookupConfig, LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup.config import LookupConfig, LookupTrainingConfig
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 @dataclass(kw_only=True)

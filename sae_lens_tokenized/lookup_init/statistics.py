@@ -23,22 +23,19 @@ from typing import Any
 
 import torch
 
-#: previous-token id of a position whose previous token is unknown (a context's first
-#: position): its bigram never matches, so it reads its token's row
-NO_PREV = -1
+from sae_lens_tokenized.lookup.ids import NO_PREV, bigram_keys, previous_token_ids
 
+__all__ = ["NO_PREV", "BigramTable", "LookupStatistics", "bigram_keys", "previous_token_ids"]
 
-def previous_token_ids(ids: torch.Tensor) -> torch.Tensor:
-    """``prev[..., j] = ids[..., j - 1]`` along the last dim; ``NO_PREV`` at position 0."""
-    prev = torch.full_like(ids, NO_PREV)
-    prev[..., 1:] = ids[..., :-1]
-    return prev
+def previous_ids_of_batch(token_ids: torch.Tensor, n_sequences: int) -> torch.Tensor:
+    """Previous-token ids of a flattened LLM batch of ``n_sequences`` equal-length sequences."""
+    if n_sequences <= 0 or token_ids.numel() % n_sequences:
+        raise ValueError(
+            f"cannot split {token_ids.numel()} token ids into {n_sequences} sequences to find each "
+            "position's previous token (SAELens's batch layout changed? see _compat.py)"
+        )
+    return previous_token_ids(token_ids.view(n_sequences, -1)).reshape(-1)
 
-
-def bigram_keys(prev: torch.Tensor, ids: torch.Tensor, d_vocab: int) -> torch.Tensor:
-    """One int64 key per (prev, token) pair; ``-1`` where prev is unknown."""
-    prev = prev.long()
-    return torch.where(prev >= 0, prev * d_vocab + ids.long(), torch.full_like(prev, -1))
 
 
 @dataclass

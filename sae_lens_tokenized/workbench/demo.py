@@ -17,16 +17,10 @@ from typing import Any
 
 import torch
 
-from sae_lens_tokenized.compare import (
-    CompareSettings,
-    Workbench,
-    evaluate,
-    plot_curves,
-    tokens_to_reach,
-    stream_tokens,
-    train_variant,
-    write_json,
-)
+from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
+from sae_lens_tokenized.workbench.data import Workbench
+from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_variant
+from sae_lens_tokenized.workbench.report import plot_curves, write_json
 
 ROWS = [
     ("nmse", "NMSE (held-out)", "{:.4f}"),
@@ -91,7 +85,7 @@ def format_table(results: dict[str, dict[str, Any]], extra: list[tuple[str, str,
 def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
     from sae_lens import SAE
 
-    from sae_lens_tokenized.offline import SMOLLM2
+    from sae_lens_tokenized.integrations.offline import SMOLLM2
 
     s = settings_from_args(ns)
     out = Path(ns.out)

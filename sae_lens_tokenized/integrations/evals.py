@@ -26,7 +26,6 @@ HUB_PREFIX = "hf://"
 
 def load_sae(spec: str, device: str = "cpu", revision: str | None = None) -> tuple[Any, str, str]:
     """``(sae, release, sae_id)`` from a saved SAE folder or ``hf://owner/repo/<sae_id>``."""
-    import sae_lens_tokenized  # noqa: F401  (registers the architectures before loading)
     from sae_lens import SAE
 
     if spec.startswith(HUB_PREFIX):
@@ -34,7 +33,7 @@ def load_sae(spec: str, device: str = "cpu", revision: str | None = None) -> tup
         if len(parts) != 3 or not all(parts):
             raise SystemExit(f"{spec!r}: a Hub SAE is hf://OWNER/REPO/SAE_ID (SAE_ID: the folder in the repo, "
                              "e.g. blocks.3.hook_resid_pre)")
-        from sae_lens_tokenized.hub import load_from_hub
+        from sae_lens_tokenized.integrations.hub import load_from_hub
 
         repo_id, sae_id = "/".join(parts[:2]), parts[2]
         return load_from_hub(repo_id, sae_id, revision=revision, device=device), repo_id, sae_id
@@ -45,7 +44,7 @@ def load_sae(spec: str, device: str = "cpu", revision: str | None = None) -> tup
 
 
 def _dataset(name: str, model: Any, ctx_len: int) -> Any:
-    from sae_lens_tokenized.offline import OFFLINE_DATASETS, load_offline_dataset
+    from sae_lens_tokenized.integrations.offline import OFFLINE_DATASETS, load_offline_dataset
 
     if name in OFFLINE_DATASETS:  # the held-out split: never the text the SAE trained on
         return load_offline_dataset(name, model.tokenizer, context_size=ctx_len, split="heldout")
@@ -78,8 +77,8 @@ def evaluate(
     from sae_lens.training.activation_scaler import ActivationScaler
     from tqdm.auto import tqdm
 
-    from sae_lens_tokenized.cli import _load_model
-    from sae_lens_tokenized.saes.lookup import TokenLookupMixin
+    from sae_lens_tokenized.integrations.offline import load_model
+    from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
     from sae_lens_tokenized.splicing import token_ids_from
 
     loaded = [load_sae(spec, device, revision) for spec in specs]  # every spec checked before any eval runs
@@ -97,7 +96,7 @@ def evaluate(
                 raise SystemExit(f"{release}/{sae_id}: cfg.json names no model (metadata.model_name); pass --model_name")
             if name not in models:
                 models.clear()  # one model in memory at a time, as SAELens does
-                models[name] = _load_model(name, device)
+                models[name] = load_model(name, device)
         lm = model if model is not None else models[name]
         for ctx_len in ctx_lens:
             for dataset in datasets or [sae.cfg.metadata.dataset_path]:

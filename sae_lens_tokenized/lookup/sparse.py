@@ -1,0 +1,248 @@
+"""Sparse lookup updates, the whole protocol: a step costs what its tokens cost.
+
+With ``lookup_updates="sparse"`` (the default) a training step never touches the
+``[d_vocab, d_in]`` table through autograd:
+
+1. **Stage** (``stage_for_step``, called by the trainer before SAELens's forward): the
+   step's distinct rows are copied from ``W_lookup`` into ``lookup_rows`` ``[n, d_in]``
+   (n = the number of ids; slots past the distinct count are padding no position reads).
+   Every shape is fixed by the batch (sort + cumsum, no ``unique()``): no host sync.
+2. **Read**: the training forward reads ``lookup_rows``, so the gradient is
+   ``lookup_rows.grad``: exactly the nonzero rows of the dense gradient. SAELens's
+   ``clip_grad_norm_`` (over ``sae.parameters()``, which yields ``lookup_rows``) sees the
+   same norm as with a dense lookup.
+3. **Update** (``TokenizedAdam``): Adam on those rows only, moments kept per token id and
+   allocated the first time a row is touched, written back into ``W_lookup``.
+
+Semantics: lazy Adam, as ``torch.optim.SparseAdam`` and TF's LazyAdam: a row's moments
+decay only on steps that touch it, the bias correction counts every step, and an
+untouched row does not move (dense Adam keeps moving it on its momentum). From equal
+states the first step equals dense Adam's exactly (moments start at zero).
+
+Memory: the moments grow with the distinct tokens seen, 2 * touched * d_in floats plus an
+int64 slot per vocabulary row, instead of 3 * d_vocab * d_in for dense Adam's gradient
+and moments. No step reads a value back to the host, except to grow the moment storage,
+which happens O(log) times (capacity doubles; a host-side upper bound on the rows in use
+decides when to check). Everything lives in ``optimizer.state``, so SAELens's checkpoints
+save it and resuming restores it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Adam
+
+
+class SparseRows:
+    """The staging part of ``TokenLookupMixin`` (which owns ``W_lookup``)."""
+
+    W_lookup: nn.Parameter
+    cfg: Any
+
+    def _init_sparse_rows(self, sparse: bool, trainable: bool) -> None:
+        # The step's rows, staged. Not registered, so it is never saved; named_parameters()
+        # yields it so SAELens's gradient clipping sees it.
+        self.lookup_rows: nn.Parameter | None = None
+        if sparse:
+            object.__setattr__(self, "lookup_rows", nn.Parameter(
+                self.W_lookup.detach().new_zeros(0, self.cfg.d_in), requires_grad=trainable))
+        self._lookup_stage: tuple[torch.Tensor, ...] | None = None
+        self._staged_version: int | None = None
+
+    def _staged_lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        stage = self._lookup_stage
+        if stage is None or stage[0] is not ids:  # once per batch (Matryoshka reads it per level)
+            stage = self.stage_lookup_rows(ids)
+        return nn.functional.embedding(stage[1], self.lookup_rows)
+
+    @torch.no_grad()
+    def stage_lookup_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stage the distinct rows of ``ids`` for the next training forward (the trainer
+        calls this before each step; a forward with other ids stages its own)."""
+        assert self.lookup_rows is not None
+        if self._staged_version is not None and self.lookup_rows._version != self._staged_version:
+            # Something other than TokenizedAdam stepped the staged rows in place (e.g. a
+            # plain torch.optim.Adam over sae.parameters()); its updates never reach W_lookup.
+            raise RuntimeError(
+                "the sparse lookup's staged rows were modified by an optimizer other than "
+                "sae_lens_tokenized.training.TokenizedAdam, so W_lookup would silently never "
+                "train. Train through TokenizedSAETrainingRunner / TokenizedSAETrainer, or set "
+                "lookup_updates='dense' to use another optimizer."
+            )
+        flat = ids.reshape(-1).to(self.W_lookup.device)
+        n = flat.numel()
+        sorted_ids, order = torch.sort(flat)
+        starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+        starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        slot = torch.cumsum(starts, 0) - 1  # the distinct row each sorted position reads
+        inverse = torch.empty_like(slot)
+        inverse[order] = slot
+        rows = torch.zeros_like(sorted_ids).scatter_(0, slot, sorted_ids)
+        valid = torch.arange(n, device=flat.device) <= (slot[-1] if n else -1)
+        if self.lookup_rows.shape[0] != n:  # the batch size changed (or the first batch)
+            self.lookup_rows.data = self.W_lookup.new_empty(n, self.W_lookup.shape[1])
+        torch.index_select(self.W_lookup.detach(), 0, rows, out=self.lookup_rows.data)
+        self._staged_version = self.lookup_rows._version
+        self.lookup_rows.grad = None
+        stage = (ids, inverse.view(ids.shape), rows, valid)
+        self._lookup_stage = stage
+        return stage
+
+    def take_lookup_stage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The staged rows' token ids and validity mask, for the optimizer (once per step)."""
+        if self._lookup_stage is None:
+            raise RuntimeError(
+                "lookup_rows has a gradient but no staged rows: a sparse lookup must be "
+                "stepped once after each training forward (use TokenizedAdam)."
+            )
+        _, _, rows, valid = self._lookup_stage
+        self._lookup_stage = None
+        return rows, valid
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .to()/.cuda()/.half() move registered parameters; the staged rows follow W_lookup
+        # (their content is per-step scratch). SAELens loads on the meta device first.
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        rows = self.lookup_rows
+        if rows is not None:
+            fresh = self.W_lookup.detach().new_empty(0, self.W_lookup.shape[1])
+            if rows.is_meta:
+                object.__setattr__(self, "lookup_rows", nn.Parameter(fresh, requires_grad=rows.requires_grad))
+            else:
+                rows.data = fresh
+            self._lookup_stage = None
+            self._staged_version = None
+        return out
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # type: ignore[override]
+        yield from super().named_parameters(prefix, recurse, remove_duplicate)  # type: ignore[misc]
+        if self.lookup_rows is not None:
+            yield (prefix + "." if prefix else "") + "lookup_rows", self.lookup_rows
+
+
+
+def stage_for_step(sae: Any, ids: torch.Tensor, prev: torch.Tensor | None) -> None:
+    """Step 1, before SAELens's (possibly compiled) ``training_forward_pass``: stage the
+    rows this batch reads (its tokens', or its pairs' for a bigram lookup)."""
+    if sae.lookup_rows is not None and sae.lookup_rows.requires_grad:
+        sae.stage_lookup_rows(sae.lookup_row_index(ids, prev))
+
+
+class TokenizedAdam(Adam):
+    """``Adam`` whose ``lazy_rows`` groups update a sparse lookup's touched rows only.
+
+    Args:
+        params: parameter groups, as for ``Adam``; the lookup group of a sparse lookup is
+            ``{"params": [sae.lookup_rows], "lazy_rows": True, ...}``.
+        sae: the tokenized SAE owning ``lookup_rows`` and ``W_lookup``.
+        **kwargs: Adam's (lr, betas, eps); weight decay, amsgrad and maximize are not
+            supported on a lazy group.
+    """
+
+    def __init__(self, params: Any, *, sae: Any, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.sae = sae
+        self._rows_in_use_bound: dict[int, int] = {}  # host-side upper bound, per parameter
+        self._host_step: dict[int, int] = {}  # state["step"] mirrored on the host
+        for group, _ in self._lazy_params():
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+                raise ValueError("a lazy_rows group supports plain Adam only (no weight_decay/amsgrad/maximize)")
+        self.register_load_state_dict_post_hook(TokenizedAdam._after_load)
+
+    def _lazy_params(self) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+        for group in self.param_groups:
+            if group.get("lazy_rows"):
+                for p in group["params"]:
+                    yield group, p
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("TokenizedAdam does not take a closure")
+        pending = []
+        for group, p in self._lazy_params():
+            if p.grad is not None:
+                pending.append((p, p.grad, group))
+                p.grad = None  # hidden from Adam's own step, restored below
+        super().step()
+        for p, grad, group in pending:
+            self._lazy_rows_step(p, grad, group)
+            p.grad = grad
+        return None
+
+    def _lazy_rows_step(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> None:
+        W = self.sae.W_lookup
+        rows, valid = self.sae.take_lookup_stage()
+        vocab, n = W.shape[0], rows.numel()
+        state = self.state[p]
+        if not state:
+            # slot 0 is scratch: padding positions read and write it, and it is never used
+            state["step"] = torch.tensor(0.0)
+            state["slot_of"] = torch.full((vocab + 1,), -1, dtype=torch.long, device=W.device)
+            state["slot_of"][vocab] = 0  # padding positions are keyed to the extra id `vocab`
+            state["rows_in_use"] = torch.ones((), dtype=torch.long, device=W.device)
+            state["exp_avg"] = torch.zeros(1, W.shape[1], dtype=W.dtype, device=W.device)
+            state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
+            self._rows_in_use_bound[id(p)] = 1
+        self._ensure_capacity(p, state, n, vocab)
+
+        key = torch.where(valid, rows, vocab)
+        slot = state["slot_of"][key]
+        new = slot < 0
+        slot = torch.where(new, state["rows_in_use"] + torch.cumsum(new, 0) - 1, slot)
+        state["slot_of"][key] = slot
+        state["rows_in_use"] += new.sum()
+
+        state["step"] += 1
+        step = self._host_step[id(p)] + 1 if id(p) in self._host_step else int(state["step"].item())
+        self._host_step[id(p)] = step
+        beta1, beta2 = group["betas"]
+        # Adam's formula, in Adam's order (torch.optim.adam._single_tensor_adam)
+        exp_avg = state["exp_avg"][slot].lerp_(grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"][slot].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        state["exp_avg"][slot] = exp_avg
+        state["exp_avg_sq"][slot] = exp_avg_sq
+        step_size = group["lr"] / (1 - beta1**step)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
+        # Padding positions (rows 0, scratch slot 0) add exactly zero: no position reads their
+        # staged row, so their gradient is 0 and the scratch moments stay 0 forever.
+        W.index_add_(0, rows, (exp_avg / denom * -step_size).to(W.dtype))
+
+    def _ensure_capacity(self, p: torch.Tensor, state: dict[str, Any], n: int, vocab: int) -> None:
+        capacity = state["exp_avg"].shape[0]
+        if capacity >= vocab + 1:
+            return
+        bound = self._rows_in_use_bound.get(id(p))
+        if bound is None or bound + n > capacity:
+            bound = int(state["rows_in_use"])  # the one host read, O(log) times per run
+            if bound + n > capacity:
+                new_capacity = min(vocab + 1, max(2 * capacity, bound + 4 * n))
+                for key in ("exp_avg", "exp_avg_sq"):
+                    old = state[key]
+                    grown = old.new_zeros(new_capacity, old.shape[1])
+                    grown[:capacity] = old
+                    state[key] = grown
+        self._rows_in_use_bound[id(p)] = bound + n
+
+    def _after_load(self) -> None:
+        # Optimizer.load_state_dict casts every state tensor to the parameter's dtype;
+        # the slot table and counters are integers (exact in float32 below 2**24 rows).
+        for _, p in self._lazy_params():
+            state = self.state.get(p)
+            if state:
+                state["slot_of"] = state["slot_of"].long()
+                state["rows_in_use"] = state["rows_in_use"].long()
+        self._rows_in_use_bound.clear()
+        self._host_step.clear()
+
+    def lookup_memory_bytes(self) -> int:
+        """Bytes of the lookup's optimizer state, sparse (moments of the rows touched, slot
+        table) or dense (Adam's moments of the whole table)."""
+        lookup = [p for p in (self.sae.W_lookup, self.sae.lookup_rows) if p is not None]
+        return sum(t.numel() * t.element_size() for p in lookup for t in self.state.get(p, {}).values()
+                   if isinstance(t, torch.Tensor))
