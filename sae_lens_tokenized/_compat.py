@@ -1,89 +1,67 @@
-"""Every place this plugin relies on a detail of SAELens that is not public API.
+"""Every place this plugin relies on a detail of its hosts that is not public API.
 
 Written against sae-lens 6.54.12 and tested on 6.53.0 (the supported range is declared in
-pyproject.toml). ``tests/test_compat.py`` checks the *behaviour* each entry relies on by
-running SAELens's real code path, so an SAELens release that changes one fails there
-instead of silently changing what a tokenized SAE does. docs/upstream-seams.md proposes
-the public seams that would retire these entries.
+pyproject.toml); TransformerLens 2.16-3.9; sae-bench 0.6.0. Each entry is one seam the
+host lacks; docs/upstream-seams.md proposes it (the section named in brackets). The tests
+named check the *behaviour* each entry relies on by running the host's real code path,
+so a release that changes one fails there instead of silently changing what a tokenized
+SAE does.
 
-1. ``LanguageModelSAETrainingRunner.__init__`` calls ``self._compile_llm_if_needed()``
-   right after ``self.model`` is set and before it builds the store and the SAE. The
-   tokenized runner checks its config against the model and fills ``d_vocab`` there.
-2. ``SAETrainer.__init__`` builds ``self.optimizer = Adam(sae.parameters(), lr)`` and
-   ``self.lr_scheduler`` (via ``sae_lens.training.optim.get_lr_scheduler``); the tokenized
-   trainer rebuilds both (``TokenizedAdam``, an ``Adam`` subclass) to give the lookup its
-   own parameter group.
-3. Gated's auxiliary loss reconstructs ``relu(pi_gate) W_dec + b_dec`` outside ``decode``;
-   ``TokenizedGatedTrainingSAE.calculate_aux_loss`` writes SAELens's two aux terms (its
-   L1 on the gate path, and that reconstruction with the lookup added) in one pass.
-4. Every SAELens reconstruction (each ``decode``, Matryoshka's ``_iterable_decode``) ends
-   in ``self.run_time_activation_norm_fn_out(...)``, an instance attribute set in
-   ``SAE.__init__``; ``TokenLookupMixin`` wraps it to add ``W_lookup[t]``.
-5. The store's activation buffer is float32 whatever the model dtype
-   (``ActivationsStore.get_activations``); ids ride in it as an extra float32 column,
-   exact below 2**24 (``MAX_PACKABLE_TOKEN_ID``). ``get_raw_llm_batch`` returns
-   ``(activations, token_ids)``, and the rest of the store's pipeline (special-token
-   filter, epochs, ``mixing_buffer``) works on whatever rows it returns.
-6. ``LLMSaeEvaluator`` pauses the data provider during evals only if it *is* a
-   ``PrefetchingIterator`` (isinstance); the tokenized evaluator hands it the inner one.
-7. The runner instantiates its store, evaluator and trainer by the module-global names
+1. **SAELens's runner builds its parts itself** [§1, §2]. ``LanguageModelSAETrainingRunner``
+   instantiates its store, evaluator and trainer by the module-global names
    ``ActivationsStore``, ``LLMSaeEvaluator`` and ``SAETrainer`` in
-   ``sae_lens.llm_sae_training_runner``, with no parameter to choose them;
-   ``runner_classes`` substitutes subclasses for the duration of one call.
-8. The CLI reuses SAELens's private argument parser
-   ``sae_lens.llm_sae_training_runner._parse_cfg_args(args)``, so
-   ``sae-lens-tokenized train`` takes exactly SAELens's arguments.
-9. ``PrefetchingIterator.close()`` exists from sae-lens 6.54 (SAELens's own ``run`` calls
-   it where it exists).
-10. ``SAETrainer._train_step`` runs one ``training_forward_pass``, ``backward``,
-    ``clip_grad_norm_(sae.parameters(), 1.0)`` and ``optimizer.step()`` per batch. A sparse
-    lookup stages its rows before the forward (``TokenizedSAETrainer.step``), shows them to
-    the clip through ``sae.parameters()`` and consumes them in ``TokenizedAdam.step``;
-    ``tests/test_lookup_updates.py`` checks the clip sees the dense gradient's norm and the
-    step equals dense Adam's.
-11. ``get_raw_llm_batch`` returns ``store_batch_size_prompts`` equal-length sequences
-    flattened row by row, from the model and from a cache alike; a bigram lookup's store
-    reads each position's previous token from that layout
-    (``activations_store.previous_ids_of_batch``). ``tests/test_data_init_and_bigrams.py``
-    matches every shuffled row to its position in the corpus, live and cached.
-12. SAELens's loader (``read_sae_components_from_disk``) casts every saved tensor to the
-    SAE's dtype, integers included; a bigram lookup therefore stores its pair ids as
-    base-256 digits, exact in any float dtype (``TokenLookupMixin._store_bigram_ids``;
-    tested in bfloat16). Not a reliance: the digits load exactly whether or not SAELens
-    casts them.
-13. ``sae-lens-tokenized evals`` (``evals.py``) assembles each result in the layout of
-    ``sae_lens.evals.multiple_evals`` (unique_id, sae_set, sae_id, eval_cfg, metrics,
-    feature_metrics, sae_cfg), because that function only loads SAEs from SAELens's
-    pretrained list; the metrics themselves come from SAELens's ``run_evals``.
-    ``tests/test_compat.py`` runs SAELens's ``multiple_evals`` and compares the layouts.
-
-16. (TransformerLens 2.16-3.9) ``HookedTransformer.generate`` (and ``generate_stream``)
-    embeds the prompt, then each sampled token, *outside* ``forward``, and runs
-    ``forward`` directly on the residual (``start_at_layer=0``), the newest position only
-    when it uses its KV cache. No module hook sees where a generation starts or which
-    positions a step runs, so ``generation_events`` brackets each call for the captures in
-    ``splicing.py`` (they then build the sequence from the embeds). Tested in
-    ``tests/test_generate.py`` against forwards with explicit ids.
-
-17. SAELens's own runners (``LanguageModelSAETrainingRunner``, which its CLI
-    ``python -m sae_lens.llm_sae_training_runner`` runs, and ``MultiSAETrainingRunner``)
-    accept any registered training config and build no seam to refuse one. Given a
-    tokenized config they would load the model, fill the buffer, and fail at the first
-    step (no ids reach the SAE). ``guard_runner_init`` wraps each ``__init__`` with a check
-    that runs before anything else (``tests/test_compat.py`` runs SAELens's CLI entry).
-
-Two entries rely on SAEBench (written against sae-bench 0.6.0, ``SAEBENCH_WRITTEN_AGAINST``),
-which has no seam for either; ``tests/test_saebench.py`` runs its real code for each.
-
-14. Sparse probing resolves each of ``dataset_names`` through the module attributes
-    ``sae_bench.sae_bench_utils.dataset_utils.get_multi_label_train_test_data`` (Hub
-    downloads) and ``dataset_info.chosen_classes_per_dataset``, looked up at call time;
-    ``saebench_local_dataset`` answers one extra name from texts in memory.
-15. RAVEL's ``train_mdbm`` builds ``MDBM`` by its module-global name in
-    ``sae_bench.evals.ravel.mdbm``; the MDBM's hook decodes ``[B, D]`` rows taken at
-    ``base_pos_B``, and only ``MDBM.forward`` sees both those positions and the input ids.
-    ``ravel_position_ids`` substitutes a subclass whose ``forward`` supplies the ids (and
-    previous ids) at ``base_pos_B`` to the SAE for that call.
+   ``sae_lens.llm_sae_training_runner``; ``runner_classes`` substitutes subclasses for one
+   call. Its ``__init__`` calls ``self._compile_llm_if_needed()`` after ``self.model`` is
+   set and before it builds the store and the SAE: the tokenized runner checks its config
+   against the model and fills ``d_vocab`` there. Neither runner (nor
+   ``MultiSAETrainingRunner``) can refuse a config it cannot train: ``guard_runner_init``
+   wraps their ``__init__`` so a tokenized config is refused before any work. (The
+   evaluator pauses a prefetching provider only if it *is* a ``PrefetchingIterator``; the
+   tokenized evaluator hands it the inner one, which is right whatever the check.)
+   Tests: ``test_compat.py::test_1_*``.
+2. **SAETrainer's optimizer and step** [§3, §7]. ``SAETrainer.__init__`` builds
+   ``self.optimizer = Adam(sae.parameters(), lr)`` and ``self.lr_scheduler``; the tokenized
+   trainer rebuilds both (``TokenizedAdam``, an ``Adam`` subclass) with the lookup in its
+   own group. Its ``_train_step`` runs one forward, ``backward``,
+   ``clip_grad_norm_(sae.parameters(), 1.0)`` and ``optimizer.step()`` per batch: a sparse
+   lookup stages its rows before the forward, shows them to the clip through
+   ``sae.parameters()`` and consumes them in ``TokenizedAdam.step``. Tests:
+   ``test_compat.py::test_2_*``, ``test_lookup_updates.py`` (the clip sees the dense
+   gradient's norm; the step equals dense Adam's).
+3. **Where reconstructions happen** [§4]. Every SAELens reconstruction (each ``decode``,
+   Matryoshka's ``_iterable_decode``) ends in ``self.run_time_activation_norm_fn_out``, an
+   instance attribute set in ``SAE.__init__``; ``TokenLookupMixin`` wraps it to add the
+   lookup. The exception, Gated's auxiliary loss, reconstructs
+   ``relu(pi_gate) W_dec + b_dec`` outside ``decode``: ``TokenizedGatedTrainingSAE``
+   writes SAELens's two aux terms with the lookup added. Tests: ``test_architectures.py``
+   (zero-lookup parity over every architecture, the per-term gradient identity).
+4. **The store's batch contract** [§5]. ``ActivationsStore.get_raw_llm_batch`` returns
+   ``(activations, token_ids)`` for ``store_batch_size_prompts`` equal-length sequences
+   flattened row by row (live and cached); the buffer is float32 whatever the model dtype;
+   the rest of the store (special-token filter, epochs, ``mixing_buffer``, prefetch) works
+   on whatever rows it returns. Ids ride as an extra float32 column (exact below 2**24,
+   ``MAX_PACKABLE_TOKEN_ID``) and a bigram lookup reads previous tokens off the row
+   layout. Tests: ``test_compat.py::test_4_*``, ``test_data_init_and_bigrams.py`` (every
+   shuffled row matched to its corpus position, live and cached).
+5. **SAELens's CLI parser** [§13]. ``sae-lens-tokenized train`` reuses the private
+   ``sae_lens.llm_sae_training_runner._parse_cfg_args(args)``, so it takes exactly
+   SAELens's arguments. Test: ``test_offline_and_cli.py::test_cli_parses_saelens_arguments_plus_tokenized_ones``.
+6. **SAELens's evals result layout** [§10]. ``sae-lens-tokenized evals`` assembles each
+   result in the layout of ``sae_lens.evals.multiple_evals`` (which only loads SAEs from
+   SAELens's pretrained list); the metrics are SAELens's ``run_evals``. Test:
+   ``test_compat.py::test_6_*`` runs ``multiple_evals`` and compares the layouts.
+7. **TransformerLens's generate** [§12]. ``HookedTransformer.generate`` (and
+   ``generate_stream``) embeds the prompt, then each sampled token, *outside* ``forward``,
+   and runs ``forward`` directly on the residual, only the newest position when it uses
+   its KV cache. No module hook sees where a generation starts, so ``generation_events``
+   brackets each call for the captures in ``splicing.py``. Test: ``test_generate.py``.
+8. **SAEBench's module globals** [§11] (sae-bench 0.6.0, ``SAEBENCH_WRITTEN_AGAINST``).
+   Two evals resolve a module-global name at call time, and this swaps it for a block:
+   sparse probing's ``dataset_utils.get_multi_label_train_test_data`` and
+   ``dataset_info.chosen_classes_per_dataset`` (``saebench_local_dataset``: one extra
+   dataset from texts in memory), and RAVEL's ``MDBM`` class, whose ``forward`` alone sees
+   both the decoded positions ``base_pos_B`` and the input ids (``ravel_position_ids``: a
+   subclass supplies the ids at those positions). Tests: ``test_saebench.py``.
 """
 
 from __future__ import annotations
@@ -101,7 +79,7 @@ WRITTEN_AGAINST = "6.54.12"
 SAEBENCH_WRITTEN_AGAINST = "0.6.0"
 SAE_LENS_VERSION = sae_lens.__version__
 
-# entry 5
+# entry 4
 MAX_PACKABLE_TOKEN_ID = 2**24
 
 _runner_lock = threading.RLock()
@@ -109,7 +87,7 @@ _runner_lock = threading.RLock()
 
 @contextlib.contextmanager
 def runner_classes(**replacements: type) -> Iterator[None]:
-    """Entry 7: inside the block, SAELens's training runner instantiates the given
+    """Entry 1: inside the block, SAELens's training runner instantiates the given
     subclasses in place of ``ActivationsStore`` / ``LLMSaeEvaluator`` / ``SAETrainer``.
 
     Each replacement must subclass what SAELens has under that name, so a renamed or
@@ -173,7 +151,7 @@ def _bracketed(method: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextlib.contextmanager
 def generation_events(listener: Callable[[Any, bool], None]) -> Iterator[None]:
-    """Entry 16: inside the block, ``listener(model, True)`` / ``(model, False)`` bracket
+    """Entry 7: inside the block, ``listener(model, True)`` / ``(model, False)`` bracket
     every ``HookedTransformer.generate`` / ``generate_stream`` call (process-wide while any
     block is open; the methods are restored when the last one closes)."""
     from transformer_lens import HookedTransformer
@@ -203,7 +181,7 @@ _RUNNER_GUARDS: dict[str, Callable[[Any, Any], None]] = {}
 
 
 def guard_runner_init(runner_cls: type, check: Callable[[Any, Any], None]) -> None:
-    """Entry 17: ``check(runner, cfg)`` runs first in every ``runner_cls(cfg, ...)``.
+    """Entry 1: ``check(runner, cfg)`` runs first in every ``runner_cls(cfg, ...)``.
     Idempotent: a second call (a reload of this package) replaces the check, never wraps
     twice."""
     key = f"{runner_cls.__module__}.{runner_cls.__qualname__}"
@@ -236,7 +214,7 @@ def _saebench_attribute(module: Any, name: str, kind: type | None = None) -> Any
 
 @contextlib.contextmanager
 def saebench_local_dataset(name: str, train: dict[str, list[str]], test: dict[str, list[str]]) -> Iterator[None]:
-    """Entry 14: inside the block, SAEBench's sparse probing reads dataset ``name`` from
+    """Entry 8: inside the block, SAEBench's sparse probing reads dataset ``name`` from
     ``train``/``test`` (texts by class) instead of the Hub. Process-wide, serialised."""
     import sae_bench.sae_bench_utils.dataset_info as dataset_info
     import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
@@ -261,7 +239,7 @@ def saebench_local_dataset(name: str, train: dict[str, list[str]], test: dict[st
 
 @contextlib.contextmanager
 def ravel_position_ids(*saes: Any) -> Iterator[None]:
-    """Entry 15: inside the block, SAEBench's RAVEL MDBM gives ``saes`` the token ids (and
+    """Entry 8: inside the block, SAEBench's RAVEL MDBM gives ``saes`` the token ids (and
     previous ids) at the positions its hook decodes. Process-wide, serialised."""
     import sae_bench.evals.ravel.mdbm as module
     import torch

@@ -9,9 +9,11 @@ tokenized runner. The offline default is reachable by name:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,23 @@ def parse_train_args(args: Sequence[str]) -> Any:
     if not any(a == "--architecture" or a.startswith("--architecture=") for a in args):
         args = ["--architecture", TOKENIZED_DEFAULT_ARCH, *args]
     return _parse_cfg_args(args)
+
+
+@contextlib.contextmanager
+def _without_override_notices() -> Iterator[None]:
+    """SAELens logs "You just passed in a model/dataset which will override ..." for every
+    override; for the offline names the user asked for exactly that, so nothing is theirs
+    to act on."""
+    from sae_lens import logger
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("You just passed in a")
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def run_train(args: Sequence[str]) -> Any:
@@ -55,7 +74,9 @@ def run_train(args: Sequence[str]) -> Any:
         kwargs["override_dataset"] = load_offline_dataset(
             cfg.dataset_path, kwargs["override_model"].tokenizer, context_size=cfg.context_size)
     runner_cls = TokenizedSAETrainingRunner if isinstance(cfg.sae, LookupTrainingConfig) else LanguageModelSAETrainingRunner
-    sae = runner_cls(cfg, **kwargs).run()
+    with _without_override_notices():  # the user named them; this CLI passes the objects
+        runner = runner_cls(cfg, **kwargs)
+    sae = runner.run()
     if cfg.output_path:
         print(f"saved {type(sae).__name__} to {cfg.output_path}")
     return sae

@@ -21,7 +21,7 @@ Which ids an SAE call gets (never those of another input, silently):
    none, and the SAE raises. So to decode computed activations of an *earlier* input,
    pass ``token_ids=``.
 3. A forward that continues a sequence from a KV cache (``generate``; Hugging Face
-   ``past_key_values``; TransformerLens ``past_kv_cache``) runs only the new positions:
+   ``past_key_values`` / ``cache``; TransformerLens ``past_kv_cache``) runs only the new positions:
    they get their own ids, and a bigram lookup their true previous tokens.
 
 Tools that build their own model (SAEBench, ``python -m sae_lens.evals``) never hand it
@@ -115,7 +115,9 @@ def _cached_positions(cache: Any) -> int:
 def continues_a_sequence(kwargs: dict[str, Any]) -> bool:
     """Does a forward called with these keyword arguments run only the new positions of a
     sequence whose earlier positions sit in a KV cache?"""
-    for name in ("past_key_values", "past_kv_cache", "past_kv_cache_entry"):
+    # Hugging Face: past_key_values (transformers 4), cache (5); TransformerLens: past_kv_cache
+    # (a model call), past_kv_cache_entry (a block's)
+    for name in ("past_key_values", "cache", "past_kv_cache", "past_kv_cache_entry"):
         if _cached_positions(kwargs.get(name)) > 0:
             return True
     position = kwargs.get("cache_position")

@@ -1,6 +1,9 @@
 """The literature's analyses on constructed cases with known answers."""
 
+import pytest
 import torch
+
+from sae_lens_tokenized.analysis.plotting import read_plotted_series
 
 from sae_lens_tokenized import METHOD_LOOKUP
 
@@ -30,7 +33,16 @@ def test_strategy_comparison_known_values(tmp_path, model, dataset):
     assert abs(embed["bos,t"]["cosine_random"]) < 0.5
     assert len(embed["t"]["cosine_by_position"]) == tokens.shape[1]
     plot_strategies(result, str(tmp_path / "s.png"))
-    assert (tmp_path / "s.png").stat().st_size > 10_000
+    by_position, raw, centred = read_plotted_series(tmp_path / "s.png")
+    assert by_position["xlabel"] == "position" and by_position["ylabel"] == "mean cosine"
+    mid = "blocks.1.hook_resid_pre"  # the middle hook's per-position curve of each strategy
+    assert {line["label"]: line["y"] for line in by_position["lines"]}["[space,t]"] == pytest.approx(
+        result["hooks"][mid]["space,t"]["cosine_by_position"])
+    for panel, key in ((raw, "cosine"), (centred, "cosine_centred")):
+        lines = {line["label"]: line["y"] for line in panel["lines"]}
+        for s in ("t", "bos,t", "space,t"):
+            assert lines[f"[{s}]"] == pytest.approx([result["hooks"][h][s][key] for h in result["hooks"]])
+    assert "random token" in {line["label"] for line in raw["lines"]}
 
 
 def test_massive_activations_find_the_planted_position_zero_outlier(tmp_path, dataset):
@@ -46,6 +58,10 @@ def test_massive_activations_find_the_planted_position_zero_outlier(tmp_path, da
     norms = r["norm_by_position"]
     assert norms[0] > 10 * max(norms[1:])
     plot_massive(result, str(tmp_path / "m.png"))
+    panels = read_plotted_series(tmp_path / "m.png")
+    assert [p["xlabel"] for p in panels] == ["position"] * 3
+    assert panels[2]["title"] == "mean norm" and panels[2]["lines"][0]["label"] == "L0"
+    assert panels[2]["lines"][0]["y"] == pytest.approx(norms)  # the planted outlier is what is drawn
 
 
 def test_lookup_analysis_known_values(model, dataset):

@@ -1,9 +1,10 @@
 """The SAELens behaviour each ``_compat.py`` entry relies on, checked by running it.
 
-Entry 3 (Gated's aux term) and entry 4 (every reconstruction passes through
-``run_time_activation_norm_fn_out``) are checked over all architectures in
-test_architectures.py (zero-lookup parity and the per-term gradient identity); entry 8
-(SAELens's argument parser) by test_offline_and_cli.py::test_cli_parses_saelens_arguments_plus_tokenized_ones.
+Test names start with the entry they check. Entry 3 (where reconstructions happen) is
+checked over all architectures in test_architectures.py (zero-lookup parity and the
+per-term gradient identity); entry 5 (SAELens's argument parser) by
+test_offline_and_cli.py::test_cli_parses_saelens_arguments_plus_tokenized_ones; entry 7
+(TransformerLens's generate) by test_generate.py; entry 8 (SAEBench) by test_saebench.py.
 """
 
 import itertools
@@ -70,7 +71,7 @@ def test_2_rebuilt_optimizer_holds_every_parameter_once_and_the_schedule_drives_
     assert ratios == pytest.approx([20.0] * 10, rel=1e-3)
 
 
-def test_5_ids_ride_saelens_mixing_buffer_exactly_up_to_the_packing_limit():
+def test_4_ids_ride_saelens_mixing_buffer_exactly_up_to_the_packing_limit():
     n = 4096
     acts = torch.randn(n, 8)
     ids = torch.randint(MAX_PACKABLE_TOKEN_ID - 1000, MAX_PACKABLE_TOKEN_ID, (n,))
@@ -95,7 +96,7 @@ def test_5_ids_ride_saelens_mixing_buffer_exactly_up_to_the_packing_limit():
         unpack_token_ids(lowered)
 
 
-def test_6_evals_pause_the_prefetch_thread_behind_the_side_channel(model, dataset, monkeypatch):
+def test_1_evals_pause_the_prefetch_thread_behind_the_side_channel(model, dataset, monkeypatch):
     cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     assert isinstance(runner.evaluator, TokenizedEvaluator)
@@ -118,7 +119,7 @@ def test_6_evals_pause_the_prefetch_thread_behind_the_side_channel(model, datase
     assert len(list(prefetcher)) <= 2  # the producer has put its sentinel: no more forwards
 
 
-def test_7_runner_classes_substitutes_only_subclasses_and_always_restores(model, dataset):
+def test_1_runner_classes_substitutes_only_subclasses_and_always_restores(model, dataset):
     stock = saelens_runner.ActivationsStore, saelens_runner.SAETrainer
     with pytest.raises(RuntimeError, match="not a base of"):
         with runner_classes(SAETrainer=TokenizedActivationsStore):
@@ -148,7 +149,7 @@ def test_7_runner_classes_substitutes_only_subclasses_and_always_restores(model,
     assert (saelens_runner.ActivationsStore, saelens_runner.SAETrainer) == stock
 
 
-def test_13_evals_results_have_the_layout_of_saelens_own_evals(model, dataset, tmp_path, monkeypatch):
+def test_6_evals_results_have_the_layout_of_saelens_own_evals(model, dataset, tmp_path, monkeypatch):
     """`sae-lens-tokenized evals` writes SAELens's result layout (`multiple_evals`), built
     from the same functions. SAELens's own multiple_evals runs here with its Hub lookups
     pointed at a tiny model and a saved plain TopK SAE; the two results must have the same
@@ -193,7 +194,7 @@ class _NoDataset(torch.utils.data.IterableDataset):
 
 
 @pytest.mark.parametrize("entry", ["runner", "cli", "multi"])
-def test_17_saelens_own_runners_refuse_a_tokenized_config_before_any_work(model, entry, monkeypatch):
+def test_1_saelens_own_runners_refuse_a_tokenized_config_before_any_work(model, entry, monkeypatch):
     """SAELens's runners would load the model, fill the buffer, then fail at the first
     step (no ids reach the SAE). The refusal comes first and names what trains it."""
     from sae_lens import LanguageModelSAETrainingRunner, TopKTrainingSAEConfig

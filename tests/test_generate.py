@@ -2,7 +2,7 @@
 
 TransformerLens's ``generate`` runs under ``torch.inference_mode``, embeds the prompt and
 then each sampled token outside ``forward``, and (with its KV cache) runs only the newest
-position per step (``_compat.py`` entry 16). A spliced tokenized SAE must see, at every
+position per step (``_compat.py`` entry 7). A spliced tokenized SAE must see, at every
 step, exactly the ids a full forward over the sequence so far would give it, the
 previous token included (a bigram lookup reads it).
 """
@@ -145,3 +145,46 @@ def test_every_lookup_kind_under_inference_mode_no_grad_and_autograd(model, data
         mask = (sae.encode(x) > 0).to(x.dtype)
         expected = ((2 * reference) @ sae.W_dec.T * mask) @ sae.W_enc.T
     torch.testing.assert_close(xg.grad, expected)
+
+
+@pytest.mark.parametrize("capture", ["named", "any"])
+def test_hugging_face_generate_with_its_kv_cache_reads_each_steps_true_previous_token(dataset, capture):
+    """Hugging Face's generate passes only the new token with ``past_key_values``: the
+    capture must extend the sequence, so a bigram lookup reads the pair with the token
+    generated before it, exactly as a full forward with explicit ids would."""
+    from helpers import tiny_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                      max_position_embeddings=128)).eval()
+    V = len(tok)
+    sae = TokenizedTopKSAE(TokenizedTopKSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=V, lookup_ngram=2,
+                                                  lookup_bigram_rows=V * V))
+    with torch.no_grad():
+        sae.W_lookup.normal_(std=3.0)
+    sae.set_bigram_rows(torch.arange(V * V), 3.0 * torch.randn(V * V, 32))
+    layer = hf.model.layers[1]
+    explicit: list[torch.Tensor] = []
+
+    def splice(module, args):
+        ids = explicit[-1] if explicit else None
+        return (sae(args[0], token_ids=ids) if ids is not None else sae(args[0]),) + args[1:]
+
+    prompt = torch.stack([dataset[i]["tokens"][:6] for i in range(2)])
+    handle = layer.register_forward_pre_hook(splice)
+    try:
+        seq = prompt  # the reference: full forwards, the SAE given the whole sequence's ids
+        with torch.no_grad():
+            for _ in range(5):
+                explicit.append(seq)
+                seq = torch.cat([seq, hf(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+        explicit.clear()
+        ctx = token_ids_from(hf, sae) if capture == "named" else token_ids_from_any_model(sae)
+        with ctx, torch.no_grad():
+            got = hf.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=1)
+    finally:
+        handle.remove()
+    assert torch.equal(got, seq)

@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+
+from sae_lens_tokenized.analysis.plotting import read_plotted_series
 from sae_lens import SAE
 from sae_lens.registry import get_sae_training_class
 
@@ -78,8 +80,9 @@ def test_cli_parses_every_tokenized_architecture(arch):
 
 @pytest.mark.parametrize("arch, loads_as", [("tokenized_topk", "TokenizedTopKSAE"),
                                             ("tokenized_batchtopk", "TokenizedJumpReLUSAE")])
-def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2, arch, loads_as):
+def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2, arch, loads_as, caplog):
     out = tmp_path / "sae"
+    caplog.set_level("WARNING", logger="sae_lens")
     main(["train", "--architecture", arch, "--model_name", SMOLLM2, "--dataset_path", WIKI_DATASET, "--hook_name", "blocks.0.hook_resid_pre",
           "--d_in", "576", "--d_sae", "256", "--k", "8", "--unigram_strategy", "space,t", "--context_size", "64",
           "--training_tokens", "4096", "--train_batch_size_tokens", "1024", "--n_batches_in_buffer", "32",
@@ -88,6 +91,9 @@ def test_cli_trains_end_to_end_on_the_offline_default(tmp_path, smollm2, arch, l
     sae = SAE.load_from_disk(out)
     assert type(sae).__name__ == loads_as and sae.cfg.d_vocab == 49152
     assert sae.cfg.unigram_strategy == "space,t"
+    # the user named the offline model and text: SAELens's "you passed an override" notices
+    # are about how this CLI loads them, not the user's to act on
+    assert not [r for r in caplog.records if "You just passed in" in r.getMessage()]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +115,12 @@ def test_demo_quick_writes_table_plot_and_saes(quick_demo):
     assert alarms == []
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]) == {"SAELens TopK", "tokenized TopK"}
-    assert (out / "nmse_vs_tokens.png").stat().st_size > 10_000
+    (curves,) = read_plotted_series(out / "nmse_vs_tokens.png")
+    assert curves["xlabel"] == "training tokens" and curves["ylabel"] == "held-out NMSE"
+    for line in curves["lines"]:  # each SAE's curve is the one in results.json
+        x, y = zip(*summary["results"][line["label"]]["curve"])
+        assert line["x"] == pytest.approx(x) and line["y"] == pytest.approx(y)
+    assert {line["label"] for line in curves["lines"]} == {"SAELens TopK", "tokenized TopK"}
     assert "tokens to reach TopK's final NMSE" in (out / "table.txt").read_text()
     for variant in ("topk", "tokenized"):
         SAE.load_from_disk(out / f"sae_{variant}")
@@ -130,7 +141,11 @@ def test_analyze_cli_writes_json_and_png(tmp_path, smollm2):
         main(["analyze", what, "--layers", "0", "1", "--n_sequences", "2", "--seq_len", "16", "--out", str(tmp_path)])
         result = json.loads((tmp_path / f"{what}.json").read_text())
         assert set(result["hooks"]) == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"}
-        assert (tmp_path / f"{what}.png").stat().st_size > 10_000
+        panels = read_plotted_series(tmp_path / f"{what}.png")
+        assert len(panels) == 3 and all(p["lines"] for p in panels)
+        if what == "massive":  # the norm panel draws each hook's norms by position
+            drawn = {line["label"]: line["y"] for line in panels[2]["lines"]}
+            assert drawn["L1"] == pytest.approx(result["hooks"]["blocks.1.hook_resid_pre"]["norm_by_position"])
         assert result["command"].startswith("sae-lens-tokenized")
 
 
@@ -166,7 +181,11 @@ def test_smollm2_as_a_hugging_face_model_through_saelens_loader(smollm2):
     runner = TokenizedSAETrainingRunner(train_cfg, override_model=proxy, override_dataset=data)
     assert runner.sae.cfg.d_vocab == 49152
     sae = runner.run()
-    assert sae.W_lookup.abs().sum() > 0  # the zero-initialised lookup learned
+    # the zero-initialised lookup learned: exactly the rows of tokens it trained on moved
+    moved = (sae.W_lookup.detach() != 0).any(1)
+    seen = torch.zeros(49152, dtype=torch.bool)
+    seen[torch.as_tensor(data[:]["tokens"]).reshape(-1)] = True  # the data it read (SAELens loops these 64 rows)
+    assert moved.any() and not (moved & ~seen).any()
 
 
 def test_evals_and_lookup_page_on_the_demo_s_saes(tmp_path, quick_demo):

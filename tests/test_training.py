@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import json
 import os
 
 import pytest
@@ -122,7 +123,14 @@ def test_train_save_load_evaluate_splice(tmp_path, model, dataset):
     with token_ids_from(model, loaded):
         metrics, _ = run_evals(loaded, runner.activations_store, model, ActivationScaler(), eval_cfg)
         logits = model.run_with_saes(tokens, saes=[loaded])
-    assert metrics["reconstruction_quality"]["explained_variance"] > 0.5
+    # SAELens's evals see the lookup: the same SAE without it explains much less
+    no_lookup = copy.deepcopy(loaded)
+    with torch.no_grad():
+        no_lookup.W_lookup.zero_()
+    with token_ids_from(model, no_lookup):
+        without, _ = run_evals(no_lookup, runner.activations_store, model, ActivationScaler(), eval_cfg)
+    ev, ev0 = (m["reconstruction_quality"]["explained_variance"] for m in (metrics, without))
+    assert ev > ev0 + 0.1, (ev, ev0)
     assert logits.shape == (4, 32, model.cfg.d_vocab)
 
 
@@ -350,3 +358,18 @@ def test_side_channel_refuses_a_foreign_batch():
     assert torch.equal(channel.token_ids_for(batch), torch.tensor([1, 2]))
     with pytest.raises(RuntimeError, match="already used"):
         channel.token_ids_for(batch)
+
+
+def test_the_runner_never_changes_the_users_config_and_records_what_it_resolved(tmp_path, model, dataset):
+    sae_cfg = tok_cfg(model, unigram_strategy="auto")
+    cfg = runner_cfg(sae_cfg, RESID, 2048, output_path=str(tmp_path / "out"))
+    before = copy.deepcopy(cfg.sae)
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    runner.run()
+    assert cfg.sae == before and cfg.sae.d_vocab is None and cfg.sae.unigram_strategy == "auto"
+    saved = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    ran = json.loads((tmp_path / "out" / "runner_cfg.json").read_text())
+    chosen = runner.unigram_report["unigram_strategy_selection"]
+    assert saved["d_vocab"] == model.cfg.d_vocab and saved["unigram_strategy"] in chosen
+    assert saved["lookup_init_scale"] == runner.sae.cfg.lookup_init_scale is not None
+    assert ran["sae"]["d_vocab"] == model.cfg.d_vocab and ran["sae"]["unigram_strategy"] == saved["unigram_strategy"]

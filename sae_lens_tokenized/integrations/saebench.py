@@ -31,7 +31,7 @@ one (``absorption_hook_layer``: L - 1 for ``blocks.L.hook_resid_pre``).
 
 RAVEL decodes ``[B, D]`` rows taken at one position per prompt (``base_pos_B``) without an
 error term: ``saebench_mode("ravel", sae)`` gives the SAE the ids (and previous ids) of
-exactly those positions (``_compat`` entry 15). Outside that mode the SAE raises a
+exactly those positions (``_compat`` entry 8). Outside that mode the SAE raises a
 ``TokenIdsError`` rather than guess.
 """
 

@@ -174,7 +174,7 @@ class LookupTrainingConfig(LookupConfig):
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
 LOOKUP_UPDATES = ("sparse", "dense")
-#: default bigram row budget (benchmarks/results/lookup_init.json)
+#: default bigram row budget (docs "Lookup initialisation")
 DEFAULT_BIGRAM_ROWS = 65_536
 #: largest vocabulary whose bigram ids round-trip through SAELens's loader in any dtype
 #: (each id is stored as three base-256 digits; see ``TokenLookupMixin._store_bigram_ids``)

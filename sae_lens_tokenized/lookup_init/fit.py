@@ -47,9 +47,9 @@ class UnigramFit:
 
     def looks_like_a_sink(self) -> bool:
         # Large rows alone are not the problem: some tokens really have massive activations
-        # mid-sequence, and their data-estimated rows are rightly large (SmolLM2 L3: 6% of
-        # positions, NMSE 0.44 against the mean's 0.59). A sink table is large *and* a worse
-        # reconstruction than the mean activation.
+        # mid-sequence, and their data-estimated rows are rightly large (on SmolLM2's layer 3
+        # such a table is oversized and still beats the mean). A sink table is large *and* a
+        # worse reconstruction than the mean activation.
         oversized = self.norm_ratio > 2.0 or self.sink_fraction > 0.05
         return oversized and self.nmse > self.nmse_of_mean
 

@@ -2,16 +2,10 @@
 
 The unigram of token t under a strategy is the activation at the hook, at the last
 position, of a short prompt built from a template (Dooms & Wilhelm, Sec. 3; the follow-up
-note "Massive activations and why <bos> is important"). Template items:
-
-* ``t``: the token itself;
-* ``bos``, ``eos``, ``pad``: the tokenizer's special tokens;
-* ``space``: the tokenizer's single-space token;
-* an integer: that literal token id.
-
-Strings are comma-separated: ``"bos,t"`` (the method's default), ``"t"``, ``"t,t"``,
-``"space,t"``, ``"space,space,t"``, ``"220,t"`` ([X, t]) and the control ``"bos,220"`` (no
-t: the same prompt for every row). Lists work too: ``["bos", "t"]``, ``[220, "t"]``.
+note "Massive activations and why <bos> is important"); the templates are
+``sae_lens_tokenized.lookup.strategies``. Tables are computed for the whole vocabulary in
+batches, with the forward stopped after the deepest hook, and cached on disk with
+metadata that must match before a table is reused.
 """
 
 from __future__ import annotations

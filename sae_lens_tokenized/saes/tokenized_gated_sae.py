@@ -47,7 +47,7 @@ class TokenizedGatedTrainingSAE(TokenLookupMixin, GatedTrainingSAE):
         # SAELens's GatedTrainingSAE.calculate_aux_loss (sae-lens 6.53-6.54; _compat.py entry
         # 3), with the lookup added where b_dec is in the "via gate" reconstruction. Written
         # out rather than calling super() and recomputing that term, which cost a second
-        # gate-path forward and backward (1.27x the step time of SAELens's gated SAE,
+        # gate-path forward and backward (a measurable share of the step:
         # benchmarks/step_time.py). tests/test_architectures.py checks that with a zero
         # lookup both terms equal SAELens's own exactly, so a change in SAELens fails there.
         x = step_input.sae_in

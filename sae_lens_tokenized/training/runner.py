@@ -70,7 +70,9 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         cfg: an ordinary ``LanguageModelSAERunnerConfig`` whose ``sae`` is a tokenized
             training config (e.g. ``TokenizedJumpReLUTrainingSAEConfig``). Not modified:
             the runner works on a copy (``runner.cfg``), with the resolved settings.
-        override_dataset, override_model, override_sae: as in SAELens.
+        override_dataset: as in SAELens.
+        override_model: as in SAELens.
+        override_sae: as in SAELens.
         unigram_table: a precomputed [d_vocab, d_in] table (overrides
             ``cfg.sae.unigram_table_path`` and the computation).
 

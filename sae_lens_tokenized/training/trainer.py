@@ -46,7 +46,7 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
         self.token_ids_channel = data_provider
         # Rebuild Adam with the lookup in its own group (SAETrainer builds
         # Adam(sae.parameters(), lr) in __init__; _compat.py entry 2). A sparse lookup's
-        # group is its staged rows, updated lazily (training/optim.py); a dense lookup's is
+        # group is its staged rows, updated lazily (lookup/sparse.py); a dense lookup's is
         # W_lookup itself. A frozen lookup stays in its group with no grad, and the
         # optimizer skips it: it stays bitwise unchanged.
         lookup_lr = sae.cfg.lookup_lr if sae.cfg.lookup_lr is not None else cfg.lr

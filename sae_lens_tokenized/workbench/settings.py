@@ -21,8 +21,8 @@ class CompareSettings:
     l1_coefficient: float = 5.0
     l0_coefficient: float = 2.0
     training_tokens: int = 400_000
-    # lr 3e-3 / batch 1024 chosen by a sweep on SmolLM2 L3 at 200k tokens (TopK and tokenized):
-    # lr 3e-4 / batch 4096 left TopK at NMSE 0.42 (97 steps); 1e-3/1024 -> 0.124; 3e-3/1024 -> 0.104.
+    # lr 3e-3 / batch 1024: the best of a sweep for TopK itself on SmolLM2 L3 at 200k tokens
+    # (docs "Results": the baseline gets every advantage).
     batch: int = 1024
     lr: float = 3e-3
     lookup_lr: float = 3e-2  # the config's default (sparse lookup; = dense at 1e-2)
@@ -38,9 +38,9 @@ class CompareSettings:
     n_eval_ce_batches: int = 4
     eval_batch_prompts: int = 8
     # Train on separator positions (<|endoftext|> at the start of each row): excluding them
-    # left ordinary-token NMSE unchanged (TopK 0.1134 -> 0.1131, tokenized 0.0649 -> 0.0649)
-    # but made them 8-11x worse reconstructed where the spliced SAE still runs
-    # (benchmarks/results/bos_positions.json). On SmolLM2 True means the same as False here:
+    # gained nothing on ordinary tokens and made them far worse reconstructed where the
+    # spliced SAE still runs (docs "Results", BOS and separator positions). On SmolLM2 True
+    # means the same as False here:
     # SAELens's structural ids (<|im_start|>, <|im_end|>) never occur in the text.
     exclude_special_tokens: bool | list[int] = False
     # SAELens counts a latent dead after dead_feature_window steps without firing, and only

@@ -1,0 +1,302 @@
+"""Render the committed benchmark results (benchmarks/results/**.json) as Markdown tables.
+
+The documentation's result tables are produced here, from the JSON the benchmark scripts
+wrote, never typed by hand: ``docs/hooks.py`` replaces each ``<!-- results: NAME -->``
+marker in a docs page with ``RENDERERS[NAME]()`` at build time. Run it to print them:
+
+    python benchmarks/render_results.py            # every table
+    python benchmarks/render_results.py demo speed  # some
+    python benchmarks/render_results.py --readme   # refresh README.md's result block(s)
+
+README.md holds its headline table between ``<!-- results: NAME -->`` and
+``<!-- /results -->``; ``--readme`` rewrites it, and a test checks it is current.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text())
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def command(data: dict[str, Any]) -> str:
+    return f"\n\nCommand: `{data['command']}`" if data.get("command") else ""
+
+
+def f4(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def f3(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def times(x: float | None) -> str:
+    return "" if x is None else f"{x:.1f}×"
+
+
+# --------------------------------------------------------------------------- renderers ---
+def demo(name: str = "demo/results.json") -> str:
+    """The demo's two SAEs (``./run.sh demo``)."""
+    d = load(name)
+    r = d["results"]
+    sides = list(r)
+    rows_spec = [
+        ("NMSE (held-out)", "nmse", f4), ("explained variance", "explained_variance", f4),
+        ("CE loss score (recovered)", "ce_loss_score", f4), ("CE added (relative)", "ce_added", f4),
+        ("KL with SAE", "kl_div_with_sae", f4), ("L0", "l0", lambda v: f"{v:.1f}"),
+        ("dead latents (held-out)", "dead_latents", str),
+        ("single-token latents (of live)", "single_token_fraction_of_live", f3),
+        ("training wall time (s)", "train_s", lambda v: f"{v:.0f}"),
+        ("lookup init sample (tokens)", "init_sample_tokens", lambda v: f"{v:,}" if v else "-"),
+    ]
+    rows = [[label] + [fmt(r[s][key]) if r[s].get(key) is not None else "" for s in sides] for label, key, fmt in rows_spec]
+    rows.append(["tokens to reach TopK's final NMSE", f"{d['settings']['training_tokens']:,}",
+                 f"{d['tokens_to_reach_topk_final_nmse']:,}"])
+    rows.append(["fewer training tokens to TopK's final NMSE", "1.0×", d["speedup"].replace("x", "×")])
+    rows.append(["the same, counting the init sample", "1.0×", d["speedup_counting_init_sample"].replace("x", "×")])
+    s = d["settings"]
+    note = (f"\n\n`{s['hook_name']}`, width {s['expansion']}×, k {s['k']}, {s['training_tokens']:,} training tokens, "
+            f"batch {s['batch']}, lr {s['lr']}, lookup lr {s['lookup_lr']}, seed {s['seed']}; "
+            f"wall time {d['wall_time_s'] / 60:.1f} min.")
+    return table([""] + sides, rows) + note
+
+
+def lookup_prior_demo() -> str:
+    """The demo with ``lookup_init_prior="space,t"`` (``--lookup_init_prior space,t``)."""
+    return demo("lookup_prior_demo/results.json")
+
+
+def lookup_alone() -> str:
+    """Held-out NMSE of the lookup alone (``x ≈ row(t)``), by init (benchmarks/lookup_init.py)."""
+    d = load("lookup_init.json")
+    hooks = list(d["layers"])
+    samples = sorted({int(k.split("=")[1]) for h in hooks for k in d["layers"][h] if k.startswith("sample=")})
+
+    def at(h: str, s: int, key: str) -> Any:
+        v = d["layers"][h][f"sample={s}"].get(key)
+        return v["nmse"] if isinstance(v, dict) else v
+
+    rows = [["mean activation (no lookup)", *(f3(d["layers"][h]["mean_activation"]) for h in hooks)]]
+    for strat in ("bos,t", "space,t"):
+        for scale, label in (("scale_0.5", "scale 0.5"), ("scale_lsq", "least-squares scale")):
+            rows.append([f"prompt `{strat}`, {label}", *(f3(d["layers"][h][f"prompt[{strat}]"][scale]) for h in hooks)])
+    for key, label in (("data prior=mean c=0.5", "data (prior: mean, c 0.5)"),
+                       ("data prior=space,t c=0.5", "data (prior: `space,t`, c 0.5)"),
+                       ("bigram budget=65536 min_count=1 c=2", "data + bigram rows (65,536, min count 1)"),
+                       ("bigram budget=65536 min_count=2 c=2", "data + bigram rows (65,536, min count 2)")):
+        rows.append([f"{label}, sample " + " / ".join(f"{s // 1000}k" for s in samples),
+                     *(" / ".join(f3(at(h, s, key)) for s in samples) for h in hooks)])
+    return table(["lookup alone: held-out NMSE", *(f"`{h}`" for h in hooks)], rows) + command(d)
+
+
+def lookup_variants() -> str:
+    """TopK and three tokenized TopK inits, trained (benchmarks/lookup_variants.py)."""
+    d = load("lookup_variants/lookup_variants.json")
+    rows = []
+    for s in d["summary"]:
+        for v in ("topk", "prompt", "data", "data+bigram"):
+            g = lambda k: s.get(f"{v}.{k}")  # noqa: E731
+            rows.append([f"L{s['layer']}", s["k"], v, f4(g("nmse")), f4(g("ce_added")), f4(g("kl_div_with_sae")),
+                         pct(g("dead_fraction")), f3(g("single_token_fraction_of_live")), times(g("speedup")),
+                         times(g("speedup_counting_sample"))])
+    header = ["layer", "k", "variant", "NMSE", "CE added", "KL", "dead", "single-token (of live)",
+              "fewer training tokens to TopK's final NMSE", "counting the init sample"]
+    return table(header, rows) + f"\n\nMeans of {d['summary'][0]['n_seeds']} seeds." + command(d)
+
+
+def dead_latents() -> str:
+    d = load("dead_latents.json")
+    by: dict[int, dict[str, Any]] = {}
+    for r in d["runs"]:
+        by.setdefault(r["dead_feature_window"], {})[r["variant"]] = r
+    rows = [[w, *(f"{f4(v[a]['nmse'])} / {pct(v[a]['dead_fraction'])}" for a in ("topk", "tokenized_topk"))]
+            for w, v in by.items()]
+    return table(["dead_feature_window", "SAELens TopK NMSE / dead", "tokenized TopK NMSE / dead"], rows) + command(d)
+
+
+def architectures() -> str:
+    """Every architecture against its SAELens base (benchmarks/quality.py)."""
+    rows = []
+    for name in ("quality/quality.json", "quality_matching_pursuit/quality.json"):
+        d = load(name)
+        for s in d["summary"]:
+            level = f"k {s['k']}" if "topk" in s["architecture"] or s["architecture"] == "matching_pursuit" else (
+                f"L1 {s['l1_coefficient']:g}" if s["architecture"] in ("standard", "gated") else f"L0 coef {s['l0_coefficient']:g}")
+            rows.append([s["architecture"], f"L{s['layer']}", level, f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
+                         f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
+                         f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}", times(s["speedup_mean"])])
+    header = ["architecture", "layer", "sparsity", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
+              "CE added base / tok.", "fewer tokens to base's final NMSE"]
+    return table(header, rows) + command(load("quality/quality.json")) + command(load("quality_matching_pursuit/quality.json"))
+
+
+def topk_in_depth() -> str:
+    d = load("quality_topk_200k/quality.json")
+    rows = [[f"L{s['layer']}", s["k"], f"{f4(s['nmse_topk'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
+             f"{f3(s['ce_added_topk'])} / {f3(s['ce_added_tokenized'])}",
+             f"{f3(s['ce_score_topk'])} / {f3(s['ce_score_tokenized'])}", f"{times(s['speedup_min'])}-{times(s['speedup_mean'])}"]
+            for s in d["summary"]]
+    return table(["layer", "k", "NMSE TopK / tok.", "ratio", "CE added TopK / tok.", "CE score TopK / tok.",
+                  "fewer tokens (min-mean of seeds)"], rows) + command(d)
+
+
+def strategies_training() -> str:
+    d = load("strategies_training.json")
+    rows = [[k, f4(v["nmse"]), f3(v.get("initial_nmse")), f3((v.get("unigram_fit") or {}).get("nmse"))]
+            for k, v in d["results"].items()]
+    return table(["init", "final held-out NMSE", "NMSE at step 0", "unigram fit NMSE"], rows) + command(d)
+
+
+def strategy_cosines() -> str:
+    d = load("analysis/strategies.json")
+    hooks = list(d["hooks"])
+    rows = [[f"`{s}`", *(f"{d['hooks'][h][s]['cosine']:.2f} / {d['hooks'][h][s]['cosine_centred']:.2f}"
+                         if s in d["hooks"][h] else "" for h in hooks)] for s in d["strategies"]]
+    return table(["strategy", *(f"`{h}` cos / centred" for h in hooks)], rows) + command(d)
+
+
+def trained_lookup() -> str:
+    d = load("analysis/lookup.json")
+    det = d["last_token_detection"]
+    rows = [["last-token detection, trained lookup", pct(det["trained_lookup"])],
+            ["last-token detection, unigram table", pct(det["unigram_table"])],
+            ["positions", det["n_positions"]],
+            ["lookup_sim mean / max", f"{f3(d['lookup_sim_mean'])} / {f3(d['lookup_sim_max'])}"],
+            ["rows moved from their init", f"{d['rows_moved_from_init']:,} of {d['n_rows']:,}"],
+            ["cosine to init, median / mean", f"{f3(d['cosine_to_init_median'])} / {f3(d['cosine_to_init_mean'])}"]]
+    return table(["the demo's trained lookup", ""], rows) + command(d)
+
+
+def bos_positions() -> str:
+    d = load("bos_positions.json")
+    rows = [[k, f4(v["nmse_ordinary"]), f4(v["nmse_separators"])] for k, v in d["results"].items()]
+    note = (f"\n\nSeparators are {pct(d['separator_share_of_positions'])} of positions, mean norm "
+            f"{d['separator_mean_norm']:.0f} against {d['ordinary_mean_norm']:.0f} for ordinary tokens.")
+    return table(["SAE, trained with", "NMSE ordinary tokens", "NMSE separators"], rows) + note + command(d)
+
+
+def lookup_updates() -> str:
+    d = load("lookup_updates_quality/lookup_updates_quality.json")
+    rows = [[k, f4(v["nmse"]), f3(v["ce_added"]), f"{v['dead_latents']:.0f}", f"{v['train_s']:.0f}"]
+            for k, v in d["summary"].items() if isinstance(v, dict) and "nmse" in v]
+    spread = max(d["summary"]["seed_spread_nmse"].values())
+    return table(["variant", "held-out NMSE", "CE added", "dead latents", "train time (s)"], rows) + \
+        f"\n\nMeans of seeds {d['settings']['seeds']}; the largest seed spread of NMSE is {spread:.4f}." + command(d)
+
+
+def speed() -> str:
+    """Step time of each tokenized architecture over its SAELens base (benchmarks/step_time.py)."""
+    out = []
+    for name in ("step_time_V50257.json", "step_time_V262144.json", "step_time_V262144_dense.json"):
+        d = load(name)
+        c = d["config"]
+        archs = list(d["results"])
+        cols = sorted({k for a in archs for k in d["results"][a]["ratio_vs_base"]}, key=lambda k: ("/dense" in k, k))
+        kinds = sorted({k.split("/")[1] if "/" in k else "sparse" for k in cols})
+        rows = []
+        for kind in kinds:
+            cells = []
+            for a in archs:
+                key = f"tokenized_{a}" + ("" if kind == "sparse" else f"/{kind}")
+                ratio = d["results"][a]["ratio_vs_base"].get(key)
+                cells.append("" if ratio is None else f"{ratio:.2f}×")
+            rows.append([f"{kind} lookup", *cells])
+        out.append(f"V = {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']} "
+                   f"({d['machine']}; medians of {c['steps']} steps):\n\n" + table(["", *archs], rows) + command(d))
+    m = load("step_memory_V262144.json")
+    rows = [[k, f"{v['added_by_training'] / 2**30:.2f}", f"{v['peak_rss'] / 2**30:.2f}"] for k, v in m["results"].items()]
+    out.append("Memory (each variant in a fresh process; RSS added by three training steps on top of the built SAE):\n\n"
+               + table(["variant", "added by training (GiB)", "peak RSS (GiB)"], rows) + command(m))
+    return "\n\n".join(out)
+
+
+def unigram_throughput() -> str:
+    d = load("unigram_throughput.json")
+    rows = [[k, f"{v:.1f}"] for k, v in d["median_s"].items()]
+    return table(["pass over the vocabulary", "median s"], rows) + \
+        f"\n\nRatio table / forward: {d['ratio_table_over_forward']:.2f}." + command(d)
+
+
+def unigram_multi_hook() -> str:
+    d = load("unigram_multi_hook.json")
+    rows = [[k, f"{v:.2f}"] for k, v in d["median_s"].items()]
+    return table([f"{len(d['hooks'])} hooks", "median s"], rows) + command(d)
+
+
+def saebench_core() -> str:
+    d = load("saebench_demo/saebench_demo.json")
+    saes = list(d["saes"])
+    spec = [("explained variance", "reconstruction_quality", "explained_variance"),
+            ("CE loss score", "model_performance_preservation", "ce_loss_score"),
+            ("KL with SAE", "model_behavior_preservation", "kl_div_with_sae")]
+    rows = [[label, *(f4(d["saes"][s]["core"][group][key]) for s in saes)] for label, group, key in spec]
+    return table(["SAEBench core", *saes], rows)
+
+
+def saebench_absorption() -> str:
+    rows = []
+    for name, label in (("saebench_demo/saebench_demo.json", ""), ("lookup_prior_demo/saebench/saebench_demo.json", " (prior `space,t`)")):
+        d = load(name)
+        for s, evals in d["saes"].items():
+            if "absorption" not in evals:
+                continue
+            m = evals["absorption"]["eval_result_metrics"]["mean"]
+            rows.append([s + label, f3(m["mean_absorption_fraction_score"]), f3(m["mean_full_absorption_score"]),
+                         f"{m['mean_num_split_features']:.2f}"])
+    return table(["SAE", "mean absorption fraction", "full absorption rate", "split features per letter"], rows)
+
+
+def saebench_spelling() -> str:
+    d = load("saebench_demo/saebench_demo.json")["spelling"]
+    groups = list(d["n_words"])
+    rows = [["the model's activation", *(f3(d["activation"][g]) for g in groups)]]
+    for sae in ("sae_topk", "sae_tokenized"):
+        for part, vals in d[sae].items():
+            rows.append([f"{sae}: {part}", *(f3(vals[g]) for g in groups)])
+    return table(["first-letter probe accuracy", *(f"{g} ({d['n_words'][g]:,})" for g in groups)], rows)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
+    demo, lookup_prior_demo, lookup_alone, lookup_variants, dead_latents, architectures, topk_in_depth,
+    strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
+    unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling)}
+
+
+README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+
+
+def render_readme(text: str) -> str:
+    """``text`` (a README) with each result block re-rendered."""
+    return README_BLOCK.sub(lambda m: m.group(1) + RENDERERS[m.group(2)]() + "\n" + m.group(4), text)
+
+
+def main(names: list[str]) -> None:
+    if names == ["--readme"]:
+        readme = RESULTS.parent.parent / "README.md"
+        readme.write_text(render_readme(readme.read_text()))
+        return
+    for name in names or list(RENDERERS):
+        print(f"## {name}\n\n{RENDERERS[name]()}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
