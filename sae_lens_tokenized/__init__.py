@@ -68,13 +68,14 @@ from sae_lens_tokenized.lookup_init.unigrams import (  # noqa: E402
     get_unigram_tables,
 )
 from sae_lens_tokenized.splicing import error_term_mode, token_ids_from, token_ids_from_any_model  # noqa: E402
-from sae_lens_tokenized.training import TokenizedSAETrainingRunner  # noqa: E402
+from sae_lens_tokenized.training import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
     "LookupStatistics",
     "METHOD_LOOKUP",
     "TokenIdsError",
+    "TokenizedMultiSAETrainingRunner",
     "TokenizedSAETrainingRunner",
     *(cls.__name__ for pair in _saes.INFERENCE_CLASSES + _saes.TRAINING_CLASSES for cls in pair),
     "UnigramStrategy",

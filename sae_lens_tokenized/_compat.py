@@ -7,11 +7,14 @@ named check the *behaviour* each entry relies on by running the host's real code
 so a release that changes one fails there instead of silently changing what a tokenized
 SAE does.
 
-1. **SAELens's runner builds its parts itself** [§1, §2]. ``LanguageModelSAETrainingRunner``
+1. **SAELens's runners build their parts themselves** [§1, §2]. ``LanguageModelSAETrainingRunner``
    instantiates its store, evaluator and trainer by the module-global names
    ``ActivationsStore``, ``LLMSaeEvaluator`` and ``SAETrainer`` in
-   ``sae_lens.llm_sae_training_runner``; ``runner_classes`` substitutes subclasses for one
-   call. Its ``__init__`` calls ``self._compile_llm_if_needed()`` after ``self.model`` is
+   ``sae_lens.llm_sae_training_runner`` (``MultiSAETrainingRunner``: ``ActivationsStore``,
+   ``MultiSAEEvaluator`` and ``MultiSAETrainer`` in ``sae_lens.multi_sae_training_runner``,
+   built in that order, the store before the SAEs); ``runner_classes`` substitutes
+   subclasses for one call. ``MultiSAETrainer`` keeps one ``SAETrainer`` per SAE in
+   ``trainers`` and calls each one's public ``step`` with its hook's batch. Its ``__init__`` calls ``self._compile_llm_if_needed()`` after ``self.model`` is
    set and before it builds the store and the SAE: the tokenized runner checks its config
    against the model and fills ``d_vocab`` there. Neither runner (nor
    ``MultiSAETrainingRunner``) can refuse a config it cannot train: ``guard_runner_init``
@@ -41,8 +44,14 @@ SAE does.
    the rest of the store (special-token filter, epochs, ``mixing_buffer``, prefetch) works
    on whatever rows it returns. Ids ride as an extra float32 column (exact below 2**24,
    ``MAX_PACKABLE_TOKEN_ID``) and a bigram lookup reads previous tokens off the row
-   layout. Tests: ``test_compat.py::test_4_*``, ``test_data_init_and_bigrams.py`` (every
-   shuffled row matched to its corpus position, live and cached).
+   layout. In multi-hook mode a batch is ``get_batch_tokens()`` then
+   ``get_multi_hook_activations(those tokens)``, flattened and filtered entry by entry
+   (``_get_filtered_multi_hook_llm_batch``), and ``get_multi_hook_data_loader`` shuffles the
+   entries it lists with ``multi_hook_concat_split_iter`` over
+   ``_iterate_filtered_multi_hook_activations()``: the ids ride as one more entry, and held
+   batches (the init sample) are served through that pair. Tests:
+   ``test_compat.py::test_4_*``, ``test_data_init_and_bigrams.py`` (every shuffled row
+   matched to its corpus position, live and cached), ``test_multi_runner.py``.
 5. **SAELens's CLI parser** [§13]. ``sae-lens-tokenized train`` reuses the private
    ``sae_lens.llm_sae_training_runner._parse_cfg_args(args)``, so it takes exactly
    SAELens's arguments. Test: ``test_offline_and_cli.py::test_cli_parses_saelens_arguments_plus_tokenized_ones``.
@@ -86,23 +95,26 @@ _runner_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def runner_classes(**replacements: type) -> Iterator[None]:
-    """Entry 1: inside the block, SAELens's training runner instantiates the given
-    subclasses in place of ``ActivationsStore`` / ``LLMSaeEvaluator`` / ``SAETrainer``.
+def runner_classes(module_name: str = "sae_lens.llm_sae_training_runner", **replacements: type) -> Iterator[None]:
+    """Entry 1: inside the block, the SAELens module ``module_name`` instantiates the given
+    subclasses in place of the classes it names (``ActivationsStore``, ``LLMSaeEvaluator``
+    and ``SAETrainer`` in the single-SAE runner; ``ActivationsStore``, ``MultiSAEEvaluator``
+    and ``MultiSAETrainer`` in ``sae_lens.multi_sae_training_runner``).
 
     Each replacement must subclass what SAELens has under that name, so a renamed or
     moved class is an error here, not a silently stock run. The substitution is
     process-wide for the block, so blocks are serialised by a lock.
     """
-    from sae_lens import llm_sae_training_runner as module
+    import importlib
 
+    module = importlib.import_module(module_name)
     with _runner_lock:
         saved = {}
         for name, cls in replacements.items():
             current = getattr(module, name, None)
             if not (isinstance(current, type) and issubclass(cls, current)):
                 raise RuntimeError(
-                    f"sae_lens.llm_sae_training_runner.{name} is {current!r}, not a base of "
+                    f"{module_name}.{name} is {current!r}, not a base of "
                     f"{cls.__name__}: this SAELens ({SAE_LENS_VERSION}) no longer builds its "
                     f"runner the way sae-lens-tokenized (written against {WRITTEN_AGAINST}) "
                     "expects. Install a supported sae-lens (see pyproject.toml)."

@@ -205,7 +205,9 @@ def test_1_saelens_own_runners_refuse_a_tokenized_config_before_any_work(model, 
     handle = model.register_forward_pre_hook(lambda *a: forwards.append(1))
     tokenized = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4)
     try:
-        with pytest.raises(TypeError, match=r"TokenizedSAETrainingRunner\(cfg\).*sae-lens-tokenized train"):
+        match = r"TokenizedMultiSAETrainingRunner\(cfg\)" if entry == "multi" else \
+            r"TokenizedSAETrainingRunner\(cfg\).*sae-lens-tokenized train"
+        with pytest.raises(TypeError, match=match):
             if entry == "runner":
                 LanguageModelSAETrainingRunner(runner_cfg(tokenized, RESID, 10_000), override_dataset=_NoDataset())
             elif entry == "cli":  # what `python -m sae_lens.llm_sae_training_runner` runs

@@ -21,7 +21,8 @@ from sae_lens_tokenized.lookup.ids import previous_token_ids
 from sae_lens_tokenized.models import activations_at_hook
 
 RESID1 = "blocks.1.hook_resid_pre"  # after attention: depends on the previous tokens
-N_MEASURE = 8  # sequences the runner reads for its strategy measurement before the sample
+# The default data estimate reads no measurement sequences: its sample is the start of the
+# training stream (a strategy measurement, for "auto" or a prompt table, would read 8 first)
 CTX = 32
 
 
@@ -33,9 +34,9 @@ def data_cfg(model, tokens: int = 2048, **kw):
 
 
 def sample_rows(dataset, n_tokens):
-    """The dataset rows the runner's init sample holds: after its measurement sequences."""
+    """The dataset rows the runner's init sample holds: the first ones."""
     n_seq = n_tokens // CTX
-    return torch.stack([dataset[i]["tokens"] for i in range(N_MEASURE, N_MEASURE + n_seq)])
+    return torch.stack([dataset[i]["tokens"] for i in range(n_seq)])
 
 
 def direct_means(model, tokens, hook=RESID1):
@@ -338,15 +339,16 @@ def test_the_init_sample_never_exceeds_the_run_nor_one_pass_over_the_data(model)
         report = runner.sae.cfg.metadata.lookup_init  # recorded in cfg.json
         assert report["tokens_requested"] == 20_000
         assert report["tokens_drawn_from_training_stream"] == 2048 and report["capped_by"] == "training_tokens"
-        # the model ran on the sample, the strategy measurement and the config probe, nothing more
-        assert sum(embedded) == 2048 + N_MEASURE * CTX + 2
+        # the model ran on the sample and the config probe, nothing more (no measurement: the
+        # default data estimate needs none)
+        assert sum(embedded) == 2048 + 2
 
-        small = token_dataset(n_rows=24)  # 768 tokens, 8 of its rows read for the measurement
+        small = token_dataset(n_rows=24)  # 768 tokens
         cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=50_000),
                          RESID1, 100_000)
         report = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=small).unigram_report["lookup_init"]
         assert report["capped_by"] == "one pass over the dataset"
-        assert report["tokens_drawn_from_training_stream"] == (24 - N_MEASURE) * CTX
+        assert report["tokens_drawn_from_training_stream"] == 24 * CTX
     finally:
         handle.remove()
 
@@ -389,3 +391,23 @@ def test_a_data_estimated_table_never_raises_the_sink_alarm(model, dataset, monk
         TokenizedSAETrainingRunner(runner_cfg(TokenizedTopKTrainingSAEConfig(
             d_in=32, d_sae=64, k=4, unigram_strategy="bos,t", lookup_ngram=1), RESID1, 2048),
             override_model=model, override_dataset=dataset)
+
+
+def test_the_init_sample_is_the_start_of_the_training_stream_and_is_trained_on(tmp_path, model, dataset):
+    """Every activation read is trained on: the init sample is held and served to training
+    first, so a run reads its training tokens plus what SAELens's buffer still holds at
+    the end, not the sample on top."""
+    seen = []
+    handle = model.embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].numel()))
+    try:
+        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=2048), RESID1,
+                         4096, output_path=str(tmp_path / "out"))
+        runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+        runner.run()
+    finally:
+        handle.remove()
+    counts = json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]["activations"]
+    buffer = cfg.n_batches_in_buffer * CTX
+    assert counts["trained_on"] == 4096 and 0 <= counts["read"] - counts["trained_on"] < buffer
+    assert sum(seen) == counts["read"] + 2  # every LLM forward is counted (+ the config probe)
+    assert runner.activations_store.held_activations == 0  # the held sample was all served

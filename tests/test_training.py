@@ -76,7 +76,7 @@ def test_special_tokens_that_true_leaves_in_are_named_with_the_fix(dataset):
 
     from transformers import AutoTokenizer
 
-    from sae_lens_tokenized.lookup_init.plan import SpecialTokensNotExcludedWarning
+    from sae_lens_tokenized.training.runner import SpecialTokensNotExcludedWarning
 
     # SmolLM2-Instruct's case: bos/eos are chat markers, the text separator is another
     # special token, so SAELens's exclude_special_tokens=True keeps every separator.

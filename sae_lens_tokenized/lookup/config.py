@@ -97,7 +97,8 @@ class LookupTrainingConfig(LookupConfig):
             whole table is one ordinary Adam parameter. Both give the same first step.
         lookup_init_tokens: how many activations of the training stream the data-estimated
             init (``unigram_strategy="data"``) and the bigram rows (``lookup_ngram=2``) are
-            estimated from, drawn before training; never more than the run's
+            estimated from: the first ones of the training stream, held in memory
+            (``n * (d_in + 2) * 4`` bytes) and then trained on; never more than the run's
             ``training_tokens`` nor more than one pass over a finite dataset. What was drawn,
             and which cap applied, is recorded in cfg.json (``lookup_init``).
         lookup_init_pseudo_count: shrinkage of data-estimated token rows: a token seen n

@@ -16,6 +16,9 @@ import torch
 #: previous-token id of a position whose previous token is unknown (a context's first
 #: position): its bigram never matches, so it reads its token's row
 NO_PREV = -1
+#: the pseudo-hook of a multi-hook batch that carries ``[previous id, id]`` per activation
+#: (``training.multi_runner``)
+TOKEN_IDS_KEY = "sae_lens_tokenized.token_ids"
 
 
 class TokenIdsError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_tokenized.lookup.strategies import AUTO_CANDIDATES, UnigramStrategy
+from sae_lens_tokenized.lookup.strategies import AUTO_CANDIDATES, UnigramStrategy, UnigramStrategyError
 from sae_lens_tokenized.metrics import nmse, nmse_per_activation
 from sae_lens_tokenized.models import activations_at_hook, model_label, vocab_size
 from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table

@@ -27,6 +27,8 @@ precision fails loudly instead of silently corrupting ids).
 
 from __future__ import annotations
 
+import contextlib
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,12 +49,9 @@ def check_vocab_packable(d_vocab: int) -> None:
         )
 
 
-def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: int | None = None,
-                   prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """[N, d_in] activations + [N] ids -> [N, d_in + 1] float32 rows; ids checked here.
-    With ``prev_token_ids`` [N] (-1 = none): [N, d_in + 2] rows ``[acts | prev | id]``."""
-    if token_ids.shape != activations.shape[:1]:
-        raise ValueError(f"{activations.shape[0]} activations but {tuple(token_ids.shape)} token ids")
+def checked_ids(token_ids: torch.Tensor, d_vocab: int | None) -> torch.Tensor:
+    """Raise if ids are out of the lookup's range or too large to ride a float32 buffer
+    (one host read, where ids enter the store)."""
     limit = MAX_PACKABLE_TOKEN_ID if d_vocab is None else min(d_vocab, MAX_PACKABLE_TOKEN_ID)
     if token_ids.numel():
         lo, hi = (int(v) for v in torch.aminmax(token_ids))
@@ -66,6 +65,16 @@ def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: 
                 f"the training data has token ids in [{lo}, {hi}] but the lookup has d_vocab={d_vocab} "
                 f"rows (valid ids 0..{limit - 1}): was the dataset tokenized for another model?"
             )
+    return token_ids
+
+
+def pack_token_ids(activations: torch.Tensor, token_ids: torch.Tensor, d_vocab: int | None = None,
+                   prev_token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, d_in] activations + [N] ids -> [N, d_in + 1] float32 rows; ids checked here.
+    With ``prev_token_ids`` [N] (-1 = none): [N, d_in + 2] rows ``[acts | prev | id]``."""
+    if token_ids.shape != activations.shape[:1]:
+        raise ValueError(f"{activations.shape[0]} activations but {tuple(token_ids.shape)} token ids")
+    checked_ids(token_ids, d_vocab)
     columns = [activations.to(torch.float32)]
     if prev_token_ids is not None:
         columns.append(prev_token_ids.to(torch.float32).unsqueeze(1))
@@ -132,8 +141,41 @@ class TokenizedActivationsStore(ActivationsStore):
             check_cached_token_ids(store, d_vocab)
         return store  # type: ignore[return-value]
 
+    #: LLM (or cache) activations this store has read; each is trained on once (see ``holding``)
+    llm_activations_read: int = 0
+    _held: deque[tuple[torch.Tensor, torch.Tensor]] | None = None
+    _holding: bool = False
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Inside the block, every LLM batch read is also kept; afterwards ``get_raw_llm_batch``
+        serves the kept batches first, so activations read before training (the lookup's
+        init sample) are trained on, not read twice. They are held in memory meanwhile:
+        ``n * (d_in + 2) * 4`` bytes for n activations."""
+        if self._held is None:
+            self._held = deque()
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    @property
+    def held_activations(self) -> int:
+        return sum(len(ids) for _, ids in self._held or ())
+
     @torch.no_grad()
     def get_raw_llm_batch(self, raise_on_epoch_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        if self._held and not self._holding:
+            return self._held.popleft()
+        packed_and_ids = self._read_llm_batch(raise_on_epoch_end)
+        self.llm_activations_read += len(packed_and_ids[1])
+        if self._holding:
+            assert self._held is not None
+            self._held.append(packed_and_ids)
+        return packed_and_ids
+
+    def _read_llm_batch(self, raise_on_epoch_end: bool) -> tuple[torch.Tensor, torch.Tensor]:
         activations, token_ids = super().get_raw_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
         if token_ids is None:
             raise ValueError(

@@ -32,12 +32,8 @@ from sae_lens.saes.sae import TrainingSAE
 from sae_lens_tokenized._compat import guard_runner_init, runner_classes
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
-from sae_lens_tokenized.lookup_init.plan import (  # noqa: F401  (SpecialTokensNotExcludedWarning: public here)
-    SpecialTokensNotExcludedWarning,
-    check_against_model,
-    plan_lookup_init,
-    resolve_precomputed_table,
-)
+from sae_lens_tokenized.lookup_init.plan import check_against_model, plan_lookup_init, resolve_precomputed_table
+from sae_lens_tokenized.lookup_init.sample import SpecialTokensNotExcludedWarning  # noqa: F401  (public here)
 from sae_lens_tokenized.models import vocab_size
 from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
 from sae_lens_tokenized.training.trainer import TokenizedEvaluator, TokenizedSAETrainer
@@ -80,6 +76,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
     ``from_pretrained_path`` or ``resume_from_checkpoint`` keeps the lookup it brings.
     """
 
+    #: SAELens's runner guard lets this runner train tokenized configs (``refuse_tokenized_configs``)
+    carries_token_ids = True
     #: The activation store and trainer classes; subclasses of these may replace them.
     store_class: type[TokenizedActivationsStore] = TokenizedActivationsStore
     trainer_class: type[TokenizedSAETrainer] = TokenizedSAETrainer
@@ -138,29 +136,44 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         with runner_classes(SAETrainer=self.trainer_class):
             return super().run()
 
+    def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+        sae = super().run_trainer_with_interruption_handling(trainer)
+        record_activation_counts(sae, self.activations_store, trainer.n_training_samples)
+        return sae
+
+
+def record_activation_counts(sae: Any, store: Any, trained_on: int) -> None:
+    """Write into cfg.json (``metadata.activations``) how many activations the run read
+    from the LLM (or the cache) and how many it trained on: they differ by what SAELens's
+    mixing buffer still held at the end (and a measurement's 8 sequences, when one ran)."""
+    sae.cfg.metadata.activations = {"read": int(getattr(store, "llm_activations_read", 0)),
+                                    "trained_on": int(trained_on)}
+
 
 #: What trains a tokenized SAE, for the errors of the entry points that cannot.
 TRAINING_ENTRY_POINTS = (
     "sae_lens_tokenized.TokenizedSAETrainingRunner(cfg).run() (same config), or the CLI "
     "`sae-lens-tokenized train ...` (the same arguments as `python -m sae_lens.llm_sae_training_runner`)"
 )
+MULTI_TRAINING_ENTRY_POINT = "sae_lens_tokenized.TokenizedMultiSAETrainingRunner(cfg).run() (same config)"
 
 
 def refuse_tokenized_configs(runner: Any, cfg: Any) -> None:
     """Run first in SAELens's own runners (``_compat.py`` entry 1): a tokenized config
     there would load the model and fill the buffer, then fail at the first step, since
     SAELens's store drops each activation's token id. Refused before any of that."""
-    if isinstance(runner, TokenizedSAETrainingRunner):
+    if getattr(type(runner), "carries_token_ids", False):
         return
     sae_cfgs = getattr(cfg, "saes", None)
-    named = dict(sae_cfgs) if isinstance(sae_cfgs, dict) else {"sae": getattr(cfg, "sae", None)}
+    multi = isinstance(sae_cfgs, dict)
+    named = dict(sae_cfgs) if multi else {"sae": getattr(cfg, "sae", None)}
     tokenized = sorted(name for name, c in named.items() if isinstance(c, LookupTrainingConfig))
     if tokenized:
-        what = "cfg.sae is" if "sae" in named and len(named) == 1 else f"cfg.saes {tokenized} are"
+        what = f"cfg.saes {tokenized} are" if multi else "cfg.sae is"
         raise TypeError(
             f"{what} a tokenized SAE config, which SAELens's {type(runner).__name__} cannot train: "
             "its activation store drops the token id of each activation, which the lookup needs "
-            f"at every step. Train it with {TRAINING_ENTRY_POINTS}."
+            f"at every step. Train it with {MULTI_TRAINING_ENTRY_POINT if multi else TRAINING_ENTRY_POINTS}."
         )
 
 

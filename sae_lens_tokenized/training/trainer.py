@@ -30,11 +30,12 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
 
     def __init__(self, cfg: Any, sae: Any, data_provider: Any, **kwargs: Any):
         """``data_provider``: packed rows from a ``TokenizedActivationsStore`` (the store, or
-        SAELens's ``PrefetchingIterator`` over it), or a ``TokenIdsSideChannel`` over them."""
+        SAELens's ``PrefetchingIterator`` over it), or anything with ``ids_for(batch)`` and
+        ``with_prev`` (a ``TokenIdsSideChannel``; the multi-SAE runner's channel)."""
         if not isinstance(sae, TokenLookupMixin):
             raise TypeError(f"{type(sae).__name__} is not a tokenized SAE")
         with_prev = sae.cfg.lookup_ngram == 2
-        if not isinstance(data_provider, TokenIdsSideChannel):
+        if not callable(getattr(data_provider, "ids_for", None)):  # packed rows: split them here
             data_provider = TokenIdsSideChannel(data_provider, with_prev=with_prev)
         if data_provider.with_prev != with_prev:
             raise ValueError(
@@ -100,16 +101,6 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
         super().load_trainer_state(checkpoint_path)
         self._lookup_scale_pending = False  # the checkpointed lookup is already scaled
-
-
-class TokenizedEvaluator(LLMSaeEvaluator):  # type: ignore[type-arg]
-    """SAELens's evaluator with the SAE's ids taken from the model's input."""
-
-    def __call__(self, sae: Any, data_provider: Any, activation_scaler: ActivationScaler) -> dict[str, Any]:
-        # Hand SAELens the prefetcher itself so it pauses the producer thread during evals.
-        inner = data_provider.source if isinstance(data_provider, TokenIdsSideChannel) else data_provider
-        with token_ids_from(self.model, sae):
-            return super().__call__(sae, inner, activation_scaler)
 
 
 class TokenizedEvaluator(LLMSaeEvaluator):  # type: ignore[type-arg]

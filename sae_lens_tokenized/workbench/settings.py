@@ -53,9 +53,9 @@ class CompareSettings:
 
 
 def stream_tokens(s: CompareSettings) -> int:
-    """Activations a tokenized run reads: its init sample (drawn first, at most the run's
-    training tokens), then training."""
-    return s.training_tokens + min(s.lookup_init_tokens, s.training_tokens)
+    """Activations a run reads: its training tokens (a tokenized run's init sample is the
+    start of that stream, held and trained on)."""
+    return s.training_tokens
 
 
 #: how one sparsity level of CompareSettings maps to each SAELens architecture's config
