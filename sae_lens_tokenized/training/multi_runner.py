@@ -26,6 +26,7 @@ import copy
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.ids import TOKEN_IDS_KEY, previous_token_ids
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
-from sae_lens_tokenized.lookup_init.plan import check_sae_against_model, plan_lookup_init
+from sae_lens_tokenized.lookup_init.plan import check_sae_against_model, plan_lookup_init, resolve_precomputed_table
 from sae_lens_tokenized.lookup_init.sample import sample_multi_hook_statistics
 from sae_lens_tokenized.models import vocab_size
 from sae_lens_tokenized.splicing import token_ids_from
@@ -54,14 +55,14 @@ class TokenizedMultiHookStore(ActivationsStore):
 
     #: rows of the widest lookup; ids are checked against it as they enter (set per run)
     d_vocab: int | None = None
-    #: the runner building this store (set on a per-run subclass)
-    runner: Any = None
+    #: the config of the runner building this store (set on a per-run subclass)
+    runner_cfg: Any = None
 
     @classmethod
     def from_config_multi_hook(cls, model: Any, *args: Any, **kwargs: Any) -> TokenizedMultiHookStore:  # type: ignore[override]
         # SAELens builds the store right after the model and before the SAEs (_compat entry
         # 1): the one moment to size and check every tokenized config, before any work.
-        if cls.runner is not None:
+        if cls.runner_cfg is not None:
             prepare_multi_store(cls, model)
         return super().from_config_multi_hook(model, *args, **kwargs)  # type: ignore[return-value]
 
@@ -231,8 +232,7 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
         if tokenized and cfg.dtype not in ("float32", torch.float32):
             raise ValueError(f"dtype={cfg.dtype!r}: token ids ride SAELens's multi-hook buffer beside the "
                              "activations, exactly only in float32; train with dtype='float32'.")
-        store = type("TokenizedMultiHookStore", (TokenizedMultiHookStore,), {"runner": self})
-        self._cfg_for_store = cfg
+        store = type("TokenizedMultiHookStore", (TokenizedMultiHookStore,), {"runner_cfg": cfg})
         with runner_classes(MULTI_RUNNER, ActivationsStore=store, MultiSAEEvaluator=TokenizedMultiSAEEvaluator):
             super().__init__(cfg, override_dataset, override_model, override_saes)
         if cfg.resume_from_checkpoint is not None:
@@ -250,8 +250,9 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
             for name in sorted(fresh):
                 hook = cfg.hook_names_per_sae[name]
                 single = _single_view(cfg, name)
-                plan = plan_lookup_init(self.model, self.activations_store, single, shared=stats.get(hook),
-                                        device=self.saes[name].W_lookup.device)
+                table, table_strategy = resolve_precomputed_table(self.model, single, None, will_init=True)
+                plan = plan_lookup_init(self.model, self.activations_store, single, table, table_strategy,
+                                        shared=stats.get(hook), device=self.saes[name].W_lookup.device)
                 plan.apply(self.saes[name])
                 cfg.saes[name].unigram_strategy, cfg.saes[name].lookup_init_scale = plan.strategy, plan.scale
                 self.unigram_reports[name] = plan.report
@@ -264,23 +265,17 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
             return super().run()
 
 
-def _single_view(cfg: Any, name: str) -> Any:
-    """The fields ``plan_lookup_init`` reads of a single-SAE runner config, for one SAE."""
-    return _View(sae=cfg.saes[name], hook_name=cfg.hook_names_per_sae[name],
-                 hook_head_index=cfg.hook_head_indices_per_sae[name], model_name=cfg.model_name,
-                 training_tokens=cfg.training_tokens, exclude_special_tokens=cfg.exclude_special_tokens)
-
-
-class _View:
-    def __init__(self, **fields: Any):
-        self.__dict__.update(fields)
+def _single_view(cfg: Any, name: str) -> SimpleNamespace:
+    """The fields the lookup init reads of a single-SAE runner config, for one SAE."""
+    return SimpleNamespace(sae=cfg.saes[name], hook_name=cfg.hook_names_per_sae[name],
+                           hook_head_index=cfg.hook_head_indices_per_sae[name], model_name=cfg.model_name,
+                           training_tokens=cfg.training_tokens, exclude_special_tokens=cfg.exclude_special_tokens)
 
 
 def prepare_multi_store(store_cls: type, model: Any) -> None:
     """Before SAELens builds the SAEs: size every tokenized config from the model and check
     it (called from the store's construction, the runner's first point with the model)."""
-    runner = store_cls.runner  # type: ignore[attr-defined]
-    cfg = runner._cfg_for_store
+    cfg = store_cls.runner_cfg  # type: ignore[attr-defined]
     vocab = vocab_size(model)
     for name, sae_cfg in cfg.saes.items():
         if isinstance(sae_cfg, LookupTrainingConfig):
