@@ -135,7 +135,7 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
     rows with its own pseudo-counts, prior and bigram settings), so they must agree on what
     is sampled: ``lookup_init_tokens``. The sample is capped like the single runner's."""
     per_hook: dict[str, list[str]] = {}
-    for name, sae_cfg in sae_cfgs.items():
+    for name in sorted(sae_cfgs):  # a fixed order whatever the caller's
         per_hook.setdefault(cfg.hook_names_per_sae[name], []).append(name)
     wants = {}
     for hook, names in per_hook.items():

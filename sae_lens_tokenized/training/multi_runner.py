@@ -246,7 +246,8 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
         self.unigram_reports: dict[str, dict[str, Any]] = {}
         if fresh:
             hooks = {cfg.hook_names_per_sae[n] for n in fresh}
-            stats = sample_multi_hook_statistics(self.activations_store, cfg, {n: cfg.saes[n] for n in fresh}, hooks)
+            stats = sample_multi_hook_statistics(self.activations_store, cfg, {n: cfg.saes[n] for n in sorted(fresh)},
+                                                 hooks)
             for name in sorted(fresh):
                 hook = cfg.hook_names_per_sae[name]
                 single = _single_view(cfg, name)
