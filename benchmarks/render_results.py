@@ -289,10 +289,73 @@ def multi_runner() -> str:
               f"{d['ratio_wall']:.2f}× the wall time." + command(d))
 
 
+def default_cost() -> str:
+    """The default lookup's step time and memory beyond SAELens's TopK
+    (benchmarks/step_time.py --bigram, benchmarks/default_cost.py)."""
+    rows = []
+    for V in (50257, 262144):
+        d = load(f"step_time_bigram_V{V}.json")
+        c = d["config"]
+        r = d["results"]["topk"]
+        parts = r.get("median_part_s", {}).get("tokenized_topk", {})
+        ms = lambda k: f"{parts[k] * 1e3:.1f}" if k in parts else ""  # noqa: E731
+        rows.append([f"{V:,}", f"{c['d_in']}", f"{c['d_sae']}", f"{c['batch']}",
+                     f"{r['median_step_s']['topk'] * 1e3:.0f}", f"{r['median_step_s']['tokenized_topk'] * 1e3:.0f}",
+                     ms("row_index"), ms("stage_rows"), ms("lazy_adam_rows"),
+                     f"{r['ratio_vs_base']['tokenized_topk']:.3f}×"])
+    out = ["Step time, interleaved in one process (SAELens's `SAETrainer.step`; medians of "
+           f"{c['steps']} steps after {c['warmup']}, in ms; the lookup's parts are inside its step):\n\n"
+           + table(["V", "d_in", "d_sae", "batch", "TopK step", "tokenized step", "bigram row lookup",
+                    "staging the rows", "lazy Adam on the rows", "tokenized / TopK"], rows) + command(d)]
+    mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
+    rows = []
+    for name in ("default_cost_V50257.json", "default_cost_V262144.json", "default_cost_V262144_before.json"):
+        d = load(name)
+        c, r, sm = d["config"], d["results"], d["summary"]
+        code = d["config"].get("code", "this checkout")
+        tok, base = r["tokenized_topk"], r["topk"]
+        phases = {k: v - tok["built_rss"] for k, v in tok["phase_peak_rss"].items()}
+        init = max(v for k, v in phases.items() if k.startswith("runner init"))
+        held = sm.get("held_sample_bytes") or owned.get("held_sample_tokens", 0) * (c["d_in"] + 2) * 4
+        owned = sm["lookup_owned_bytes"]
+        rows.append([f"{c['d_vocab']:,}", code, mib(sm["lookup_table_bytes_V_d"]), mib(owned["table"]),
+                     mib(owned["optimizer_state"]), mib(held), mib(init), mib(base["added_peak"]),
+                     mib(tok["added_peak"]), f"{sm['extra_peak_over_V_d_4']:.2f}×",
+                     f"{(sm['extra_peak_bytes'] - held) / owned['table']:.2f}×"])
+    out.append("Memory, trained end to end through the runners (each in a fresh process; MiB of resident "
+               f"memory above the built model; {c['training_tokens']:,} training tokens, d_in {c['d_in']}, "
+               f"d_sae {c['d_sae']}, batch {c['batch']}, default `lookup_init_tokens`):\n\n" + table(
+                   ["V", "code", "V·d_in·4", "W_lookup (with bigram rows)", "its optimizer state", "held init sample",
+                    "peak during the init", "TopK adds", "tokenized adds", "extra / V·d_in·4",
+                    "extra without the held sample / W_lookup"], rows)
+               + command(d))
+    return "\n\n".join(out)
+
+
+def init_sample_size() -> str:
+    """Held-out NMSE of the default tokenized TopK against its init sample size
+    (benchmarks/init_sample_size.py)."""
+    d = load("init_sample_size/init_sample_size.json")
+    rows = []
+    for r in d["runs"]:
+        rows.append([f"L{r['layer']}", "SAELens TopK", "", "", f4(r["topk"]["nmse"]), ""])
+        for n, v in r["tokenized"].items():
+            rows.append([f"L{r['layer']}", "tokenized TopK (defaults)", f"{int(n):,}",
+                         f"{v['held_sample_bytes'] / 2**20:,.0f}", f4(v["nmse"]),
+                         "not reached" if v["speedup"] is None else f"{v['speedup']:.1f}×"])
+    s = d["settings"]
+    return (table(["hook", "SAE", "lookup_init_tokens", "held sample (MiB)", "held-out NMSE",
+                   "fewer training tokens to TopK's final NMSE"], rows)
+            + f"\n\nSmolLM2-135M, k {s['k']}, {s['training_tokens']:,} training tokens, seed {s['seed']} "
+              f"(one seed: differences of a few percent are within seed noise, see the TopK in depth table)."
+            + command(d))
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
-    unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner)}
+    unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
+    default_cost, init_sample_size)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

@@ -5,6 +5,9 @@ Every variant is trained by SAELens's own ``SAETrainer.step`` (tokenized ones th
 text. Variants are interleaved round-robin within one process, so drift in machine load
 hits all of them alike; the ratio ``tokenized / base`` is the result. ``--dense`` adds the
 dense-lookup variant (``lookup_updates="dense"``, plain Adam over the whole table).
+``--bigram`` times the default lookup instead of a unigram one: ``lookup_ngram=2`` with
+the budget's bigram rows assigned to the batches' most frequent pairs (ids drawn as
+sequences, so every position has a previous token), as the data-estimated init leaves it.
 
 ``--memory`` instead runs each variant (of the first architecture) in a fresh process and
 reports the peak resident memory a few training steps add on top of the built SAE, plus
@@ -13,6 +16,8 @@ the bytes the lookup owns (table, gradient, optimizer state).
     python benchmarks/step_time.py --d_vocab 50257 --d_in 768 --d_sae 6144 --batch 2048 --dense
     python benchmarks/step_time.py --d_vocab 262144 --d_in 2304 --d_sae 9216 --batch 1024 --memory \\
         --architectures topk --dense
+    python benchmarks/step_time.py --bigram --architectures topk --d_vocab 50257 --d_in 256 --d_sae 2048 \\
+        --batch 4096 --steps 30
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ from tqdm import tqdm
 import sae_lens_tokenized
 from sae_lens_tokenized.workbench.settings import SPARSITY, CompareSettings, sae_config
 from sae_lens_tokenized.training.activations_store import pack_token_ids
+from sae_lens_tokenized.lookup.ids import bigram_keys, previous_token_ids
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
+
+SEQUENCE = 128  # --bigram: ids are drawn as sequences of this length (previous tokens within)
 
 
 def trainer_cfg(batch: int, steps: int) -> SAETrainerConfig:
@@ -66,7 +74,8 @@ def build(variant: str, args: argparse.Namespace, batches: list[tuple[torch.Tens
     arch, _, mode = variant.partition("/")
     settings = CompareSettings(k=args.k, expansion=args.d_sae // args.d_in,
                                extra={arch: {"lookup_updates": mode or "sparse"}} if arch.startswith("tokenized_") else {})
-    cfg = sae_config(arch, settings, args.d_in, args.d_vocab)
+    cfg = sae_config(arch, settings, args.d_in, args.d_vocab, {"lookup_ngram": 2 if args.bigram else 1}
+                     if arch.startswith("tokenized_") else None)
     from sae_lens.registry import get_sae_training_class
 
     sae = get_sae_training_class(arch)[0](cfg)
@@ -75,7 +84,18 @@ def build(variant: str, args: argparse.Namespace, batches: list[tuple[torch.Tens
         return SAETrainer(cfg=tcfg, sae=sae, data_provider=iter([x for x, _ in batches]))
     with torch.no_grad():
         sae.W_lookup.normal_(std=0.1)
-    return TokenizedSAETrainer(cfg=tcfg, sae=sae, data_provider=iter([pack_token_ids(x, t) for x, t in batches]))
+    if not args.bigram:
+        return TokenizedSAETrainer(cfg=tcfg, sae=sae, data_provider=iter([pack_token_ids(x, t) for x, t in batches]))
+    prevs = [previous_token_ids(t.view(-1, SEQUENCE)).reshape(-1) for _, t in batches]
+    keys, counts = torch.unique(torch.cat([bigram_keys(p, t, args.d_vocab) for p, (_, t) in zip(prevs, batches)]),
+                                return_counts=True)
+    counts[keys < 0] = 0
+    top = keys[torch.argsort(counts, descending=True)[: sae.cfg.lookup_bigram_rows]]
+    top = top[top >= 0].sort().values
+    sae.resize_bigram_rows(len(top))
+    sae.set_bigram_rows(top, torch.randn(len(top), args.d_in) * 0.1)
+    return TokenizedSAETrainer(cfg=tcfg, sae=sae, data_provider=iter(
+        [pack_token_ids(x, t, prev_token_ids=p) for (x, t), p in zip(batches, prevs)]))
 
 
 def make_batches(args: argparse.Namespace, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -127,6 +147,31 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class _Part(list):
+    pending: list[float]
+
+
+def time_parts(trainer: Any) -> dict[str, _Part]:
+    """Time the lookup's own parts of each step, by wrapping them on this trainer's
+    instances: the bigram row lookup, staging the step's rows, and lazy Adam's row update."""
+    sae, opt = trainer.sae, trainer.optimizer
+    out: dict[str, _Part] = {}
+    for name, owner, attr in (("row_index", sae, "lookup_row_index"), ("stage_rows", sae, "stage_lookup_rows"),
+                              ("lazy_adam_rows", opt, "_lazy_rows_step")):
+        fn, part = getattr(owner, attr), _Part()
+        part.pending = []
+
+        def timed(*a: Any, _fn: Any = fn, _part: _Part = part, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            out_ = _fn(*a, **kw)
+            _part.pending.append(time.perf_counter() - t0)
+            return out_
+
+        setattr(owner, attr, timed)
+        out[name] = part
+    return out
+
+
 def run_time(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     n = args.warmup + args.steps
@@ -135,6 +180,7 @@ def run_time(args: argparse.Namespace) -> dict[str, Any]:
     for arch in args.architectures:
         names = variants(arch, args.dense)
         trainers = {v: build(v, args, batches) for v in names}
+        parts = {v: time_parts(trainers[v]) for v in names if v != arch}
         times: dict[str, list[float]] = {v: [] for v in names}
         for step in tqdm(range(n), desc=f"{arch} step time", leave=False):
             for v in names:  # round robin
@@ -144,9 +190,15 @@ def run_time(args: argparse.Namespace) -> dict[str, Any]:
                 trainer.step(batch)
                 if step >= args.warmup:
                     times[v].append(time.perf_counter() - t0)
+                for part in parts.get(v, {}).values():  # one entry per step
+                    if step >= args.warmup:
+                        part.append(sum(part.pending))
+                    part.pending.clear()
         med = {v: statistics.median(t) for v, t in times.items()}
         result[arch] = {"median_step_s": med, "all_step_s": times,
-                        "ratio_vs_base": {v: med[v] / med[arch] for v in names[1:]}}
+                        "ratio_vs_base": {v: med[v] / med[arch] for v in names[1:]},
+                        # the lookup's own parts of a step (inside the step's time above)
+                        "median_part_s": {v: {k: statistics.median(p) for k, p in ps.items()} for v, ps in parts.items()}}
         print(f"{arch:22s} base {med[arch]:.3f}s  " + "  ".join(
             f"{v} {med[v]:.3f}s ({med[v] / med[arch]:.3f}x)" for v in names[1:]), flush=True)
         del trainers, trainer  # a dense lookup at V=256k holds ~9 GB: free it before the next
@@ -165,12 +217,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dense", action="store_true", help="also time the dense lookup (lookup_updates='dense')")
+    ap.add_argument("--bigram", action="store_true", help="the default lookup: bigram rows for the frequent pairs")
     ap.add_argument("--memory", action="store_true", help="peak memory per variant instead of step time")
     ap.add_argument("--memory_steps", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     measured = run_memory(args) if args.memory else run_time(args)
-    out = Path(args.out or f"benchmarks/results/step_{'memory' if args.memory else 'time'}_V{args.d_vocab}.json")
+    kind = ("memory" if args.memory else "time") + ("_bigram" if args.bigram else "")
+    out = Path(args.out or f"benchmarks/results/step_{kind}_V{args.d_vocab}.json")
     argv = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
                     if k != "out" and v is not False)
     result = {

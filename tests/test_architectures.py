@@ -246,7 +246,8 @@ PLANTED_D_SAE = 16  # half of d_model: no base SAE can store every token's embed
 # latents, while a lookup row per token holds it exactly, whatever the sparsity rule
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", [a if a == "tokenized_topk" else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in ARCHITECTURES])
 def test_planted_case_tokenized_beats_its_base_through_the_real_runners(arch, model, dataset):
     from sae_lens import LanguageModelSAETrainingRunner
 

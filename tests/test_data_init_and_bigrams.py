@@ -411,3 +411,59 @@ def test_the_init_sample_is_the_start_of_the_training_stream_and_is_trained_on(t
     assert counts["trained_on"] == 4096 and 0 <= counts["read"] - counts["trained_on"] < buffer
     assert sum(seen) == counts["read"] + 2  # every LLM forward is counted (+ the config probe)
     assert runner.activations_store.held_activations == 0  # the held sample was all served
+
+
+def test_bigram_statistics_hold_counts_per_pair_and_rows_only_for_the_chosen_pairs():
+    """The default's memory (issue 20, item 6): while sampling, a bigram lookup's statistics
+    keep an int64 key and count per distinct pair, never a d_in row (a 500k sample has
+    hundreds of thousands of pairs); rows are summed afterwards for the chosen pairs only.
+    The result must still be each chosen pair's exact mean over the kept rows."""
+    from sae_lens_tokenized.lookup_init.statistics import LookupStatistics
+
+    V, d, n_batches, N = 97, 64, 6, 2000
+    gen = torch.Generator().manual_seed(0)
+    stats = LookupStatistics(V, d, ngram=2)
+    all_acts, all_ids, all_prev, all_keep = [], [], [], []
+    for _ in range(n_batches):
+        ids = torch.randint(0, V, (N,), generator=gen)
+        prev = torch.randint(-1, V, (N,), generator=gen)
+        prev[ids % 7 == 0] = 3  # a few frequent pairs (3, t)
+        acts = torch.randn(N, d, generator=gen)
+        keep = torch.rand(N, generator=gen) > 0.2
+        stats.add(acts, ids, prev, keep=keep)
+        all_acts.append(acts), all_ids.append(ids), all_prev.append(prev), all_keep.append(keep)
+    acts, ids, prev, keep = (torch.cat(t) for t in (all_acts, all_ids, all_prev, all_keep))
+    distinct = len({(int(p), int(t)) for p, t, k in zip(prev, ids, keep) if k and p >= 0})
+    assert distinct > 2000
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                yield from tensors(item)
+
+    given = {id(a) for a in all_acts}  # the caller's batches, referenced for the second pass
+    own = [t for t in tensors(list(vars(stats).values())) if id(t) not in given]
+    own_row_floats = sum(t.numel() for t in own if t.dim() == 2)
+    assert own_row_floats == V * d  # the token sums: no row per pair
+    pair_bytes = sum(k.numel() * k.element_size() + c.numel() * c.element_size() for k, c in stats._pair_counts)
+    assert pair_bytes <= 16 * distinct * 2  # counts, at most one uncompacted copy
+
+    table = stats.bigram_table(stats.token_rows(None, 0.0), budget=12, min_count=2, pseudo_count=0.0)
+    assert len(table.keys) == 12 and table.n_distinct_seen == distinct
+    for key, row, count in zip(table.keys, table.rows, table.counts):
+        p, t = divmod(int(key), V)
+        where = keep & (prev == p) & (ids == t)
+        assert int(where.sum()) == int(count) >= 2
+        torch.testing.assert_close(row, acts[where].mean(0), atol=1e-5, rtol=1e-5)
+    # the budget keeps the most frequent pairs
+    counts = {}
+    for p, t, k in zip(prev.tolist(), ids.tolist(), keep.tolist()):
+        if k and p >= 0:
+            counts[p * V + t] = counts.get(p * V + t, 0) + 1
+    assert min(table.counts.tolist()) >= sorted(counts.values(), reverse=True)[11]
+    # and the token rows are the kept rows' means
+    seen = torch.bincount(ids[keep], minlength=V) > 0
+    t0 = int(ids[keep][0])
+    torch.testing.assert_close(stats.token_rows(None, 0.0)[t0], acts[keep & (ids == t0)].mean(0), atol=1e-5, rtol=1e-5)
+    assert seen.sum() == (stats.counts > 0).sum()

@@ -152,6 +152,8 @@ class BigramRows:
         if n < 0:
             raise ValueError(f"a lookup cannot hold {n} bigram rows")
         V, old = self.cfg.d_vocab, self.cfg.lookup_bigram_rows
+        if n == old and self.W_lookup.shape[0] == V + n:
+            return  # already that size: no second table, even for a moment
         keep = min(n, old)
         keys = torch.full((n,), -1, dtype=torch.long)
         used = self._bigram_keys()[:keep].cpu()

@@ -299,7 +299,8 @@ class TokenLookupMixin(BigramRows, SparseRows):
             scale = self.cfg.lookup_init_scale
         if scale is None:
             scale = default_init_scale(self.cfg.unigram_strategy)
-        self.W_lookup.data[: self.cfg.d_vocab] = (scale * unigrams).to(self.W_lookup.device, self.W_lookup.dtype)
+        rows = self.W_lookup.data[: self.cfg.d_vocab]
+        rows.copy_(unigrams).mul_(scale)  # in place: no second table in memory
 
     def set_lookup_trainable(self, trainable: bool) -> None:
         if self.lookup_rows is not None:

@@ -173,12 +173,15 @@ class LookupInitPlan:
 
 def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | None = None,
                      table_strategy: str | None = None, device: torch.device | str = "cpu",
-                     shared: SharedSample | None = None) -> LookupInitPlan:
+                     shared: SharedSample | None = None, sums: torch.Tensor | None = None) -> LookupInitPlan:
     """Decide a fresh lookup's rows (module docstring). ``store`` is the run's
     ``TokenizedActivationsStore``: the measurement sequences and the init sample are read
     from it, before training. ``table``: a precomputed table (``resolve_precomputed_table``).
     ``shared``: the measurement and statistics already taken at this SAE's hook (the
-    multi-SAE runner samples once per hook); then nothing is read from ``store``."""
+    multi-SAE runner samples once per hook); then nothing is read from ``store``.
+    ``sums``: where to accumulate a fresh sample's per-token sums (the single runner passes
+    the lookup's own token rows: the data table is then computed in place, and ``plan.table``
+    is that memory)."""
     sae_cfg: LookupTrainingConfig = cfg.sae
     strategy = sae_cfg.unigram_strategy
     if table is not None and strategy == DATA_STRATEGY:
@@ -201,9 +204,11 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
         else:
             stats, report["lookup_init"] = sample_lookup_statistics(
                 store, cfg, device, warn_special=measure_tokens is None and cfg.exclude_special_tokens is True,
-                tokenizer=getattr(model, "tokenizer", None))
+                tokenizer=getattr(model, "tokenizer", None), sums=sums)
         prior = lookup_prior(model, cfg, stats, measure_tokens, exclude_ids, report["lookup_init"])
-        data_table = stats.token_rows(prior, sae_cfg.lookup_init_pseudo_count)
+        # a sample of its own (not shared by a multi runner's SAEs at this hook): its sums
+        # become the table in place, so no second [d_vocab, d_in] table is held
+        data_table = stats.token_rows(prior, sae_cfg.lookup_init_pseudo_count, consume=shared is None)
     if table is None:
         if strategy == "auto":
             strategy, selection = select_unigram_strategy(

@@ -77,7 +77,8 @@ def needs_measurement(sae_cfg: Any) -> bool:
 
 
 def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = "cpu", warn_special: bool = False,
-                             tokenizer: Any = None) -> tuple[LookupStatistics, dict[str, Any]]:
+                             tokenizer: Any = None, sums: torch.Tensor | None = None,
+                             ) -> tuple[LookupStatistics, dict[str, Any]]:
     """Per-token (and per-bigram) sums over the first ``lookup_init_tokens`` activations of
     the training stream, never more than the run's ``training_tokens`` nor more than one
     pass over the dataset. The store holds the batches read (``store.holding()``) and
@@ -86,7 +87,7 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
     requested = sae_cfg.lookup_init_tokens
     target = min(requested, cfg.training_tokens)
     capped_by = "training_tokens" if target < requested else None
-    stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.d_in, sae_cfg.lookup_ngram, device=device)
+    stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.d_in, sae_cfg.lookup_ngram, device=device, sums=sums)
     excluded = store.exclude_special_tokens
     drawn = skipped_first = 0
     desc = "lookup init: sampling activations" + (f" (capped at training_tokens={target:,})" if capped_by else "")
@@ -113,7 +114,7 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
             skipped_first += int((~keep).sum())
             if excluded is not None:
                 keep &= ~torch.isin(ids, excluded.to(ids.device))
-            stats.add(acts[keep], ids[keep], prev[0][keep] if prev else None)
+            stats.add(acts, ids, prev[0] if prev else None, keep=keep)
     if stats.n_tokens == 0:
         raise ValueError(
             f"the lookup init sampled {drawn} activations and none was usable (each sequence's first "
@@ -177,7 +178,7 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
                 keep &= ~torch.isin(ids, excluded.to(ids.device))
             for hook, st in stats.items():
                 a = acts[hook].reshape(len(ids), -1)
-                st.add(a[keep], ids[keep], prev[keep] if st.ngram == 2 else None)
+                st.add(a, ids, prev if st.ngram == 2 else None, keep=keep)
             drawn += len(ids)
             bar.update(len(ids))
     for hook, st in stats.items():

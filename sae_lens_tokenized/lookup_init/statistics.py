@@ -51,57 +51,114 @@ class BigramTable:
 class LookupStatistics:
     """Running sums of activations per token (and per bigram, with ``ngram=2``).
 
-    ``add(acts [N, d_in], ids [N], prev [N])`` accumulates a batch; ``token_rows`` and
-    ``bigram_table`` turn the sums into lookup rows. Memory: ``d_vocab * d_in`` floats for
-    the token sums, plus up to one ``d_in`` row per distinct bigram seen (bounded by the
-    sample size; compacted as it grows).
+    ``add(acts [N, d_in], ids [N], prev [N], keep [N])`` accumulates a batch; ``token_rows``
+    and ``bigram_table`` turn the sums into lookup rows.
+
+    Memory, which the lookup's init must keep proportionate (issue: the default's cost):
+    ``d_vocab * d_in`` floats for the token sums; for bigrams, while sampling, only an
+    int64 key and count per distinct pair, never a row. ``bigram_table`` chooses its pairs
+    from the counts and then sums the activations of the chosen pairs alone, in a second
+    pass over the batches it was given (kept by reference: the runner's store holds them
+    anyway, to train on them). So the bigram part costs ``budget * d_in`` floats, not
+    ``distinct pairs * d_in``, which for a 500k-token sample can be several times the
+    lookup itself.
     """
 
-    def __init__(self, d_vocab: int, d_in: int, ngram: int = 1, device: torch.device | str = "cpu"):
+    def __init__(self, d_vocab: int, d_in: int, ngram: int = 1, device: torch.device | str = "cpu",
+                 sums: torch.Tensor | None = None):
+        """``sums``: a float32 ``[d_vocab, d_in]`` tensor to accumulate the token sums in
+        (zeroed here), e.g. the token rows of the lookup being initialised, so that with
+        ``token_rows(consume=True)`` the table is computed where it will live, and the init
+        holds no second ``[d_vocab, d_in]`` table."""
         self.d_vocab, self.d_in, self.ngram = d_vocab, d_in, ngram
-        self.sums = torch.zeros(d_vocab, d_in, dtype=torch.float32, device=device)
-        self.counts = torch.zeros(d_vocab, dtype=torch.long, device=device)
+        if sums is None:
+            sums = torch.zeros(d_vocab, d_in, dtype=torch.float32, device=device)
+        elif tuple(sums.shape) != (d_vocab, d_in) or sums.dtype != torch.float32:
+            raise ValueError(f"sums must be float32 [{d_vocab}, {d_in}], got {sums.dtype} {tuple(sums.shape)}")
+        else:
+            sums.zero_()
+        self._sums: torch.Tensor | None = sums
+        self.counts = torch.zeros(d_vocab, dtype=torch.long, device=sums.device)
         self.n_tokens = 0
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._pending_rows = 0
+        self._pair_counts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sorted keys, counts)
+        self._pair_rows = 0
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (acts, key per row or -1)
+
+    @property
+    def sums(self) -> torch.Tensor:
+        """``[d_vocab, d_in]`` per-token sums of the activations added."""
+        if self._sums is None:
+            raise RuntimeError("these statistics' token sums were consumed by token_rows(consume=True)")
+        return self._sums
 
     @torch.no_grad()
-    def add(self, acts: torch.Tensor, ids: torch.Tensor, prev: torch.Tensor | None = None) -> None:
-        acts = acts.to(self.sums.device, torch.float32)
-        ids = ids.to(self.sums.device).long()
-        self.sums.index_add_(0, ids, acts)
-        self.counts.index_add_(0, ids, torch.ones_like(ids))
-        self.n_tokens += len(ids)
+    def add(self, acts: torch.Tensor, ids: torch.Tensor, prev: torch.Tensor | None = None,
+            keep: torch.Tensor | None = None) -> None:
+        """Accumulate a batch; ``keep`` [N] bool selects the rows to count (default all).
+        A bigram lookup keeps a reference to ``acts`` until the statistics are dropped."""
+        if self._sums is None:
+            raise RuntimeError("these statistics' token sums were consumed by token_rows(consume=True)")
+        ids = ids.to(self._sums.device).long()
+        if keep is None:
+            keep = torch.ones_like(ids, dtype=torch.bool)
+        keep = keep.to(ids.device)
+        acts = acts.to(self._sums.device, torch.float32)
+        self._sums.index_add_(0, ids[keep], acts[keep])  # the masked copy is one batch
+        self.counts.index_add_(0, ids[keep], torch.ones_like(ids[keep]))
+        self.n_tokens += int(keep.sum())
         if self.ngram < 2:
             return
         if prev is None:
             raise ValueError("a bigram lookup's statistics need the previous token of each activation")
-        keys = bigram_keys(prev.to(ids.device), ids, self.d_vocab)
-        known = keys >= 0
-        self._pending.append(_reduce(keys[known], acts[known], torch.ones_like(keys[known])))
-        self._pending_rows += len(self._pending[-1][0])
-        if self._pending_rows > 4 * max(len(self._pending[0][0]), 1) and len(self._pending) > 8:
+        keys = torch.where(keep, bigram_keys(prev.to(ids.device), ids, self.d_vocab), -1)
+        known = keys[keys >= 0]
+        uniq, counts = torch.unique(known, sorted=True, return_counts=True)
+        self._pair_counts.append((uniq, counts))
+        self._pair_rows += len(uniq)
+        self._batches.append((acts, keys))
+        if self._pair_rows > 4 * max(len(self._pair_counts[0][0]), 1) and len(self._pair_counts) > 8:
             self._compact()
 
     def _compact(self) -> None:
-        if len(self._pending) > 1:
-            keys, sums, counts = (torch.cat(parts) for parts in zip(*self._pending))
-            self._pending = [_reduce(keys, sums, counts)]
-            self._pending_rows = len(self._pending[0][0])
+        if len(self._pair_counts) > 1:
+            keys, counts = (torch.cat(parts) for parts in zip(*self._pair_counts))
+            uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+            self._pair_counts = [(uniq, counts.new_zeros(len(uniq)).index_add_(0, inverse, counts))]
+            self._pair_rows = len(uniq)
 
     def mean(self) -> torch.Tensor:
         return self.sums.sum(0) / max(self.n_tokens, 1)
 
-    def token_rows(self, prior: torch.Tensor | None = None, pseudo_count: float = 0.5) -> torch.Tensor:
+    @property
+    def _dtype_device(self) -> dict[str, Any]:
+        return {"dtype": torch.float32, "device": self.counts.device}
+
+    def token_rows(self, prior: torch.Tensor | None = None, pseudo_count: float = 0.5,
+                   consume: bool = False) -> torch.Tensor:
         """``[d_vocab, d_in]`` rows: each token's mean, shrunk toward ``prior`` (a table
-        ``[d_vocab, d_in]``, or ``None`` for the sample's mean activation)."""
+        ``[d_vocab, d_in]``, or ``None`` for the sample's mean activation). One new table
+        is allocated, or with ``consume=True`` none: the sums become the rows (for the one
+        caller that needs no other rows from these statistics; bigram rows still work)."""
         if self.n_tokens == 0:
             raise ValueError("no activations were added; cannot estimate the lookup from data")
-        prior_rows = self.mean().expand_as(self.sums) if prior is None else prior.to(self.sums)
+        if self._sums is None:
+            raise RuntimeError("these statistics' token sums were consumed by token_rows(consume=True)")
+        mean = self.mean()
+        prior_rows = mean.expand_as(self.sums) if prior is None else prior.to(self.sums)
         c = float(pseudo_count)
         n = self.counts.unsqueeze(1).to(self.sums)
-        rows = (self.sums + c * prior_rows) / (n + c).clamp_min(1e-12)
-        return torch.where(n > 0, rows, prior_rows)  # unseen: exactly the prior (also with c = 0)
+        unseen = self.counts == 0
+        if consume:
+            rows = self.sums
+            self._sums = None
+            rows.add_(prior_rows, alpha=c)
+        else:
+            rows = torch.mul(prior_rows, c).add_(self.sums)
+        rows.div_((n + c).clamp_min(1e-12))
+        # unseen tokens: exactly the prior (also with c = 0); the mean is written as one
+        # broadcast row, not gathered into an [unseen, d_in] copy
+        rows[unseen] = mean if prior is None else prior_rows[unseen]
+        return rows
 
     def bigram_table(self, token_rows: torch.Tensor, budget: int, min_count: int = 1,
                      pseudo_count: float = 0.5) -> BigramTable:
@@ -110,10 +167,10 @@ class LookupStatistics:
         if self.ngram < 2:
             raise ValueError("these statistics were collected without bigrams (ngram=1)")
         self._compact()
-        if not self._pending:
-            empty = torch.zeros(0, dtype=torch.long, device=self.sums.device)
-            return BigramTable(empty, self.sums.new_zeros(0, self.d_in), empty, 0)
-        keys, sums, counts = self._pending[0]
+        if not self._pair_counts:
+            empty = torch.zeros(0, dtype=torch.long, device=self.counts.device)
+            return BigramTable(empty, torch.zeros(0, self.d_in, **self._dtype_device), empty, 0)
+        keys, counts = self._pair_counts[0]
         n_seen = len(keys)
         eligible = (counts >= min_count).nonzero().squeeze(1)
         if len(eligible) > budget:  # keep the most frequent; ties broken by key for determinism
@@ -121,23 +178,31 @@ class LookupStatistics:
                                   descending=True)
             eligible = eligible[order[:budget]]
         eligible = eligible.sort().values  # keys are sorted, so this keeps them sorted
-        keys, sums, counts = keys[eligible], sums[eligible], counts[eligible]
+        keys, counts = keys[eligible], counts[eligible]
+        # the second pass: sum the activations of the chosen pairs only (one spare row
+        # takes every other position)
+        sums = torch.zeros(len(keys) + 1, self.d_in, **self._dtype_device)
+        for acts, batch_keys in self._batches:
+            if len(keys):
+                pos = torch.searchsorted(keys, batch_keys).clamp_max(len(keys) - 1)
+                hit = (keys[pos] == batch_keys) & (batch_keys >= 0)
+            else:
+                pos = hit = torch.zeros_like(batch_keys, dtype=torch.bool)
+            sums.index_add_(0, torch.where(hit, pos, len(keys)), acts)
+        sums = sums[: len(keys)]
         tok = keys % self.d_vocab
         c = float(pseudo_count)
-        rows = (sums + c * token_rows.to(sums)[tok]) / (counts.unsqueeze(1).to(sums) + c)
+        rows = sums.add_(token_rows.to(sums)[tok], alpha=c).div_(counts.unsqueeze(1).to(sums) + c)
         return BigramTable(keys, rows, counts, n_seen)
+
+    def release(self) -> None:
+        """Drop the references to the sampled batches (after the last ``bigram_table``)."""
+        self._batches = []
 
     def report(self) -> dict[str, Any]:
         seen = int((self.counts > 0).sum())
         out: dict[str, Any] = {"tokens": self.n_tokens, "distinct_tokens": seen}
         if self.ngram >= 2:
             self._compact()
-            out["distinct_bigrams"] = len(self._pending[0][0]) if self._pending else 0
+            out["distinct_bigrams"] = len(self._pair_counts[0][0]) if self._pair_counts else 0
         return out
-
-
-def _reduce(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    out_sums = sums.new_zeros(len(uniq), sums.shape[1]).index_add_(0, inverse, sums)
-    out_counts = counts.new_zeros(len(uniq)).index_add_(0, inverse, counts)
-    return uniq, out_sums, out_counts

@@ -110,13 +110,19 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
             # before the trainer's optimizer takes W_lookup
             self.sae.resize_bigram_rows(saved_lookup_rows(cfg.resume_from_checkpoint) - self.sae.cfg.d_vocab)
         self.unigram_report: dict[str, Any] = {}
-        self.unigram_table: torch.Tensor | None = None
         if self._will_init:
+            # The sample's per-token sums accumulate in the lookup's own token rows (float32),
+            # where the data table is then computed: the init holds no second table.
+            W = self.sae.W_lookup
             plan = plan_lookup_init(self.model, self.activations_store, cfg, self._table, self._table_strategy,
-                                    device=self.sae.W_lookup.device)
+                                    device=W.device, sums=W.data[: self.sae.cfg.d_vocab]
+                                    if W.dtype == torch.float32 else None)
             plan.apply(self.sae)
             cfg.sae.unigram_strategy, cfg.sae.lookup_init_scale = plan.strategy, plan.scale
-            self.unigram_report, self.unigram_table = plan.report, plan.table
+            # The plan (and its table) is dropped here: the lookup holds its rows now, and a
+            # second [d_vocab, d_in] table kept through training would cost the lookup's size again.
+            self.unigram_report = plan.report
+            del plan
         self.sae.set_lookup_trainable(cfg.sae.train_lookup)
 
     def _compile_llm_if_needed(self) -> None:
