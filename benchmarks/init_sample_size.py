@@ -15,6 +15,7 @@ NMSE (every activation counted: the sample is part of the run's stream).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -34,8 +35,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--training_tokens", type=int, default=400_000)
+    ap.add_argument("--overrides", default="{}", help='tokenized config fields, as JSON (e.g. \'{"lookup_bigram_min_count": 2}\')')
+    ap.add_argument("--baseline", help="an earlier result JSON of this script: its TopK runs are reused, not retrained")
     ap.add_argument("--out", default="benchmarks/results/init_sample_size")
     args = ap.parse_args()
+    overrides = json.loads(args.overrides)
+    baselines = ({r["layer"]: r["topk"] for r in json.loads(Path(args.baseline).read_text())["runs"]}
+                 if args.baseline else {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -48,12 +54,13 @@ def main() -> None:
         s = CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", training_tokens=args.training_tokens,
                             k=args.k, seed=args.seed)
         data = bench.prepare(s.hook_name, stream_tokens(s), s.n_eval_activations)
-        base = train_variant("topk", s, bench, data)
-        row: dict = {"layer": layer, "topk": {"nmse": base["nmse"], "curve": base["curve"]}, "tokenized": {}}
+        base = baselines.get(layer) or train_variant("topk", s, bench, data)
+        row: dict = {"layer": layer, "topk": {"nmse": base["nmse"], "curve": base["curve"]}, "tokenized": {},
+                     "overrides": overrides}
         ax.plot(*zip(*base["curve"]), label="TopK", color="black")
         print(f"L{layer} topk: NMSE {base['nmse']:.4f}", flush=True)
         for n in args.sizes:
-            r = train_variant("tokenized_topk", replace(s, lookup_init_tokens=n), bench, data)
+            r = train_variant("tokenized_topk", replace(s, lookup_init_tokens=n), bench, data, overrides=overrides)
             init = r["unigram_report"]["lookup_init"]
             reach = tokens_to_reach(r["curve"], base["nmse"])
             row["tokenized"][str(n)] = {
@@ -63,7 +70,7 @@ def main() -> None:
                 "bigram_rows_used": init.get("bigram_rows_used"),
                 "held_sample_bytes": init["tokens_drawn_from_training_stream"] * (d_in + 2) * 4,
             }
-            ax.plot(*zip(*r["curve"]), label=f"tokenized, sample {n:,}")
+            ax.plot(*zip(*r["curve"]), label=f"tokenized, sample {n:,}" + (f" {overrides}" if overrides else ""))
             print(f"L{layer} tokenized sample {n:,}: NMSE {r['nmse']:.4f}, reach {reach}, "
                   f"bigram rows {init.get('bigram_rows_used')}", flush=True)
             del r

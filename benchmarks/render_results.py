@@ -336,11 +336,17 @@ def init_sample_size() -> str:
     """Held-out NMSE of the default tokenized TopK against its init sample size
     (benchmarks/init_sample_size.py)."""
     d = load("init_sample_size/init_sample_size.json")
+    runs = list(d["runs"])
+    extra = RESULTS / "init_sample_size_overrides" / "init_sample_size.json"
+    if extra.exists():  # the same, with config overrides (--overrides, TopK reused via --baseline)
+        runs += [{**r, "topk": None} for r in json.loads(extra.read_text())["runs"]]
     rows = []
-    for r in d["runs"]:
-        rows.append([f"L{r['layer']}", "SAELens TopK", "", "", f4(r["topk"]["nmse"]), ""])
+    for r in runs:
+        if r["topk"] is not None:
+            rows.append([f"L{r['layer']}", "SAELens TopK", "", "", f4(r["topk"]["nmse"]), ""])
+        label = "tokenized TopK, " + (", ".join(f"`{k}={v}`" for k, v in r.get("overrides", {}).items()) or "defaults")
         for n, v in r["tokenized"].items():
-            rows.append([f"L{r['layer']}", "tokenized TopK (defaults)", f"{int(n):,}",
+            rows.append([f"L{r['layer']}", label, f"{int(n):,}",
                          f"{v['held_sample_bytes'] / 2**20:,.0f}", f4(v["nmse"]),
                          "not reached" if v["speedup"] is None else f"{v['speedup']:.1f}×"])
     s = d["settings"]
