@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -77,7 +78,7 @@ def main() -> None:
         ax.set(title=f"SmolLM2-135M L{layer}, k {args.k}", xlabel="training tokens", ylabel="held-out NMSE", yscale="log")
         ax.legend()
         runs.append(row)
-    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "d_in": d_in,
+    write_json({"command": "python " + shlex.join(sys.argv), "settings": vars(args), "d_in": d_in,
                 "wall_time_s": time.perf_counter() - t0, "runs": runs}, out / "init_sample_size.json")
     save_figure(fig, out / "init_sample_size.png")
 

@@ -338,8 +338,11 @@ def init_sample_size() -> str:
     d = load("init_sample_size/init_sample_size.json")
     runs = list(d["runs"])
     extra = RESULTS / "init_sample_size_overrides" / "init_sample_size.json"
+    extra_cmd = ""
     if extra.exists():  # the same, with config overrides (--overrides, TopK reused via --baseline)
-        runs += [{**r, "topk": None} for r in json.loads(extra.read_text())["runs"]]
+        e = json.loads(extra.read_text())
+        runs += [{**r, "topk": None} for r in e["runs"]]
+        extra_cmd = command(e)
     rows = []
     for r in runs:
         if r["topk"] is not None:
@@ -354,7 +357,7 @@ def init_sample_size() -> str:
                    "fewer training tokens to TopK's final NMSE"], rows)
             + f"\n\nSmolLM2-135M, k {s['k']}, {s['training_tokens']:,} training tokens, seed {s['seed']} "
               f"(one seed: differences of a few percent are within seed noise, see the TopK in depth table)."
-            + command(d))
+            + command(d) + extra_cmd)
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
