@@ -96,14 +96,13 @@ class LookupStatistics:
             keep: torch.Tensor | None = None) -> None:
         """Accumulate a batch; ``keep`` [N] bool selects the rows to count (default all).
         A bigram lookup keeps a reference to ``acts`` until the statistics are dropped."""
-        if self._sums is None:
-            raise RuntimeError("these statistics' token sums were consumed by token_rows(consume=True)")
-        ids = ids.to(self._sums.device).long()
+        sums = self.sums
+        ids = ids.to(sums.device).long()
         if keep is None:
             keep = torch.ones_like(ids, dtype=torch.bool)
         keep = keep.to(ids.device)
-        acts = acts.to(self._sums.device, torch.float32)
-        self._sums.index_add_(0, ids[keep], acts[keep])  # the masked copy is one batch
+        acts = acts.to(sums.device, torch.float32)
+        sums.index_add_(0, ids[keep], acts[keep])  # the masked copy is one batch
         self.counts.index_add_(0, ids[keep], torch.ones_like(ids[keep]))
         self.n_tokens += int(keep.sum())
         if self.ngram < 2:
@@ -129,10 +128,6 @@ class LookupStatistics:
     def mean(self) -> torch.Tensor:
         return self.sums.sum(0) / max(self.n_tokens, 1)
 
-    @property
-    def _dtype_device(self) -> dict[str, Any]:
-        return {"dtype": torch.float32, "device": self.counts.device}
-
     def token_rows(self, prior: torch.Tensor | None = None, pseudo_count: float = 0.5,
                    consume: bool = False) -> torch.Tensor:
         """``[d_vocab, d_in]`` rows: each token's mean, shrunk toward ``prior`` (a table
@@ -141,19 +136,17 @@ class LookupStatistics:
         caller that needs no other rows from these statistics; bigram rows still work)."""
         if self.n_tokens == 0:
             raise ValueError("no activations were added; cannot estimate the lookup from data")
-        if self._sums is None:
-            raise RuntimeError("these statistics' token sums were consumed by token_rows(consume=True)")
+        sums = self.sums
         mean = self.mean()
-        prior_rows = mean.expand_as(self.sums) if prior is None else prior.to(self.sums)
+        prior_rows = mean.expand_as(sums) if prior is None else prior.to(sums)
         c = float(pseudo_count)
-        n = self.counts.unsqueeze(1).to(self.sums)
+        n = self.counts.unsqueeze(1).to(sums)
         unseen = self.counts == 0
         if consume:
-            rows = self.sums
-            self._sums = None
+            rows, self._sums = sums, None
             rows.add_(prior_rows, alpha=c)
         else:
-            rows = torch.mul(prior_rows, c).add_(self.sums)
+            rows = torch.mul(prior_rows, c).add_(sums)
         rows.div_((n + c).clamp_min(1e-12))
         # unseen tokens: exactly the prior (also with c = 0); the mean is written as one
         # broadcast row, not gathered into an [unseen, d_in] copy
@@ -169,7 +162,7 @@ class LookupStatistics:
         self._compact()
         if not self._pair_counts:
             empty = torch.zeros(0, dtype=torch.long, device=self.counts.device)
-            return BigramTable(empty, torch.zeros(0, self.d_in, **self._dtype_device), empty, 0)
+            return BigramTable(empty, torch.zeros(0, self.d_in, dtype=torch.float32, device=self.counts.device), empty, 0)
         keys, counts = self._pair_counts[0]
         n_seen = len(keys)
         eligible = (counts >= min_count).nonzero().squeeze(1)
@@ -181,23 +174,16 @@ class LookupStatistics:
         keys, counts = keys[eligible], counts[eligible]
         # the second pass: sum the activations of the chosen pairs only (one spare row
         # takes every other position)
-        sums = torch.zeros(len(keys) + 1, self.d_in, **self._dtype_device)
-        for acts, batch_keys in self._batches:
-            if len(keys):
-                pos = torch.searchsorted(keys, batch_keys).clamp_max(len(keys) - 1)
-                hit = (keys[pos] == batch_keys) & (batch_keys >= 0)
-            else:
-                pos = hit = torch.zeros_like(batch_keys, dtype=torch.bool)
+        sums = torch.zeros(len(keys) + 1, self.d_in, dtype=torch.float32, device=self.counts.device)
+        for acts, batch_keys in self._batches if len(keys) else ():
+            pos = torch.searchsorted(keys, batch_keys).clamp_max(len(keys) - 1)
+            hit = (keys[pos] == batch_keys) & (batch_keys >= 0)
             sums.index_add_(0, torch.where(hit, pos, len(keys)), acts)
         sums = sums[: len(keys)]
         tok = keys % self.d_vocab
         c = float(pseudo_count)
         rows = sums.add_(token_rows.to(sums)[tok], alpha=c).div_(counts.unsqueeze(1).to(sums) + c)
         return BigramTable(keys, rows, counts, n_seen)
-
-    def release(self) -> None:
-        """Drop the references to the sampled batches (after the last ``bigram_table``)."""
-        self._batches = []
 
     def report(self) -> dict[str, Any]:
         seen = int((self.counts > 0).sum())

@@ -121,7 +121,41 @@ def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None
             )
 
 
-class TokenizedActivationsStore(ActivationsStore):
+class HeldBatches:
+    """What a store reads inside ``holding()`` it also keeps, and serves to training first,
+    so activations read before training (the lookups' init sample) are trained on, not
+    read twice. Shared by the single-SAE store and the multi-SAE runner's store, which
+    differ only in what one batch is."""
+
+    #: LLM (or cache) activations this store has read; each is trained on once
+    llm_activations_read: int = 0
+    _held: deque[Any] | None = None
+    _holding: bool = False
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Inside the block, every batch read is also kept; afterwards the kept batches are
+        served first. They are held in memory meanwhile: ``n * (d_in + 2) * 4`` bytes for
+        n activations of the single-SAE store."""
+        if self._held is None:
+            self._held = deque()
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    def _next_held(self) -> Any:
+        """The next kept batch to serve, or None (none left, or still holding)."""
+        return self._held.popleft() if self._held and not self._holding else None
+
+    def _keep_if_holding(self, batch: Any) -> None:
+        if self._holding:
+            assert self._held is not None
+            self._held.append(batch)
+
+
+class TokenizedActivationsStore(HeldBatches, ActivationsStore):
     """ActivationsStore whose batches are packed ``[activations | token id]`` rows."""
 
     #: rows of the lookup; ids are checked against it as they enter (set by from_config)
@@ -141,38 +175,18 @@ class TokenizedActivationsStore(ActivationsStore):
             check_cached_token_ids(store, d_vocab)
         return store  # type: ignore[return-value]
 
-    #: LLM (or cache) activations this store has read; each is trained on once (see ``holding``)
-    llm_activations_read: int = 0
-    _held: deque[tuple[torch.Tensor, torch.Tensor]] | None = None
-    _holding: bool = False
-
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """Inside the block, every LLM batch read is also kept; afterwards ``get_raw_llm_batch``
-        serves the kept batches first, so activations read before training (the lookup's
-        init sample) are trained on, not read twice. They are held in memory meanwhile:
-        ``n * (d_in + 2) * 4`` bytes for n activations."""
-        if self._held is None:
-            self._held = deque()
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-
     @property
     def held_activations(self) -> int:
         return sum(len(ids) for _, ids in self._held or ())
 
     @torch.no_grad()
     def get_raw_llm_batch(self, raise_on_epoch_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        if self._held and not self._holding:
-            return self._held.popleft()
+        held = self._next_held()
+        if held is not None:
+            return held
         packed_and_ids = self._read_llm_batch(raise_on_epoch_end)
         self.llm_activations_read += len(packed_and_ids[1])
-        if self._holding:
-            assert self._held is not None
-            self._held.append(packed_and_ids)
+        self._keep_if_holding(packed_and_ids)
         return packed_and_ids
 
     def _read_llm_batch(self, raise_on_epoch_end: bool) -> tuple[torch.Tensor, torch.Tensor]:

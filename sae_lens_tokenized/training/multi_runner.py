@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,14 +42,14 @@ from sae_lens_tokenized.lookup_init.plan import check_sae_against_model, plan_lo
 from sae_lens_tokenized.lookup_init.sample import sample_multi_hook_statistics
 from sae_lens_tokenized.models import vocab_size
 from sae_lens_tokenized.splicing import token_ids_from
-from sae_lens_tokenized.training.activations_store import check_vocab_packable, checked_ids
+from sae_lens_tokenized.training.activations_store import HeldBatches, check_vocab_packable, checked_ids
 from sae_lens_tokenized.training.runner import record_activation_counts, saved_lookup_rows
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
 MULTI_RUNNER = "sae_lens.multi_sae_training_runner"
 
 
-class TokenizedMultiHookStore(ActivationsStore):
+class TokenizedMultiHookStore(HeldBatches, ActivationsStore):
     """SAELens's multi-hook store, whose batches also carry each activation's ids."""
 
     #: rows of the widest lookup; ids are checked against it as they enter (set per run)
@@ -66,32 +65,18 @@ class TokenizedMultiHookStore(ActivationsStore):
             prepare_multi_store(cls, model)
         return super().from_config_multi_hook(model, *args, **kwargs)  # type: ignore[return-value]
 
-    #: LLM activations (per hook) this store has read; each is trained on once (``holding``)
-    llm_activations_read: int = 0
-    _held: deque[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
-    _holding: bool = False
+    # a held batch is (tokens, multi-hook activations); llm_activations_read counts per hook
     _replaying: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
-
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """As ``TokenizedActivationsStore.holding``: batches read inside the block (the
-        lookups' init sample) are served to training first, so they are trained on."""
-        if self._held is None:
-            self._held = deque()
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
 
     def get_batch_tokens(self, batch_size: int | None = None, raise_at_epoch_end: bool = False,
                          move_to_model_device: bool = True) -> torch.Tensor:
         # SAELens's multi-hook batch is get_batch_tokens() then get_multi_hook_activations(those
         # tokens) (_compat entry 4): a held batch is served as that pair. Evals ask for their
         # own batch size and always read fresh tokens.
-        if self._held and not self._holding and batch_size is None:
-            self._replaying = self._held.popleft()
-            return self._replaying[0]
+        held = self._next_held() if batch_size is None else None
+        if held is not None:
+            self._replaying = held
+            return held[0]
         return super().get_batch_tokens(batch_size, raise_at_epoch_end, move_to_model_device)
 
     @torch.no_grad()
@@ -106,9 +91,7 @@ class TokenizedMultiHookStore(ActivationsStore):
         # (SAELens's filter flattens every entry alike and drops excluded tokens' rows)
         out[TOKEN_IDS_KEY] = torch.stack([previous_token_ids(tokens), tokens], -1).to(ref.device, torch.float32)
         self.llm_activations_read += tokens.numel()
-        if self._holding:
-            assert self._held is not None
-            self._held.append((batch_tokens, dict(out)))
+        self._keep_if_holding((batch_tokens, dict(out)))
         return out
 
     def get_multi_hook_data_loader(self) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[override]
