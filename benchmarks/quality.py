@@ -4,7 +4,10 @@ For every architecture, layer, sparsity level and seed, the SAELens base and its
 version train through their real runners on the same activations (computed once per layer),
 at the same hook, width, sparsity, lr and seed (sae_lens_tokenized/compare.py). Reports
 held-out NMSE, CE added and KL (SAELens's run_evals), L0, dead latents, and the training
-tokens the tokenized SAE needed to reach its base's final NMSE. Writes JSON and a PNG.
+tokens the tokenized SAE needed to reach its base's final NMSE, and single-token latents.
+Writes JSON, the training curves (quality.png) and, over several sparsity levels, the Pareto
+frontier (pareto.png: held-out NMSE, CE added and tokens to the base's final NMSE, each
+against L0, every architecture base vs tokenized, mean over seeds).
 
 A sparsity level i sets k = --ks[i] (TopK, AbsTopK, BatchTopK, Matryoshka; matching
 pursuit's max_iterations), l1_coefficient = --l1s[i] (Standard, Gated) and
@@ -28,7 +31,7 @@ from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_v
 from sae_lens_tokenized.workbench.report import write_json
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
-METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "train_s")
+METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "single_token_latents", "train_s")
 
 
 def main() -> None:
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--ce_batches", type=int, default=2, help="run_evals batches of 8x128 tokens")
     ap.add_argument("--curve_points", type=int, default=16, help="held-out NMSE evaluations along training")
     ap.add_argument("--eval_activations", type=int, default=20_000, help="held-out activations for NMSE")
+    ap.add_argument("--dataset", default=None, help="offline corpus (default: the Wikipedia introductions)")
     ap.add_argument("--out", default="benchmarks/results/quality")
     args = ap.parse_args()
     if not len(args.ks) == len(args.l1s) == len(args.l0s):
@@ -56,7 +60,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    bench = Workbench.offline()
+    bench = Workbench.offline(dataset=args.dataset)
     runs, curves = [], {}
     for layer in args.layers:
         base = CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", expansion=args.expansion,
@@ -83,6 +87,7 @@ def main() -> None:
                     reach = tokens_to_reach(row["tokenized"]["curve"], row["base"]["nmse"])
                     row["tokens_to_reach_base_final_nmse"] = reach
                     row["speedup"] = (args.training_tokens / reach) if reach else None
+                    row["reached_at_init"] = reach == 0  # the init alone already beats the base's end
                     row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
                     runs.append(row)
                     write_json({"runs": runs}, out / "quality_partial.json")
@@ -93,6 +98,9 @@ def main() -> None:
     write_json(result, out / "quality.json")
     (out / "quality_partial.json").unlink(missing_ok=True)
     plot(curves, args, out / "quality.png")
+    if len(args.ks) > 1:
+        pareto(summary, out / "pareto.png")
+    gap_along_training(runs, out / "gap.png")
     print("\n" + table(summary))
 
 
@@ -108,6 +116,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 row[f"{m}_{side}"] = statistics.mean(r[side][m] for r in rs)
         speedups = [r["speedup"] for r in rs if r["speedup"]]
         row["speedup_mean"] = statistics.mean(speedups) if speedups else None
+        row["reached_at_init"] = all(r.get("reached_at_init") for r in rs)
         row["nmse_ratio"] = statistics.mean(r["nmse_ratio"] for r in rs)
         row["strategy"] = rs[0]["tokenized"]["unigram_strategy"]
         summary.append(row)
@@ -121,7 +130,8 @@ def table(summary: list[dict]) -> str:
     for r in summary:
         sparsity = {"standard": f"l1 {r['l1_coefficient']:g}", "gated": f"l1 {r['l1_coefficient']:g}",
                     "jumprelu": f"l0 {r['l0_coefficient']:g}"}.get(r["architecture"], f"k {r['k']}")
-        sp = f"{r['speedup_mean']:.1f}× fewer" if r["speedup_mean"] else "not reached"
+        sp = (f"{r['speedup_mean']:.1f}× fewer" if r["speedup_mean"] else
+              "at init" if r.get("reached_at_init") else "not reached")
         lines.append(
             f"| {r['architecture']} | L{r['layer']} | {sparsity} | {r['nmse_base']:.3f} → {r['nmse_tokenized']:.3f} "
             f"| {r['ce_added_base']:.3f} → {r['ce_added_tokenized']:.3f} "
@@ -143,6 +153,58 @@ def plot(curves, args, path) -> None:
             ax.set(title=f"{arch} L{layer} level {level}", xlabel="training tokens", ylabel="held-out NMSE", yscale="log")
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=90)
+
+
+def gap_along_training(runs: list[dict], path: Path) -> None:
+    """tokenized / base held-out NMSE along training, mean over seeds: does the gap close,
+    stay or grow as the run gets longer? (The lr is constant, so the curve's value at T
+    tokens is what a run of T tokens ends at.)"""
+    fig, axes = new_figure(1, 1, size=(6, 4))
+    ax = axes[0][0]
+    groups = sorted({(r["architecture"], r["layer"], r["k"]) for r in runs})
+    for arch, layer, k in groups:
+        rs = [r for r in runs if (r["architecture"], r["layer"], r["k"]) == (arch, layer, k)]
+        xs = [t for t, _ in rs[0]["base"]["curve"]]
+        n = min(len(r[side]["curve"]) for r in rs for side in ("base", "tokenized"))
+        xs = xs[:n]
+        ratio = [statistics.mean(r["tokenized"]["curve"][i][1] / r["base"]["curve"][i][1] for r in rs) for i in range(n)]
+        ax.plot(xs[1:], ratio[1:], "o-", label=f"{arch} L{layer} k {k}")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(title="tokenized / base held-out NMSE along training", xlabel="training tokens", ylabel="NMSE ratio", xscale="log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=90)
+
+
+def pareto(summary: list[dict], path: Path) -> None:
+    """Each metric against L0, one row per layer: base dashed, tokenized solid, per architecture."""
+    layers = sorted({r["layer"] for r in summary})
+    archs = sorted({r["architecture"] for r in summary})
+    panels = (("nmse", "held-out NMSE", "log"), ("ce_added", "CE added (relative)", "log"))
+    fig, axes = new_figure(len(layers), len(panels) + 1, size=(4.5, 3.5))
+    for i, layer in enumerate(layers):
+        for j, arch in enumerate(archs):
+            rs = sorted((r for r in summary if r["layer"] == layer and r["architecture"] == arch), key=lambda r: r["l0_base"])
+            color = f"C{j}"
+            for col, (metric, label, scale) in enumerate(panels):
+                ax = axes[i][col]
+                ax.plot([r["l0_base"] for r in rs], [r[f"{metric}_base"] for r in rs], "o--", color=color, alpha=0.7,
+                        label=f"{arch}")
+                ax.plot([r["l0_tokenized"] for r in rs], [r[f"{metric}_tokenized"] for r in rs], "o-", color=color,
+                        label=f"tokenized_{arch}")
+                ax.set(title=f"L{layer}: {label} vs L0", xlabel="L0 (held-out)", ylabel=label, xscale="log", yscale=scale)
+            ax = axes[i][len(panels)]
+            pts = [(r["l0_tokenized"], r["speedup_mean"]) for r in rs if r["speedup_mean"]]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=color, label=f"tokenized_{arch}")
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set(title=f"L{layer}: fewer tokens to the base's final NMSE", xlabel="L0 (held-out)",
+                   ylabel="× fewer training tokens", xscale="log")
+        for ax in axes[i]:
+            ax.grid(alpha=0.3, which="both")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
     save_figure(fig, path, dpi=90)
 
 

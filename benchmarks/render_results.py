@@ -360,8 +360,56 @@ def init_sample_size() -> str:
             + command(d) + extra_cmd)
 
 
+def defaults_check() -> str:
+    """SAELens's TopK against tokenized TopK variants on each corpus, layer and length, per
+    seed (benchmarks/defaults_check.py; one JSON per corpus/layer/length)."""
+    files = sorted((RESULTS / "defaults_check").glob("*.json"))
+    if not files:
+        raise FileNotFoundError("no benchmarks/results/defaults_check/*.json: run benchmarks/defaults_check.py")
+    rows, commands = [], ""
+    for f in files:
+        d = json.loads(f.read_text())
+        s = d["settings"]
+        where = f"{d['dataset']} L{s['layer']}, {s['training_tokens']:,} tokens, batch {s.get('batch', 1024)}, seeds {', '.join(map(str, s['seeds']))}"
+        labels = list(d["runs"][0]["tokenized"])
+        rows.append([where, "SAELens TopK", ", ".join(f4(r["topk"]["nmse"]) for r in d["runs"]), "", ""])
+        for label in labels:
+            vs = [r["tokenized"][label] for r in d["runs"]]
+            over = ", ".join(f"`{k}={v}`" for k, v in vs[0]["overrides"].items()) or "defaults"
+            rows.append([where, f"tokenized TopK, {over}", ", ".join(f4(v["nmse"]) for v in vs),
+                         ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs),
+                         ", ".join("not reached" if v["speedup"] is None else f"{v['speedup']:.1f}×" for v in vs)])
+        commands += command(d)
+    return (table(["corpus, hook, run length", "SAE", "held-out NMSE (per seed)", "/ TopK's (per seed)",
+                   "fewer training tokens to TopK's final NMSE (per seed)"], rows)
+            + f"\n\nSmolLM2-135M, k {s['k']}, width 8×, lr 3e-3 (the workbench's settings)." + commands)
+
+
+def pareto() -> str:
+    """The frontier: base vs tokenized at every sparsity level (benchmarks/quality.py over
+    several k, results/pareto_*/quality.json)."""
+    files = sorted(RESULTS.glob("pareto_*/quality.json"))
+    if not files:
+        raise FileNotFoundError("no benchmarks/results/pareto_*/quality.json: run benchmarks/quality.py with several --ks")
+    rows, commands = [], ""
+    for f in files:
+        d = json.loads(f.read_text())
+        for s in d["summary"]:
+            sp = (f"{s['speedup_mean']:.1f}×" if s["speedup_mean"] else
+                  "at init" if s.get("reached_at_init") else "not reached")
+            rows.append([s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
+                         f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
+                         f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}", sp,
+                         f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
+                         f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]])
+        commands += command(d)
+    return table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio", "CE added base / tok.",
+                  "fewer tokens to base's final NMSE", "dead base / tok.", "single-token latents base / tok.", "seeds"],
+                 rows) + commands
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    demo, lookup_prior_demo, lookup_alone, lookup_variants, dead_latents, architectures, topk_in_depth,
+    demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
     default_cost, init_sample_size)}

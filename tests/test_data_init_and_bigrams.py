@@ -77,8 +77,35 @@ def test_pseudo_count_shrinks_rare_tokens_toward_the_mean(model, dataset):
     torch.testing.assert_close(runner.sae.W_lookup[t].detach(), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_bigram_rows_are_the_pair_means_of_the_sample(model, dataset):
+def test_by_default_a_pair_gets_a_row_only_when_the_sample_holds_it_twice(model, dataset):
+    # One occurrence is one activation: as a row it memorises that activation's context, and
+    # held-out reconstruction got worse on small data (docs "Results", defaults checked)
     runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000),
+                                        override_model=model, override_dataset=dataset)
+    sae = runner.sae
+    assert sae.cfg.lookup_bigram_min_count == 2
+    _, ids, prev = direct_means(model, sample_rows(dataset, 2048))
+    counts: dict[tuple[int, int], int] = {}
+    for p, t in zip(prev.tolist(), ids.tolist()):
+        if p >= 0:
+            counts[(p, t)] = counts.get((p, t), 0) + 1
+    twice = {pair for pair, n in counts.items() if n >= 2}
+    assert twice and len(twice) < len(counts)  # the sample has both kinds
+    pairs = sae.bigram_pairs()
+    chosen = {(int(p), int(t)) for p, t in pairs[pairs[:, 0] >= 0]}
+    assert chosen == twice
+    # a pair seen once reads its token's own row
+    tokens = sample_rows(dataset, 2048)
+    rows = sae.lookup_row_index(tokens)
+    once = torch.tensor([[counts.get((p, t), 0) == 1 for p, t in zip([-1, *row[:-1].tolist()], row.tolist())]
+                         for row in tokens])
+    assert once.any()
+    assert torch.equal(rows[once], tokens[once])
+
+
+def test_bigram_rows_are_the_pair_means_of_the_sample(model, dataset):
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000,
+                                                 lookup_bigram_min_count=1),
                                         override_model=model, override_dataset=dataset)
     sae = runner.sae
     acts, ids, prev = direct_means(model, sample_rows(dataset, 2048))
@@ -235,7 +262,8 @@ def test_bigram_lookup_rejects_a_strided_position_slice(model, dataset):
 def test_analysis_covers_bigram_rows(model, dataset):
     from sae_lens_tokenized.analysis import lookup_analysis
 
-    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000),
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_bigram_rows=4000,
+                                                 lookup_bigram_min_count=1),
                                         override_model=model, override_dataset=dataset)
     tokens = sample_rows(dataset, 2048)[:16]  # pairs the lookup was estimated on
     out = lookup_analysis(runner.sae, None, model, tokens, RESID1)

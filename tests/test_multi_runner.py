@@ -79,7 +79,7 @@ def test_the_init_sample_is_read_once_for_every_sae_at_a_hook_and_trained_on(tmp
     embedded = []
     handle = model.embed.register_forward_pre_hook(lambda m, args: embedded.append(args[0].numel()))
     try:
-        cfg = multi_cfg({"a": tok(), "b": tok(lookup_bigram_min_count=2), "c": tok(lookup_ngram=1)},
+        cfg = multi_cfg({"a": tok(), "b": tok(lookup_bigram_min_count=3), "c": tok(lookup_ngram=1)},
                         {"a": RESID0, "b": RESID0, "c": EMBED}, tmp_path)
         runner = TokenizedMultiSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
         # three tokenized SAEs, two hooks: one sample of 2048 activations from one forward per

