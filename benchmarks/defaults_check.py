@@ -68,7 +68,7 @@ def main() -> None:
                 "overrides": overrides, "nmse": r["nmse"], "curve": r["curve"],
                 "nmse_ratio_to_topk": r["nmse"] / base["nmse"],
                 "tokens_to_reach_topk_final": reach,
-                "speedup": args.training_tokens / reach if reach else None,
+                "speedup": args.training_tokens / reach if reach else None,  # reach 0: the init alone beats TopK's end
                 "bigram_rows_used": init.get("bigram_rows_used"),
             }
             ax.plot(*zip(*r["curve"]), label=f"tokenized {label}")

@@ -19,6 +19,7 @@ l0_coefficient = --l0s[i] (JumpReLU).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -54,7 +55,11 @@ def main() -> None:
     ap.add_argument("--eval_activations", type=int, default=20_000, help="held-out activations for NMSE")
     ap.add_argument("--dataset", default=None, help="offline corpus (default: the Wikipedia introductions)")
     ap.add_argument("--out", default="benchmarks/results/quality")
+    ap.add_argument("--replot", help="a quality_partial.json of a stopped run: summarise it and draw its figures, "
+                                     "training nothing")
     args = ap.parse_args()
+    if args.replot:
+        return replot(Path(args.replot), Path(args.out))
     if not len(args.ks) == len(args.l1s) == len(args.l0s):
         ap.error("--ks, --l1s and --l0s give one value per sparsity level: pass as many of each")
     out = Path(args.out)
@@ -90,7 +95,8 @@ def main() -> None:
                     row["reached_at_init"] = reach == 0  # the init alone already beats the base's end
                     row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
                     runs.append(row)
-                    write_json({"runs": runs}, out / "quality_partial.json")
+                    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "runs": runs},
+                               out / "quality_partial.json")
 
     summary = summarise(runs)
     result = {"command": "python " + " ".join(sys.argv), "settings": vars(args),
@@ -99,6 +105,18 @@ def main() -> None:
     (out / "quality_partial.json").unlink(missing_ok=True)
     plot(curves, args, out / "quality.png")
     if len(args.ks) > 1:
+        pareto(summary, out / "pareto.png")
+    gap_along_training(runs, out / "gap.png")
+    print("\n" + table(summary))
+
+
+def replot(partial: Path, out: Path) -> None:
+    """Summary, JSON and figures from the runs a stopped sweep had finished."""
+    d = json.loads(partial.read_text())
+    runs, summary = d["runs"], summarise(d["runs"])
+    write_json({**{k: v for k, v in d.items() if k != "runs"}, "stopped_after_runs": len(runs),
+                "replotted_with": "python " + " ".join(sys.argv), "summary": summary, "runs": runs}, out / "quality.json")
+    if len({r["k"] for r in runs}) > 1:
         pareto(summary, out / "pareto.png")
     gap_along_training(runs, out / "gap.png")
     print("\n" + table(summary))

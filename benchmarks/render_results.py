@@ -378,7 +378,8 @@ def defaults_check() -> str:
             over = ", ".join(f"`{k}={v}`" for k, v in vs[0]["overrides"].items()) or "defaults"
             rows.append([where, f"tokenized TopK, {over}", ", ".join(f4(v["nmse"]) for v in vs),
                          ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs),
-                         ", ".join("not reached" if v["speedup"] is None else f"{v['speedup']:.1f}×" for v in vs)])
+                         ", ".join("at init" if v["tokens_to_reach_topk_final"] == 0 else "not reached"
+                                   if v["speedup"] is None else f"{v['speedup']:.1f}×" for v in vs)])
         commands += command(d)
     return (table(["corpus, hook, run length", "SAE", "held-out NMSE (per seed)", "/ TopK's (per seed)",
                    "fewer training tokens to TopK's final NMSE (per seed)"], rows)

@@ -31,3 +31,13 @@ python benchmarks/unigram_throughput.py
 sae-lens-tokenized analyze strategies --layers 2 6 12 --n_sequences 30 --seq_len 256 --control_token 37233 --out $R/analysis
 sae-lens-tokenized analyze massive --layers 2 6 12 --n_sequences 30 --seq_len 256 --out $R/analysis
 sae-lens-tokenized analyze lookup --sae /tmp/sltok-demo/sae_tokenized --n_sequences 30 --seq_len 128 --out $R/analysis
+# do the defaults generalise? (other corpora, small data; docs "Do the defaults generalise?")
+python benchmarks/defaults_check.py --dataset bbc-news-en --layer 9 --training_tokens 400000 --seeds 0 1 \
+    --variants '{"min_count_2": {"lookup_bigram_min_count": 2}}'
+python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --training_tokens 20000 --seeds 0 1 2 \
+    --variants '{"min_count_2": {"lookup_bigram_min_count": 2}, "min_count_3": {"lookup_bigram_min_count": 3}, "unigram": {"lookup_ngram": 1}}'
+python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 4 --training_tokens 20000 --batch 4096 --seeds 0 1 \
+    --variants '{"min_count_1": {"lookup_bigram_min_count": 1}}'
+# the frontier (stopped by hand after L3 k 8-64; --replot summarises a stopped sweep's quality_partial.json)
+python benchmarks/quality.py --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 \
+    --seeds 0 --training_tokens 100000 --unigram_strategy data --out $R/pareto_topk
