@@ -41,3 +41,6 @@ python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 4 --trai
 # the frontier (stopped by hand after L3 k 8-64; --replot summarises a stopped sweep's quality_partial.json)
 python benchmarks/quality.py --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 \
     --seeds 0 --training_tokens 100000 --unigram_strategy data --out $R/pareto_topk
+# and at 100k tokens on the development corpus, with the lookup's lr lowered or frozen (the frontier's loss at k 32)
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 100000 --seeds 0 \
+    --variants '{"lookup_lr_1e-2": {"lookup_lr": 0.01}, "frozen_lookup": {"train_lookup": false}}'
