@@ -44,3 +44,5 @@ python benchmarks/quality.py --architectures topk --layers 3 9 --ks 8 16 32 64 1
 # and at 100k tokens on the development corpus, with the lookup's lr lowered or frozen (the frontier's loss at k 32)
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 100000 --seeds 0 \
     --variants '{"lookup_lr_1e-2": {"lookup_lr": 0.01}, "frozen_lookup": {"train_lookup": false}}'
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 100000 --seeds 0 \
+    --variants '{"init_scale_0.5": {"lookup_init_scale": 0.5}, "unigram_only": {"lookup_ngram": 1}}' --out /tmp/dc  # then merge its variants into the JSON above
