@@ -176,8 +176,9 @@ def plot(curves, args, path) -> None:
 
 def gap_along_training(runs: list[dict], path: Path) -> None:
     """tokenized / base held-out NMSE along training, mean over seeds: does the gap close,
-    stay or grow as the run gets longer? (The lr is constant, so the curve's value at T
-    tokens is what a run of T tokens ends at.)"""
+    stay or grow as the run gets longer? (The lr is constant, so a base SAE's curve at T
+    tokens is what a run of T tokens ends at; a tokenized run of T tokens is not the same,
+    since its init sample is capped at T: read the ratio along one run, not across lengths.)"""
     fig, axes = new_figure(1, 1, size=(6, 4))
     ax = axes[0][0]
     groups = sorted({(r["architecture"], r["layer"], r["k"]) for r in runs})
