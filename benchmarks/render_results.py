@@ -53,6 +53,12 @@ def times(x: float | None) -> str:
     return "" if x is None else f"{x:.1f}×"
 
 
+def reached(speedup: float | None, at_init: bool) -> str:
+    """Fewer training tokens to the base's final NMSE; ``at_init``: the init alone was
+    already there (no ratio), else no speedup means the run never got there."""
+    return "at init" if at_init else "not reached" if speedup is None else times(speedup)
+
+
 # --------------------------------------------------------------------------- renderers ---
 def demo(name: str = "demo/results.json") -> str:
     """The demo's two SAEs (``./run.sh demo``)."""
@@ -351,7 +357,7 @@ def init_sample_size() -> str:
         for n, v in r["tokenized"].items():
             rows.append([f"L{r['layer']}", label, f"{int(n):,}",
                          f"{v['held_sample_bytes'] / 2**20:,.0f}", f4(v["nmse"]),
-                         "not reached" if v["speedup"] is None else f"{v['speedup']:.1f}×"])
+                         reached(v["speedup"], v["tokens_to_reach_topk_final"] == 0)])
     s = d["settings"]
     return (table(["hook", "SAE", "lookup_init_tokens", "held sample (MiB)", "held-out NMSE",
                    "fewer training tokens to TopK's final NMSE"], rows)
@@ -378,8 +384,7 @@ def defaults_check() -> str:
             over = ", ".join(f"`{k}={v}`" for k, v in vs[0]["overrides"].items()) or "defaults"
             rows.append([where, f"tokenized TopK, {over}", ", ".join(f4(v["nmse"]) for v in vs),
                          ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs),
-                         ", ".join("at init" if v["tokens_to_reach_topk_final"] == 0 else "not reached"
-                                   if v["speedup"] is None else f"{v['speedup']:.1f}×" for v in vs)])
+                         ", ".join(reached(v["speedup"], v["tokens_to_reach_topk_final"] == 0) for v in vs)])
         commands += command(d)
     return (table(["corpus, hook, run length", "SAE", "held-out NMSE (per seed)", "/ TopK's (per seed)",
                    "fewer training tokens to TopK's final NMSE (per seed)"], rows)
@@ -396,11 +401,10 @@ def pareto() -> str:
     for f in files:
         d = json.loads(f.read_text())
         for s in d["summary"]:
-            sp = (f"{s['speedup_mean']:.1f}×" if s["speedup_mean"] else
-                  "at init" if s.get("reached_at_init") else "not reached")
             rows.append([s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
                          f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
-                         f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}", sp,
+                         f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
+                         reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
                          f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
                          f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]])
         commands += command(d)
