@@ -45,9 +45,9 @@ def test_wiki_text_splits_are_disjoint_and_tokenized(smollm2):
 def test_every_offline_corpus_splits_by_document_and_tokenizes(smollm2, name):
     # the defaults are checked on corpora they were not chosen on (benchmarks/defaults_check.py):
     # a held-out document must never be one the statistics or the SAE saw
-    from sae_lens_tokenized.integrations.offline import _split, _texts
+    from sae_lens_tokenized.integrations.offline import _CORPUS_TEXTS, _split
 
-    texts = _texts(name)
+    texts = _CORPUS_TEXTS[name]()
     train, held = set(_split(texts, "train", 0.05)), set(_split(texts, "heldout", 0.05))
     assert train and held and not train & held and len(train) + len(held) == len(set(texts))
     ds = load_offline_dataset(name, smollm2.tokenizer, 64, "heldout", max_rows=8)

