@@ -413,11 +413,20 @@ def pareto() -> str:
                  rows) + commands
 
 
+def data_parallel() -> str:
+    """1 process vs 2 gloo ranks; the lookup sync vs a dense all-reduce, per step (benchmarks/data_parallel.py)."""
+    d = load("data_parallel.json")
+    c, t = d["communication"], d.get("throughput") or {}
+    rows = [[k.replace("_", " "), f"{v['tokens_per_s']:.0f} tokens/s", f"{v['wall_s']:.0f}"] for k, v in t.items() if isinstance(v, dict)]
+    rows += [["lookup sync / dense all-reduce, per step", f"{c['lookup_sync_bytes_gathered_per_rank']:,} / {c['dense_allreduce_bytes_per_rank']:,} bytes", f"{c['lookup_sync_median_s']:.3f} / {c['dense_allreduce_median_s']:.3f}"]]
+    return table(["data parallel", "throughput or bytes per rank", "seconds"], rows) + f"\n\n{t.get('setting', '')}. {c['setting']}." + command(d)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, init_sample_size)}
+    default_cost, init_sample_size, data_parallel)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

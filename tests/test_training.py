@@ -300,10 +300,17 @@ def test_expected_average_only_in_scales_the_lookup_consistently(tmp_path, model
     assert _heldout_nmse(loaded, model, EMBED, True) < 0.05
 
 
-def test_non_tokenized_config_is_rejected(model, dataset):
-    cfg = runner_cfg(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
-    with pytest.raises(TypeError, match="not a tokenized SAE config"):
-        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+def test_a_plain_config_trains_in_the_plugins_runner_exactly_as_in_saelens(model, dataset):
+    # one runner for both sides of a comparison (and for data parallelism, which SAELens
+    # lacks): in one process a plain config is SAELens's own run, weight for weight
+    cfg = runner_cfg(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 4096)
+    torch.manual_seed(0)
+    ours = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
+    torch.manual_seed(0)
+    theirs = LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
+    assert type(ours) is type(theirs)
+    for name, p in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], p), name
 
 
 def test_resume_from_checkpoint_restores_lookup_and_its_optimizer_group(tmp_path, model, dataset, monkeypatch):

@@ -18,6 +18,7 @@ import torch
 from sae_lens import logger
 from tqdm.auto import tqdm
 
+from sae_lens_tokenized import parallel
 from sae_lens_tokenized.lookup.ids import TOKEN_IDS_KEY
 from sae_lens_tokenized.lookup.strategies import DATA_STRATEGY
 from sae_lens_tokenized.lookup_init.statistics import LookupStatistics, previous_ids_of_batch
@@ -87,6 +88,9 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
     requested = sae_cfg.lookup_init_tokens
     target = min(requested, cfg.training_tokens)
     capped_by = "training_tokens" if target < requested else None
+    dp = parallel.current()
+    if dp is not None:  # each rank samples its share of its own data; the sums are reduced below
+        target = -(-target // dp.world)
     stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.d_in, sae_cfg.lookup_ngram, device=device, sums=sums)
     excluded = store.exclude_special_tokens
     drawn = skipped_first = 0
@@ -115,6 +119,10 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
             if excluded is not None:
                 keep &= ~torch.isin(ids, excluded.to(ids.device))
             stats.add(acts, ids, prev[0] if prev else None, keep=keep)
+    if dp is not None:
+        stats.reduce_across(dp)
+        drawn, skipped_first = (int(v) for v in dp.all_reduce_(torch.tensor([drawn, skipped_first]),
+                                                               what="summing the init sample's size"))
     if stats.n_tokens == 0:
         raise ValueError(
             f"the lookup init sampled {drawn} activations and none was usable (each sequence's first "

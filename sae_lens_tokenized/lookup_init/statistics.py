@@ -83,6 +83,7 @@ class LookupStatistics:
         self._pair_counts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sorted keys, counts)
         self._pair_rows = 0
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (acts, key per row or -1)
+        self._across: Any = None  # a parallel.DataParallel once reduce_across() ran
 
     @property
     def sums(self) -> torch.Tensor:
@@ -124,6 +125,26 @@ class LookupStatistics:
             uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
             self._pair_counts = [(uniq, counts.new_zeros(len(uniq)).index_add_(0, inverse, counts))]
             self._pair_rows = len(uniq)
+
+    @torch.no_grad()
+    def reduce_across(self, dp: Any) -> None:
+        """Sum these statistics over the ranks of a data-parallel run, so every rank holds
+        the statistics of the union of the ranks' samples: token sums and counts, and the
+        pairs' counts (every rank then chooses the same bigram rows). The chosen pairs'
+        activation sums are summed across ranks too, in ``bigram_table``'s second pass."""
+        dp.all_reduce_(self.sums, what="summing the lookup's per-token activations")
+        dp.all_reduce_(self.counts, what="summing the per-token counts")
+        self.n_tokens = int(dp.all_reduce_(torch.tensor([self.n_tokens]), what="summing the sample sizes"))
+        if self.ngram >= 2:
+            self._compact()
+            keys, counts = self._pair_counts[0] if self._pair_counts else (
+                torch.zeros(0, dtype=torch.long, device=self.counts.device),) * 2
+            keys = dp.all_gather_varlen(keys, "sharing the bigram counts")
+            counts = dp.all_gather_varlen(counts, "sharing the bigram counts")
+            uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+            self._pair_counts = [(uniq, counts.new_zeros(len(uniq)).index_add_(0, inverse, counts))] if len(uniq) else []
+            self._pair_rows = len(uniq)
+        self._across = dp
 
     def mean(self) -> torch.Tensor:
         return self.sums.sum(0) / max(self.n_tokens, 1)
@@ -179,6 +200,8 @@ class LookupStatistics:
             pos = torch.searchsorted(keys, batch_keys).clamp_max(len(keys) - 1)
             hit = (keys[pos] == batch_keys) & (batch_keys >= 0)
             sums.index_add_(0, torch.where(hit, pos, len(keys)), acts)
+        if self._across is not None:
+            self._across.all_reduce_(sums, what="summing the chosen bigrams' activations")
         sums = sums[: len(keys)]
         tok = keys % self.d_vocab
         c = float(pseudo_count)

@@ -30,11 +30,14 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.constants import ACTIVATIONS_STORE_STATE_FILENAME
 from sae_lens.training.activations_store import ActivationsStore
 
+from sae_lens_tokenized import parallel
 from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID
 from sae_lens_tokenized.lookup_init.statistics import previous_ids_of_batch
 
@@ -155,7 +158,74 @@ class HeldBatches:
             self._held.append(batch)
 
 
-class TokenizedActivationsStore(HeldBatches, ActivationsStore):
+class RankShare:
+    """An ActivationsStore that, under ``torchrun``, reads only its rank's share of the data
+    (``parallel``; the plain and the token-carrying store alike)."""
+
+    #: this process's rank under torchrun (None: a single process)
+    rank: int | None = None
+
+    @classmethod
+    def from_config(cls, model: Any, cfg: Any, override_dataset: Any = None) -> Any:
+        store = super().from_config(model, cfg, override_dataset)  # type: ignore[misc]
+        dp = parallel.current()
+        if dp is not None:
+            store.take_rank_share(dp)
+        return store
+
+    def take_rank_share(self, dp: parallel.DataParallel) -> None:
+        """Under ``torchrun``: read this rank's part of the data only (a contiguous shard of
+        the dataset, or of the activation cache's rows, via ``datasets``'
+        ``split_dataset_by_node``) and yield this rank's part of the global batch
+        (``train_batch_size_tokens`` is the global batch, divided by the world size)."""
+        from datasets.distributed import split_dataset_by_node
+
+        self.train_batch_size_tokens = dp.share_of_batch(self.train_batch_size_tokens)
+        if self.dataset is not None:
+            self.dataset = split_dataset_by_node(self.dataset, rank=dp.rank, world_size=dp.world)
+            self.iterable_sequences = self._iterate_tokenized_sequences()
+        cache = self.cached_activation_dataset
+        if cache is not None:
+            self.cached_activation_dataset = split_dataset_by_node(cache, rank=dp.rank, world_size=dp.world)
+            rows = len(self.cached_activation_dataset)
+            if rows < self.store_batch_size_prompts:
+                raise parallel.DataParallelError(
+                    f"the activation cache has {len(cache)} sequences; split across {dp.world} ranks, rank "
+                    f"{dp.rank} gets {rows}, fewer than store_batch_size_prompts="
+                    f"{self.store_batch_size_prompts}. Use fewer ranks, a larger cache, or a smaller "
+                    "store_batch_size_prompts."
+                )
+        self.rank = dp.rank
+
+    def _rank_state_file(self, checkpoint_path: str | Path) -> Path:
+        # under torchrun each rank keeps its own position in its own part of the data
+        return Path(checkpoint_path) / ACTIVATIONS_STORE_STATE_FILENAME.replace(
+            ".safetensors", f"_rank{self.rank}.safetensors")
+
+    def save_to_checkpoint(self, checkpoint_path: str | Path) -> None:
+        if self.rank is None:
+            return super().save_to_checkpoint(checkpoint_path)
+        self.save(str(self._rank_state_file(checkpoint_path)))
+
+    def load_from_checkpoint(self, checkpoint_path: str | Path) -> None:
+        if self.rank is None:
+            return super().load_from_checkpoint(checkpoint_path)
+        path = self._rank_state_file(checkpoint_path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint was not written by a run with rank {self.rank} "
+                "(each rank saves its own data position). Resume with the world size that wrote it, "
+                "or start a new run from its weights (from_pretrained_path)."
+            )
+        self.load(str(path))
+
+
+class ShardedActivationsStore(RankShare, ActivationsStore):
+    """SAELens's ActivationsStore, reading its rank's share under ``torchrun`` (plain SAEs
+    trained through the plugin's runner)."""
+
+
+class TokenizedActivationsStore(HeldBatches, RankShare, ActivationsStore):
     """ActivationsStore whose batches are packed ``[activations | token id]`` rows."""
 
     #: rows of the lookup; ids are checked against it as they enter (set by from_config)

@@ -34,6 +34,7 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.mixing_buffer import multi_hook_concat_split_iter
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
+from sae_lens_tokenized import parallel
 from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.ids import TOKEN_IDS_KEY, previous_token_ids
@@ -167,7 +168,7 @@ class TokenizedMultiSAETrainer(MultiSAETrainer):
         saes = super().fit()
         for sae in saes.values():
             if isinstance(sae, TokenLookupMixin):
-                record_activation_counts(sae, self.store, self.n_training_samples)
+                record_activation_counts(sae, self.store.llm_activations_read, self.n_training_samples)
         return saes
 
     def __init__(self, *args: Any, data_provider: Any, **kwargs: Any):
@@ -210,6 +211,11 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     def __init__(self, cfg: Any, override_dataset: Any = None, override_model: Any = None,
                  override_saes: dict[str, Any] | None = None):
+        if parallel.launched_with_torchrun() or parallel.current() is not None:
+            raise parallel.DataParallelError(
+                "TokenizedMultiSAETrainingRunner does not run data-parallel under torchrun yet; train "
+                "each SAE with TokenizedSAETrainingRunner under torchrun, or run this runner in one process."
+            )
         cfg = copy.deepcopy(cfg)  # resolved settings go into the runner's copy, never the user's
         tokenized = {n: c for n, c in cfg.saes.items() if isinstance(c, LookupTrainingConfig)}
         if tokenized and cfg.dtype not in ("float32", torch.float32):

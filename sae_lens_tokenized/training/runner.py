@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
-from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, LLMSaeEvaluator
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_lens_tokenized._compat import guard_runner_init, runner_classes
@@ -35,7 +35,8 @@ from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 from sae_lens_tokenized.lookup_init.plan import check_against_model, plan_lookup_init, resolve_precomputed_table
 from sae_lens_tokenized.lookup_init.sample import SpecialTokensNotExcludedWarning  # noqa: F401  (public here)
 from sae_lens_tokenized.models import vocab_size
-from sae_lens_tokenized.training.activations_store import TokenizedActivationsStore
+from sae_lens_tokenized.training.activations_store import ShardedActivationsStore, TokenizedActivationsStore
+from sae_lens_tokenized.training.data_parallel import DataParallelSAETrainer, check_same_model, data_parallel_setup
 from sae_lens_tokenized.training.trainer import TokenizedEvaluator, TokenizedSAETrainer
 
 
@@ -90,19 +91,20 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         override_sae: TrainingSAE[Any] | None = None,
         unigram_table: torch.Tensor | None = None,
     ):
-        if not isinstance(cfg.sae, LookupTrainingConfig):
-            raise TypeError(
-                f"cfg.sae is a {type(cfg.sae).__name__}, not a tokenized SAE config; use e.g. "
-                "TokenizedTopKTrainingSAEConfig, or SAELens's LanguageModelSAETrainingRunner "
-                "for untokenized SAEs."
-            )
+        self.tokenized = isinstance(cfg.sae, LookupTrainingConfig)
         _check_buffer(cfg)
         cfg = copy.deepcopy(cfg)  # resolved settings go into the runner's copy, never the user's
+        self.data_parallel = data_parallel_setup(cfg)
         self._unigram_table_arg = unigram_table
         fresh = override_sae is None and cfg.from_pretrained_path is None
-        self._will_init = fresh and cfg.sae.init_lookup_from_unigrams and cfg.resume_from_checkpoint is None
-        with runner_classes(ActivationsStore=self.store_class, LLMSaeEvaluator=TokenizedEvaluator):
+        self._will_init = (self.tokenized and fresh and cfg.sae.init_lookup_from_unigrams
+                           and cfg.resume_from_checkpoint is None)
+        store_class = self.store_class if self.tokenized else ShardedActivationsStore
+        evaluator = TokenizedEvaluator if self.tokenized else LLMSaeEvaluator
+        with runner_classes(ActivationsStore=store_class, LLMSaeEvaluator=evaluator):
             super().__init__(cfg, override_dataset, override_model, override_sae)
+        if not self.tokenized:
+            return
         if not isinstance(self.sae, TokenLookupMixin):
             raise TypeError(f"{type(self.sae).__name__} is not a tokenized SAE")
         if cfg.resume_from_checkpoint is not None and self.sae.cfg.lookup_ngram == 2:
@@ -130,30 +132,48 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         # the store and the SAE (_compat.py entry 1): the one moment to check the config
         # against the model and size the lookup, before any work.
         cfg = self.cfg
-        if cfg.sae.d_vocab is None:
-            cfg.sae.d_vocab = vocab_size(self.model)
-        check_against_model(self.model, cfg)
-        self._table, self._table_strategy = resolve_precomputed_table(
-            self.model, cfg, self._unigram_table_arg, self._will_init)
+        if self.data_parallel is not None:
+            check_same_model(self.data_parallel, self.model)
+        if self.tokenized:
+            if cfg.sae.d_vocab is None:
+                cfg.sae.d_vocab = vocab_size(self.model)
+            check_against_model(self.model, cfg)
+            self._table, self._table_strategy = resolve_precomputed_table(
+                self.model, cfg, self._unigram_table_arg, self._will_init)
         super()._compile_llm_if_needed()
 
     def run(self):
-        """Train the SAE: SAELens's ``run``, with the tokenized trainer."""
-        with runner_classes(SAETrainer=self.trainer_class):
+        """Train the SAE: SAELens's ``run``, with the tokenized trainer (a plain SAE: with
+        SAELens's trainer, data-parallel under ``torchrun``)."""
+        with runner_classes(SAETrainer=self.trainer_class if self.tokenized else DataParallelSAETrainer):
             return super().run()
+
+    def save_final_sae(self, *args: Any, **kwargs: Any) -> None:
+        if self.data_parallel is None or self.data_parallel.is_main:  # rank 0 writes the SAE
+            super().save_final_sae(*args, **kwargs)
+
+    def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+        dp = self.data_parallel
+        if dp is None or dp.is_main or checkpoint_path is None:
+            return super().save_checkpoint(checkpoint_path)
+        self.activations_store.save_to_checkpoint(checkpoint_path)  # other ranks: their data position
 
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         sae = super().run_trainer_with_interruption_handling(trainer)
-        record_activation_counts(sae, self.activations_store, trainer.n_training_samples)
+        if self.tokenized:
+            read = self.activations_store.llm_activations_read
+            if self.data_parallel is not None:
+                read = int(self.data_parallel.all_reduce_(torch.tensor([read]), what="counting activations read"))
+            record_activation_counts(sae, read, trainer.n_training_samples)
         return sae
 
 
-def record_activation_counts(sae: Any, store: Any, trained_on: int) -> None:
+def record_activation_counts(sae: Any, read: int, trained_on: int) -> None:
     """Write into cfg.json (``metadata.activations``) how many activations the run read
-    from the LLM (or the cache) and how many it trained on: they differ by what SAELens's
-    mixing buffer still held at the end (and a measurement's 8 sequences, when one ran)."""
-    sae.cfg.metadata.activations = {"read": int(getattr(store, "llm_activations_read", 0)),
-                                    "trained_on": int(trained_on)}
+    from the LLM (or the cache) and how many it trained on (all ranks' under torchrun):
+    they differ by what SAELens's mixing buffer still held at the end (and a measurement's
+    8 sequences, when one ran)."""
+    sae.cfg.metadata.activations = {"read": int(read), "trained_on": int(trained_on)}
 
 
 #: What trains a tokenized SAE, for the errors of the entry points that cannot.

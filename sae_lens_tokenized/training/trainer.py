@@ -17,16 +17,17 @@ import torch
 from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.optim import get_lr_scheduler
-from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 from sae_lens_tokenized.lookup.sparse import TokenizedAdam, stage_for_step
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
+from sae_lens_tokenized.training.data_parallel import DataParallelSAETrainer
 
 
-class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
-    """SAELens's SAETrainer, feeding token ids to the SAE and a separate lookup lr."""
+class TokenizedSAETrainer(DataParallelSAETrainer):
+    """SAELens's SAETrainer, feeding token ids to the SAE and a separate lookup lr
+    (data-parallel under ``torchrun``: ``training.data_parallel``)."""
 
     def __init__(self, cfg: Any, sae: Any, data_provider: Any, **kwargs: Any):
         """``data_provider``: packed rows from a ``TokenizedActivationsStore`` (the store, or
@@ -86,6 +87,7 @@ class TokenizedSAETrainer(SAETrainer):  # type: ignore[type-arg]
                 "the store packs a different number of id columns than this SAE reads (was it built "
                 "for another SAE config, e.g. another lookup_ngram?)"
             )
+        self.align_replicas()  # under torchrun: rank 0's lookup, the ranks' averaged scaling factor
         if self._lookup_scale_pending and self.activation_scaler.scaling_factor is not None:
             with torch.no_grad():
                 self.sae.W_lookup.mul_(self.activation_scaler.scaling_factor)
