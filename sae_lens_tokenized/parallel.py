@@ -14,7 +14,8 @@ module keeps the copies identical (docs: "Data-parallel training"):
   group's timeout and re-raised with the rank and the step that failed, so a dead rank
   ends the others with a clear error instead of a hang (sparsify issue #68).
 
-Only ``torch`` is imported here, so the lookup's statistics can be reduced with it too.
+Only ``torch`` and the lookup's row staging are imported here, so the lookup's statistics
+can be reduced with it too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.autograd import Variable
+
+from sae_lens_tokenized.lookup.sparse import distinct_slots
 
 #: seconds a collective may wait for the other ranks (``SAE_LENS_TOKENIZED_DIST_TIMEOUT``)
 DEFAULT_TIMEOUT_S = 300
@@ -99,9 +102,10 @@ class DataParallel:
                 f"{timeout_s():.0f} s (SAE_LENS_TOKENIZED_DIST_TIMEOUT)."
             ) from e
 
-    def all_reduce_(self, t: torch.Tensor, op: Any = None, what: str = "all_reduce") -> torch.Tensor:
+    def all_reduce_(self, t: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:
+        """Sum ``t`` over the ranks, in place."""
         with self.collective(what):
-            dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op)
+            dist.all_reduce(t)
         return t
 
     def all_gather(self, t: torch.Tensor, what: str = "all_gather") -> torch.Tensor:
@@ -155,12 +159,8 @@ def union_rows(dp: DataParallel, rows: torch.Tensor, valid: torch.Tensor, grads:
     pad = torch.iinfo(torch.long).max  # sorts after every row id
     keys = dp.all_gather(torch.where(valid, rows, pad), "sharing the lookup rows' ids")
     g = dp.all_gather(grads, "sharing the lookup rows' gradients")
-    sorted_keys, order = torch.sort(keys, stable=True)
-    starts = torch.ones_like(sorted_keys, dtype=torch.bool)
-    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    slot = torch.cumsum(starts, 0) - 1
+    order, slot, out_rows = distinct_slots(keys)  # as one process stages its rows
     summed = torch.zeros_like(g).index_add_(0, slot, g[order]).div_(dp.world)
-    out_rows = torch.zeros_like(sorted_keys).scatter_(0, slot, sorted_keys)
     out_valid = (out_rows != pad) & (torch.arange(len(out_rows), device=rows.device) <= slot[-1])
     return torch.where(out_valid, out_rows, 0), out_valid, summed
 

@@ -38,6 +38,18 @@ from torch import nn
 from torch.optim import Adam
 
 
+def distinct_slots(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct values of ``keys`` [n] with every shape fixed by ``n`` (sort + cumsum,
+    no ``unique()``, so no host sync): ``(order, slot, rows)``, where sorted position ``i``
+    (``keys[order[i]]``) is distinct value ``slot[i]``, and ``rows[:slot[-1] + 1]`` are the
+    distinct values ascending (the rest is padding, 0)."""
+    sorted_keys, order = torch.sort(keys, stable=True)
+    starts = torch.ones_like(sorted_keys, dtype=torch.bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    slot = torch.cumsum(starts, 0) - 1
+    return order, slot, torch.zeros_like(sorted_keys).scatter_(0, slot, sorted_keys)
+
+
 class SparseRows:
     """The staging part of ``TokenLookupMixin`` (which owns ``W_lookup``)."""
 
@@ -76,13 +88,9 @@ class SparseRows:
             )
         flat = ids.reshape(-1).to(self.W_lookup.device)
         n = flat.numel()
-        sorted_ids, order = torch.sort(flat)
-        starts = torch.ones_like(sorted_ids, dtype=torch.bool)
-        starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
-        slot = torch.cumsum(starts, 0) - 1  # the distinct row each sorted position reads
+        order, slot, rows = distinct_slots(flat)
         inverse = torch.empty_like(slot)
         inverse[order] = slot
-        rows = torch.zeros_like(sorted_ids).scatter_(0, slot, sorted_ids)
         valid = torch.arange(n, device=flat.device) <= (slot[-1] if n else -1)
         if self.lookup_rows.shape[0] != n:  # the batch size changed (or the first batch)
             self.lookup_rows.data = self.W_lookup.new_empty(n, self.W_lookup.shape[1])
