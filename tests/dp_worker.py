@@ -136,6 +136,8 @@ def runner(out: Path, **overrides) -> None:
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    if mode == "runner":  # every rank writes here, and must not wait for rank 0's SAE to create it
+        out.mkdir(parents=True, exist_ok=True)
     parallel.init_from_env("cpu")
     dp = parallel.current()
     rank = dp.rank if dp else 0
