@@ -71,6 +71,17 @@ SAE does.
    dataset from texts in memory), and RAVEL's ``MDBM`` class, whose ``forward`` alone sees
    both the decoded positions ``base_pos_B`` and the input ids (``ravel_position_ids``: a
    subclass supplies the ids at those positions). Tests: ``test_saebench.py``.
+9. **Data parallelism: where the store reads and what the trainer counts** [§14].
+   ``ActivationsStore`` reads sequences from ``self.dataset`` (through the generator
+   ``_iterate_tokenized_sequences``, which ``iterable_sequences`` holds) and cached rows from
+   ``self.cached_activation_dataset``; ``RankShare`` replaces both with this rank's shard
+   after ``from_config``, before anything is read. ``SAETrainer.step`` adds the batch to
+   ``n_training_samples`` and updates ``act_freq_scores`` and ``n_forward_passes_since_fired``
+   from the forward's activations, and ``n_frac_active_samples`` from the trainer config's
+   ``train_batch_size_samples`` (the global batch); ``DataParallelSAETrainer`` combines the
+   first three across ranks after SAELens's step. Tests:
+   ``test_compat.py::test_9_*``, ``test_cached_activations.py::test_a_rank_share_*``,
+   ``test_data_parallel.py`` (the counters equal one process's).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -109,6 +110,7 @@ def runner(out: Path, **overrides) -> None:
     """The plugin's runner, as a user's script runs it under torchrun."""
     from sae_lens_tokenized import TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
 
+    model_seed = overrides.pop("model_seed", 0)
     if overrides.pop("plain", False):
         from sae_lens import TopKTrainingSAEConfig
 
@@ -119,7 +121,7 @@ def runner(out: Path, **overrides) -> None:
     kw.update(overrides)
     cfg = runner_cfg(sae_cfg, RESID, 6144, **kw)
     data = token_dataset()
-    r = TokenizedSAETrainingRunner(cfg, override_model=tiny_model(), override_dataset=data)
+    r = TokenizedSAETrainingRunner(cfg, override_model=tiny_model(seed=model_seed), override_dataset=data)
     dp = r.data_parallel
     first = r.activations_store.dataset[0]["tokens"]
     info = {"rank": dp.rank if dp else 0, "world": dp.world if dp else 1,
@@ -149,13 +151,16 @@ def main() -> None:
         state = statistics()
         torch.save(state, Path(str(out) + f".rank{rank}"))
     elif mode == "runner":
-        if rank == int(args.pop("die_on_rank", -1)):
+        hang = rank == int(args.pop("hang_on_rank", -1))
+        if hang or rank == int(args.pop("die_on_rank", -1)):
             from sae_lens_tokenized.training import data_parallel
 
             step = data_parallel.DataParallelSAETrainer.step
 
-            def dying_step(self, batch):  # a rank whose process ends abruptly mid-run
+            def dying_step(self, batch):  # a rank whose process ends abruptly (or hangs) mid-run
                 if self.n_training_steps == 3:
+                    if hang:
+                        time.sleep(3600)
                     os._exit(7)
                 return step(self, batch)
 

@@ -82,3 +82,21 @@ def test_a_low_precision_activation_dtype_that_would_round_ids_is_refused(hf_fol
     cfg.dtype = "bfloat16"  # bf16 holds integers exactly only below 256; the vocabulary has 512
     with pytest.raises(ValueError, match="would be rounded"):
         TokenizedActivationsStore.from_config(HookedProxyLM(hf, tok), cfg, override_dataset=token_dataset(CONTEXT))
+
+
+def test_a_rank_share_of_the_cache_reads_its_own_rows_with_their_ids(hf_folder, tmp_path):
+    # _compat entry 9: under torchrun each rank reads a contiguous part of the cache's rows
+    from sae_lens_tokenized.parallel import DataParallel
+
+    path = make_cache(hf_folder, tmp_path / "cache")
+    hf, tok = tiny_llama()
+    store = TokenizedActivationsStore.from_config(HookedProxyLM(hf, tok), cached_cfg(path, d_vocab=len(tok)),
+                                                  override_dataset=token_dataset(CONTEXT))
+    n_rows = len(store.cached_activation_dataset)
+    store.take_rank_share(DataParallel(rank=1, world=2))
+    assert len(store.cached_activation_dataset) == n_rows // 2
+    acts, ids = store.get_raw_llm_batch()  # the tokenized store packs the ids after d_in columns
+    rows = store.store_batch_size_prompts
+    expected = token_dataset(CONTEXT)[n_rows // 2 : n_rows // 2 + rows]["tokens"].flatten()
+    assert torch.equal(ids.flatten().long(), expected), "rank 1 did not read the second half of the cache"
+    assert torch.equal(acts.reshape(len(expected), -1)[:, :32], hf.get_input_embeddings().weight[expected].float())

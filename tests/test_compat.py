@@ -1,6 +1,6 @@
 """The SAELens behaviour each ``_compat.py`` entry relies on, checked by running it.
 
-Test names start with the entry they check. Entry 3 (where reconstructions happen) is
+Test names start with the entry they check (entry 9's trainer counters: test_data_parallel.py). Entry 3 (where reconstructions happen) is
 checked over all architectures in test_architectures.py (zero-lookup parity and the
 per-term gradient identity); entry 5 (SAELens's argument parser) by
 test_offline_and_cli.py::test_cli_parses_saelens_arguments_plus_tokenized_ones; entry 7
@@ -226,3 +226,22 @@ def test_1_saelens_own_runners_refuse_a_tokenized_config_before_any_work(model, 
     from helpers import token_dataset
 
     assert LanguageModelSAETrainingRunner(plain, override_model=model, override_dataset=token_dataset()).sae is not None
+
+
+def test_9_a_rank_share_retargets_saelens_reading_to_its_shard_of_the_dataset(model, dataset):
+    from datasets.distributed import split_dataset_by_node
+    from sae_lens import TopKTrainingSAEConfig
+
+    from sae_lens_tokenized.parallel import DataParallel
+    from sae_lens_tokenized.training.activations_store import ShardedActivationsStore
+
+    cfg = runner_cfg(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4), RESID, 10_000)
+    store = ShardedActivationsStore.from_config(model, cfg, override_dataset=dataset)
+    assert torch.equal(store.get_batch_tokens()[0], dataset[0]["tokens"])  # a single process reads row 0 on
+    store = ShardedActivationsStore.from_config(model, cfg, override_dataset=dataset)
+    store.take_rank_share(DataParallel(rank=1, world=2))
+    shard = split_dataset_by_node(dataset, rank=1, world_size=2)
+    assert len(shard) < len(dataset) and not torch.equal(shard[0]["tokens"], dataset[0]["tokens"])
+    batches = torch.cat([store.get_batch_tokens() for _ in range(2)])
+    assert torch.equal(batches, torch.stack([shard[i]["tokens"] for i in range(len(batches))]))
+    assert store.train_batch_size_tokens == cfg.train_batch_size_tokens // 2

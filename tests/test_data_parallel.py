@@ -30,8 +30,9 @@ import dp_worker  # noqa: E402
 WORKER = Path(__file__).parent / "dp_worker.py"
 
 
-def torchrun(mode: str, out: Path, args: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAE_LENS_TOKENIZED_DIST_TIMEOUT": "60"}
+def torchrun(mode: str, out: Path, args: dict | None = None, timeout: float = 240,
+             dist_timeout: int = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAE_LENS_TOKENIZED_DIST_TIMEOUT": str(dist_timeout)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(WORKER), mode, str(out), json.dumps(args or {})]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -129,6 +130,23 @@ def test_a_rank_that_dies_ends_the_run_with_an_error_not_a_hang(tmp_path):
     assert time.monotonic() - start < 150
     assert "exitcode  : 7" in proc.stderr or "exitcode: 7" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "sae").exists()
+
+
+def test_a_rank_that_hangs_ends_the_run_within_the_stated_timeout(tmp_path):
+    start = time.monotonic()
+    proc = torchrun("runner", tmp_path, {"hang_on_rank": 1}, timeout=200, dist_timeout=15)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 150  # the hung rank sleeps for an hour
+    assert "DataParallelError: rank 0/2" in proc.stderr, proc.stderr[-3000:]
+    assert "within 15 s (SAE_LENS_TOKENIZED_DIST_TIMEOUT)" in proc.stderr
+    assert not (tmp_path / "sae").exists()
+
+
+def test_ranks_that_loaded_different_models_are_refused_before_any_work(tmp_path):
+    proc = torchrun("runner", tmp_path, {"rank1_overrides": {"model_seed": 1}})
+    assert proc.returncode != 0
+    assert "different models" in proc.stderr and "parameter sum: rank 0" in proc.stderr, proc.stderr[-3000:]
+    assert "Training SAE" not in proc.stderr and not (tmp_path / "rank0.pt").exists()
 
 
 def test_ranks_started_with_different_configs_are_refused_before_any_work(tmp_path):
