@@ -422,11 +422,31 @@ def data_parallel() -> str:
     return table(["data parallel", "throughput or bytes per rank", "seconds"], rows) + f"\n\n{t.get('setting', '')}. {c['setting']}." + command(d)
 
 
+def transcoders() -> str:
+    """Tokenized vs plain TopK transcoders per SmolLM2 MLP (benchmarks/transcoders.py)."""
+    d = load("transcoders/transcoders.json")
+    rows = []
+    for r in d["layers"]:
+        p, t = r["plain"], r["tokenized"]
+        to = r["tokens_to_plain_final"]
+        speed = None if not to else d["settings"]["training_tokens"] / to
+        rows.append([f"MLP {r['layer']}", f"{t['lookup_share_at_init']:.1%}", f"{p['nmse']:.4f} / {t['nmse']:.4f}",
+                     reached(speed, to == 0), f"{p['ce_added']:.3f} / {t['ce_added']:.3f}",
+                     f"{p['live_latents']} / {t['live_latents']}",
+                     f"{p['single_token_fraction_of_live']:.1%} / {t['single_token_fraction_of_live']:.1%}"])
+    head = ["layer", "lookup alone (variance share)", "NMSE plain / tokenized", "fewer tokens to plain's end",
+            "CE added plain / tokenized", "live latents plain / tokenized", "single-token share of live"]
+    s = d["settings"]
+    return (table(head, rows) + f"\n\n{d['model']}, {d['dataset']}, TopK k={s['k']}, {s['expansion']}x, "
+            f"{s['training_tokens']:,} training tokens, batch {s['batch']}, lr {s['lr']}, one seed. Held-out text: "
+            f"{s['heldout_rows']} rows for NMSE and latents (live: 16+ firings), {s['ce_rows']} for CE." + command(d))
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, init_sample_size, data_parallel)}
+    default_cost, init_sample_size, data_parallel, transcoders)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

@@ -41,9 +41,11 @@ def _register() -> None:
 
     # topk_raw: inference only, converted original baselines are loaded, never trained
     for (sae_cls, cfg_cls), registry, register in (
-        *(((pair, SAE_CLASS_REGISTRY, register_sae_class)) for pair in _saes.INFERENCE_CLASSES),
+        *(((pair, SAE_CLASS_REGISTRY, register_sae_class))
+          for pair in _saes.INFERENCE_CLASSES + _saes.TRANSCODER_INFERENCE_CLASSES),
         ((RawTopKSAE, RawTopKSAEConfig), SAE_CLASS_REGISTRY, register_sae_class),
-        *(((pair, SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class)) for pair in _saes.TRAINING_CLASSES),
+        *(((pair, SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class))
+          for pair in _saes.TRAINING_CLASSES + _saes.TRANSCODER_TRAINING_CLASSES),
     ):
         name = cfg_cls.architecture()
         if name in registry:
@@ -78,6 +80,8 @@ __all__ = [
     "TokenizedMultiSAETrainingRunner",
     "TokenizedSAETrainingRunner",
     *(cls.__name__ for pair in _saes.INFERENCE_CLASSES + _saes.TRAINING_CLASSES for cls in pair),
+    *(cls.__name__ for pair in _saes.TRANSCODER_INFERENCE_CLASSES + _saes.TRANSCODER_TRAINING_CLASSES
+      for cls in pair),
     "UnigramStrategy",
     "UnigramStrategyError",
     "__version__",

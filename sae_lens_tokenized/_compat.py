@@ -82,6 +82,15 @@ SAE does.
    first three across ranks after SAELens's step. Tests:
    ``test_compat.py::test_9_*``, ``test_cached_activations.py::test_a_rank_share_*``,
    ``test_data_parallel.py`` (the counters equal one process's).
+10. **Where the store runs the model** [§15]. ``ActivationsStore.get_activations`` runs
+   ``self.model.run_with_cache(tokens, names_filter=[hook_name], stop_at_layer=...)`` once
+   per LLM batch and keeps only ``hook_name``'s activations; a transcoder's store
+   (``training/transcoders.py``) shadows ``run_with_cache`` on the model for that one call
+   to request the output hook too (a ``HookedProxyLM`` stops the forward once every
+   requested hook has run; a ``HookedTransformer`` stops at the input hook's block).
+   Tests: ``test_transcoders.py::test_rows_carry_*`` (TransformerLens) and
+   ``::test_a_transcoder_trains_on_a_hugging_face_model_mlp`` (each row's target is the
+   MLP of its input).
 """
 
 from __future__ import annotations

@@ -82,6 +82,11 @@ def evaluate(
     from sae_lens_tokenized.splicing import token_ids_from
 
     loaded = [load_sae(spec, device, revision) for spec in specs]  # every spec checked before any eval runs
+    transcoders = [f"{r}/{i}" for s, r, i in loaded if s.cfg.metadata.hook_name_out]
+    if transcoders:
+        raise ValueError(
+            f"{transcoders} are transcoders: SAELens's run_evals measures an SAE at one hook (it would compare "
+            "a transcoder's output with its input). Measure CE added with model.run_with_saes (docs/transcoders.md).")
     eval_config = get_eval_everything_config(
         batch_size_prompts=batch_size_prompts,
         n_eval_reconstruction_batches=n_eval_reconstruction_batches,

@@ -81,12 +81,15 @@ def check_sae_folder(folder: str | Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         raise SAEFolderError(f"{folder / SAE_WEIGHTS_FILENAME} is corrupted or truncated: {e}") from e
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    expected = {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    d_out = cfg.get("d_out") or d_in  # a transcoder decodes d_out columns
+    expected = {"W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if "W_skip" in shapes or "skip" in arch or cfg.get("skip_connection"):
+        expected["W_skip"] = (d_out, d_in)
     if not arch.endswith("matching_pursuit"):  # tied: its encoder is W_dec.T, not a tensor of its own
         expected["W_enc"] = (d_in, d_sae)
     if cfg.get("d_vocab") is not None:
         bigram_rows = int(cfg.get("lookup_bigram_rows") or 0)
-        expected["W_lookup"] = (cfg["d_vocab"] + bigram_rows, d_in)
+        expected["W_lookup"] = (cfg["d_vocab"] + bigram_rows, d_out)
         if cfg.get("lookup_ngram", 1) == 2:
             expected["lookup_bigram_ids"] = (bigram_rows, 2, 3)
     for name, shape in expected.items():
@@ -152,7 +155,7 @@ def model_card(repo_id: str, entries: Mapping[str, Mapping[str, Any]], license: 
     ]
     for sae_id, e in entries.items():
         lines += [f"### `{sae_id}`", "", "| field | value |", "|---|---|"]
-        for key in ("architecture", "model_name", "hook_name", "d_in", "d_sae", "k", "d_vocab",
+        for key in ("architecture", "model_name", "hook_name", "hook_name_out", "d_in", "d_out", "d_sae", "k", "d_vocab",
                     "unigram_strategy", "lookup_init_scale", "lookup_ngram", "lookup_bigram_rows",
                     "lookup_init_sample_tokens", "training_tokens", "dataset_path"):
             if e.get(key) is not None:
@@ -168,6 +171,7 @@ def _card_entry(cfg: Mapping[str, Any], folder: Path, metrics: Mapping[str, Any]
     entry = {
         "architecture": cfg.get("architecture"), "model_name": meta.get("model_name"),
         "hook_name": meta.get("hook_name"), "d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae"),
+        "hook_name_out": meta.get("hook_name_out"), "d_out": cfg.get("d_out"),
         "k": cfg.get("k"), "d_vocab": cfg.get("d_vocab"), "unigram_strategy": cfg.get("unigram_strategy"),
         "lookup_init_scale": cfg.get("lookup_init_scale"), "dataset_path": meta.get("dataset_path"),
         "lookup_ngram": cfg.get("lookup_ngram"),

@@ -129,8 +129,8 @@ class BigramRows:
         B, V = self.cfg.lookup_bigram_rows, self.cfg.d_vocab
         if self.cfg.lookup_ngram != 2:
             raise ValueError("set_bigram_rows needs a bigram lookup (lookup_ngram=2)")
-        if keys.ndim != 1 or len(keys) > B or rows.shape != (len(keys), self.cfg.d_in):
-            raise ValueError(f"expected at most {B} sorted keys and rows [n, {self.cfg.d_in}], got "
+        if keys.ndim != 1 or len(keys) > B or rows.shape != (len(keys), self.cfg.lookup_width):
+            raise ValueError(f"expected at most {B} sorted keys and rows [n, {self.cfg.lookup_width}], got "
                              f"{tuple(keys.shape)} and {tuple(rows.shape)}")
         keys = keys.long().cpu()
         if len(keys) and (bool((keys[1:] <= keys[:-1]).any()) or int(keys.min()) < 0 or int(keys.max()) >= V * V):

@@ -65,6 +65,12 @@ class LookupConfig:
         super().__post_init__()  # type: ignore[misc]
 
     @property
+    def lookup_width(self) -> int:
+        """Columns of ``W_lookup``: the width of what is reconstructed (``d_in``; a
+        transcoder's ``d_out``, its output)."""
+        return int(getattr(self, "d_out", None) or self.d_in)
+
+    @property
     def lookup_n_rows(self) -> int:
         """Rows of ``W_lookup``: one per token, then the bigram rows."""
         return int(self.d_vocab or 0) + int(self.lookup_bigram_rows or 0)

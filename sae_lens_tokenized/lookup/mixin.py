@@ -89,7 +89,7 @@ class TokenLookupMixin(BigramRows, SparseRows):
         sparse = getattr(self.cfg, "lookup_updates", "dense") == "sparse"
         trainable = bool(getattr(self.cfg, "train_lookup", True))
         self.W_lookup = nn.Parameter(
-            torch.zeros(self.cfg.lookup_n_rows, self.cfg.d_in, dtype=self.dtype, device=self.device),
+            torch.zeros(self.cfg.lookup_n_rows, self.cfg.lookup_width, dtype=self.dtype, device=self.device),
             requires_grad=trainable and not sparse,
         )
         self._init_bigram_rows()
@@ -287,11 +287,11 @@ class TokenLookupMixin(BigramRows, SparseRows):
     def init_lookup_from_unigrams(self, unigrams: torch.Tensor, scale: float | None = None) -> None:
         """Set the token rows ``W_lookup[:d_vocab] = scale * unigrams`` (scale defaults to
         ``cfg.lookup_init_scale``; bigram rows are set by ``set_bigram_rows``)."""
-        expected = (self.cfg.d_vocab, self.cfg.d_in)
+        expected = (self.cfg.d_vocab, self.cfg.lookup_width)
         if tuple(unigrams.shape) != expected:
             raise ValueError(
                 f"unigram table has shape {tuple(unigrams.shape)} but this SAE's lookup needs "
-                f"[d_vocab, d_in] = {list(expected)}. Was it computed for another model or hook?"
+                f"[d_vocab, {'d_out' if getattr(self.cfg, 'd_out', None) else 'd_in'}] = {list(expected)}. Was it computed for another model or hook?"
             )
         if not torch.isfinite(unigrams).all():
             raise ValueError("unigram table contains NaN or inf values; recompute it.")

@@ -62,7 +62,7 @@ class SparseRows:
         self.lookup_rows: nn.Parameter | None = None
         if sparse:
             object.__setattr__(self, "lookup_rows", nn.Parameter(
-                self.W_lookup.detach().new_zeros(0, self.cfg.d_in), requires_grad=trainable))
+                self.W_lookup.detach().new_zeros(0, self.cfg.lookup_width), requires_grad=trainable))
         self._lookup_stage: tuple[torch.Tensor, ...] | None = None
         self._staged_version: int | None = None
 

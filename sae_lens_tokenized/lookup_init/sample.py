@@ -91,7 +91,7 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
     dp = parallel.current()
     if dp is not None:  # each rank samples its share of its own data; the sums are reduced below
         target = -(-target // dp.world)
-    stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.d_in, sae_cfg.lookup_ngram, device=device, sums=sums)
+    stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.lookup_width, sae_cfg.lookup_ngram, device=device, sums=sums)
     excluded = store.exclude_special_tokens
     drawn = skipped_first = 0
     desc = "lookup init: sampling activations" + (f" (capped at training_tokens={target:,})" if capped_by else "")
@@ -166,7 +166,7 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
     target = min(requested, cfg.training_tokens)
     capped_by = "training_tokens" if target < requested else None
     d_vocab = sae_cfgs[next(iter(sampled.values()))[3][0]].d_vocab
-    stats = {h: LookupStatistics(d_vocab, sae_cfgs[w[3][0]].d_in, w[1]) for h, w in sampled.items()}
+    stats = {h: LookupStatistics(d_vocab, sae_cfgs[w[3][0]].lookup_width, w[1]) for h, w in sampled.items()}
     excluded = store.exclude_special_tokens
     drawn = skipped_first = 0
     desc = "lookup init: sampling activations at " + ", ".join(sampled)

@@ -52,6 +52,8 @@ from sae_lens_tokenized.saes.tokenized_topk_sae import (
     TokenizedTopKTrainingSAE,
     TokenizedTopKTrainingSAEConfig,
 )
+from sae_lens_tokenized.saes.transcoders import *  # noqa: F403  every transcoder class and config
+from sae_lens_tokenized.saes.transcoders import TRANSCODER_INFERENCE_CLASSES, TRANSCODER_TRAINING_CLASSES
 
 # (inference class, inference config) per architecture that has one
 INFERENCE_CLASSES = [
@@ -86,6 +88,8 @@ __all__ = [
     "ARCHITECTURES",
     "INFERENCE_CLASSES",
     "TRAINING_CLASSES",
+    "TRANSCODER_INFERENCE_CLASSES",
+    "TRANSCODER_TRAINING_CLASSES",
     "METHOD_LOOKUP",
     "LookupConfig",
     "LookupTrainingConfig",
@@ -93,4 +97,5 @@ __all__ = [
     "TokenLookupMixin",
     "base_architecture",
     *(cls.__name__ for pair in INFERENCE_CLASSES + TRAINING_CLASSES for cls in pair),
+    *(cls.__name__ for pair in TRANSCODER_INFERENCE_CLASSES + TRANSCODER_TRAINING_CLASSES for cls in pair),
 ]

@@ -40,6 +40,7 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens_tokenized import parallel
 from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID
 from sae_lens_tokenized.lookup_init.statistics import previous_ids_of_batch
+from sae_lens_tokenized.training.transcoders import TargetColumns
 
 
 def check_vocab_packable(d_vocab: int) -> None:
@@ -220,12 +221,12 @@ class RankShare:
         self.load(str(path))
 
 
-class ShardedActivationsStore(RankShare, ActivationsStore):
+class ShardedActivationsStore(RankShare, TargetColumns, ActivationsStore):
     """SAELens's ActivationsStore, reading its rank's share under ``torchrun`` (plain SAEs
     trained through the plugin's runner)."""
 
 
-class TokenizedActivationsStore(HeldBatches, RankShare, ActivationsStore):
+class TokenizedActivationsStore(HeldBatches, RankShare, TargetColumns, ActivationsStore):
     """ActivationsStore whose batches are packed ``[activations | token id]`` rows."""
 
     #: rows of the lookup; ids are checked against it as they enter (set by from_config)
@@ -277,7 +278,10 @@ class TokenizedActivationsStore(HeldBatches, RankShare, ActivationsStore):
         ``raise_on_epoch_end``: as SAELens's ``get_raw_llm_batch`` (StopIteration once the
         dataset has been read through; the store then starts it anew)."""
         packed, _ = self.get_raw_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
-        return unpack_token_ids(packed, self.carries_prev)
+        acts, *ids = unpack_token_ids(packed, self.carries_prev)
+        if self.hook_name_out is not None:  # a transcoder's lookup models its output: the target
+            acts = acts[:, -self.d_out:]
+        return (acts, *ids)
 
     def iter_with_token_ids(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """SAELens's shuffled stream, split into ``(activations [B, d_in], token_ids [B])``

@@ -35,6 +35,7 @@ from sae_lens.training.mixing_buffer import multi_hook_concat_split_iter
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
 from sae_lens_tokenized import parallel
+from sae_lens_tokenized.saes.transcoders import is_transcoder_config
 from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.ids import TOKEN_IDS_KEY, previous_token_ids
@@ -216,6 +217,10 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
                 "TokenizedMultiSAETrainingRunner does not run data-parallel under torchrun yet; train "
                 "each SAE with TokenizedSAETrainingRunner under torchrun, or run this runner in one process."
             )
+        transcoders = sorted(n for n, c in cfg.saes.items() if is_transcoder_config(c))
+        if transcoders:
+            raise ValueError(f"cfg.saes {transcoders} are transcoders, which the multi-SAE runner does not train "
+                             "yet; train each with TokenizedSAETrainingRunner.")
         cfg = copy.deepcopy(cfg)  # resolved settings go into the runner's copy, never the user's
         tokenized = {n: c for n, c in cfg.saes.items() if isinstance(c, LookupTrainingConfig)}
         if tokenized and cfg.dtype not in ("float32", torch.float32):

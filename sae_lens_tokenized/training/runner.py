@@ -36,8 +36,14 @@ from sae_lens_tokenized.lookup_init.plan import check_against_model, plan_lookup
 from sae_lens_tokenized.lookup_init.sample import SpecialTokensNotExcludedWarning  # noqa: F401  (public here)
 from sae_lens_tokenized.models import vocab_size
 from sae_lens_tokenized.training.activations_store import ShardedActivationsStore, TokenizedActivationsStore
-from sae_lens_tokenized.training.data_parallel import DataParallelSAETrainer, check_same_model, data_parallel_setup
+from sae_lens_tokenized.saes.transcoders import is_transcoder_config
+from sae_lens_tokenized.training.data_parallel import check_same_model, data_parallel_setup
 from sae_lens_tokenized.training.trainer import TokenizedEvaluator, TokenizedSAETrainer
+from sae_lens_tokenized.training.transcoders import (
+    TranscoderEvaluator,
+    TranscoderSteps,
+    check_transcoder_against_model,
+)
 
 
 def saved_lookup_rows(folder: str | Path) -> int:
@@ -82,6 +88,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
     #: The activation store and trainer classes; subclasses of these may replace them.
     store_class: type[TokenizedActivationsStore] = TokenizedActivationsStore
     trainer_class: type[TokenizedSAETrainer] = TokenizedSAETrainer
+    #: the trainer of a plain SAELens config (SAELens's, data-parallel, transcoder targets split)
+    plain_trainer_class: type[TranscoderSteps] = TranscoderSteps
 
     def __init__(
         self,
@@ -100,7 +108,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         self._will_init = (self.tokenized and fresh and cfg.sae.init_lookup_from_unigrams
                            and cfg.resume_from_checkpoint is None)
         store_class = self.store_class if self.tokenized else ShardedActivationsStore
-        evaluator = TokenizedEvaluator if self.tokenized else LLMSaeEvaluator
+        evaluator = (TranscoderEvaluator if is_transcoder_config(cfg.sae)
+                     else TokenizedEvaluator if self.tokenized else LLMSaeEvaluator)
         with runner_classes(ActivationsStore=store_class, LLMSaeEvaluator=evaluator):
             super().__init__(cfg, override_dataset, override_model, override_sae)
         if not self.tokenized:
@@ -134,6 +143,8 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         cfg = self.cfg
         if self.data_parallel is not None:
             check_same_model(self.data_parallel, self.model)
+        if is_transcoder_config(cfg.sae):
+            check_transcoder_against_model(self.model, cfg)
         if self.tokenized:
             if cfg.sae.d_vocab is None:
                 cfg.sae.d_vocab = vocab_size(self.model)
@@ -145,7 +156,7 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
     def run(self):
         """Train the SAE: SAELens's ``run``, with the tokenized trainer (a plain SAE: with
         SAELens's trainer, data-parallel under ``torchrun``)."""
-        with runner_classes(SAETrainer=self.trainer_class if self.tokenized else DataParallelSAETrainer):
+        with runner_classes(SAETrainer=self.trainer_class if self.tokenized else self.plain_trainer_class):
             return super().run()
 
     def save_final_sae(self, *args: Any, **kwargs: Any) -> None:
@@ -194,6 +205,13 @@ def refuse_tokenized_configs(runner: Any, cfg: Any) -> None:
     multi = isinstance(sae_cfgs, dict)
     named = dict(sae_cfgs) if multi else {"sae": getattr(cfg, "sae", None)}
     tokenized = sorted(name for name, c in named.items() if isinstance(c, LookupTrainingConfig))
+    transcoders = sorted(name for name, c in named.items() if is_transcoder_config(c))
+    if transcoders and not tokenized:
+        raise TypeError(
+            f"{'cfg.saes ' + str(transcoders) + ' are' if multi else 'cfg.sae is'} a transcoder config, which "
+            f"SAELens's {type(runner).__name__} cannot train: its store reads one hook, and a transcoder "
+            "learns from its input and output hooks together. Train it with "
+            f"{TRAINING_ENTRY_POINTS if not multi else 'sae_lens_tokenized.TokenizedSAETrainingRunner, one per transcoder'}.")
     if tokenized:
         what = f"cfg.saes {tokenized} are" if multi else "cfg.sae is"
         raise TypeError(

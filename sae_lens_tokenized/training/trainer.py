@@ -22,12 +22,13 @@ from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 from sae_lens_tokenized.lookup.sparse import TokenizedAdam, stage_for_step
 from sae_lens_tokenized.splicing import token_ids_from
 from sae_lens_tokenized.training.activations_store import TokenIdsSideChannel
-from sae_lens_tokenized.training.data_parallel import DataParallelSAETrainer
+from sae_lens_tokenized.training.transcoders import TranscoderSteps, batch_width
 
 
-class TokenizedSAETrainer(DataParallelSAETrainer):
+class TokenizedSAETrainer(TranscoderSteps):
     """SAELens's SAETrainer, feeding token ids to the SAE and a separate lookup lr
-    (data-parallel under ``torchrun``: ``training.data_parallel``)."""
+    (data-parallel under ``torchrun``: ``training.data_parallel``; a transcoder's target
+    bound per step: ``training.transcoders``)."""
 
     def __init__(self, cfg: Any, sae: Any, data_provider: Any, **kwargs: Any):
         """``data_provider``: packed rows from a ``TokenizedActivationsStore`` (the store, or
@@ -81,9 +82,9 @@ class TokenizedSAETrainer(DataParallelSAETrainer):
 
     def step(self, batch: torch.Tensor):  # type: ignore[override]
         ids, prev = self.token_ids_channel.ids_for(batch)
-        if batch.shape[-1] != self.sae.cfg.d_in:
+        if batch.shape[-1] != batch_width(self.sae.cfg):
             raise ValueError(
-                f"training batch has width {batch.shape[-1]} but the SAE has d_in={self.sae.cfg.d_in}: "
+                f"training batch has width {batch.shape[-1]} but the SAE reads {batch_width(self.sae.cfg)}: "
                 "the store packs a different number of id columns than this SAE reads (was it built "
                 "for another SAE config, e.g. another lookup_ngram?)"
             )
