@@ -132,6 +132,7 @@ def test_a_rank_that_dies_ends_the_run_with_an_error_not_a_hang(tmp_path):
     assert not (tmp_path / "sae").exists()
 
 
+@pytest.mark.slow  # torch's collectives and this package's timeout: nothing version-specific
 def test_a_rank_that_hangs_ends_the_run_within_the_stated_timeout(tmp_path):
     start = time.monotonic()
     proc = torchrun("runner", tmp_path, {"hang_on_rank": 1}, timeout=200, dist_timeout=15)
@@ -142,6 +143,7 @@ def test_a_rank_that_hangs_ends_the_run_within_the_stated_timeout(tmp_path):
     assert not (tmp_path / "sae").exists()
 
 
+@pytest.mark.slow  # as the config mismatch test, which runs at both ends
 def test_ranks_that_loaded_different_models_are_refused_before_any_work(tmp_path):
     proc = torchrun("runner", tmp_path, {"rank1_overrides": {"model_seed": 1}})
     assert proc.returncode != 0
