@@ -10,8 +10,9 @@ config each. Reported, on held-out text:
 - NMSE at the output along training and at the end, and tokens to reach the plain
   transcoder's final NMSE;
 - CE loss added when the transcoder replaces the MLP's output;
-- live latents (16+ firings on the held-out text), and single-token latents (the share of
-  live latents whose top activations are one token).
+- live latents (16+ firings on the held-out text); single-token latents (the share of
+  live latents whose top activations are on one token) and single-previous-token latents
+  (top activations right after one token): what is left is context.
 
     python benchmarks/transcoders.py --layers 0 15 27 --training_tokens 100000
 """
@@ -149,6 +150,9 @@ def main() -> None:
             tc, r = train(tokenized, s, bench, hook_out, eval_data)
             r["ce_added"] = ce_added(bench.model, tc, ce_tokens)
             r.update(single_token_latents(tc, eval_data[0], eval_data[2], prev=eval_data[3]))
+            by_prev = single_token_latents(tc, eval_data[0], eval_data[2], prev=eval_data[3], labels=eval_data[3])
+            r["single_previous_token_latents"] = by_prev["single_token_latents"]
+            r["single_previous_token_fraction_of_live"] = by_prev["single_token_fraction_of_live"]
             row["tokenized" if tokenized else "plain"] = r
             ax.plot(*zip(*r["curve"]), label="tokenized" if tokenized else "plain", ls="-" if tokenized else "--")
         row["tokens_to_plain_final"] = tokens_to_reach(row["tokenized"]["curve"], row["plain"]["nmse"])

@@ -111,7 +111,14 @@ def runner(out: Path, **overrides) -> None:
     from sae_lens_tokenized import TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
 
     model_seed = overrides.pop("model_seed", 0)
-    if overrides.pop("plain", False):
+    hook = RESID
+    if overrides.pop("transcoder", False):  # MLP 1's input -> its output, the lookup in output space
+        from sae_lens_tokenized import TokenizedTopKTrainingTranscoderConfig
+
+        hook = "blocks.1.ln2.hook_normalized"
+        sae_cfg = TokenizedTopKTrainingTranscoderConfig(d_in=D_IN, d_out=D_IN, d_sae=64, k=4, lookup_bigram_min_count=1,
+                                                        hook_name_out="blocks.1.hook_mlp_out")
+    elif overrides.pop("plain", False):
         from sae_lens import TopKTrainingSAEConfig
 
         sae_cfg = TopKTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4)
@@ -119,7 +126,7 @@ def runner(out: Path, **overrides) -> None:
         sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4, lookup_bigram_min_count=1)
     kw = dict(output_path=str(out / "sae"), checkpoint_path=str(out / "checkpoints"), n_checkpoints=1)
     kw.update(overrides)
-    cfg = runner_cfg(sae_cfg, RESID, 6144, **kw)
+    cfg = runner_cfg(sae_cfg, hook, 6144, **kw)
     data = token_dataset()
     r = TokenizedSAETrainingRunner(cfg, override_model=tiny_model(seed=model_seed), override_dataset=data)
     dp = r.data_parallel

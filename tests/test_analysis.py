@@ -77,3 +77,35 @@ def test_lookup_analysis_known_values(model, dataset):
     with torch.no_grad():
         sae.W_lookup.copy_(torch.randn_like(sae.W_lookup))  # a lookup unrelated to the tokens
     assert lookup_analysis(sae, u, model, text_tokens(dataset), "hook_embed")["last_token_detection"]["trained_lookup"] < 0.1
+
+
+def test_single_token_latents_counts_latents_that_fire_on_one_token_or_after_one():
+    """A plain TopK SAE whose latent 0 fires only on token 3, latent 1 only right after
+    token 5, latent 2 on everything: one single-token latent by current token, one by
+    previous token, among three live ones."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from sae_lens_tokenized.analysis.latents import single_token_latents
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    ids = torch.randint(0, 16, (n,), generator=g)
+    prev = torch.randint(0, 16, (n,), generator=g)
+    acts = torch.zeros(n, 3)
+    acts[:, 0] = (ids == 3).float() * (1 + torch.rand(n, generator=g))
+    acts[:, 1] = (prev == 5).float() * (1 + torch.rand(n, generator=g))
+    acts[:, 2] = 0.5 + torch.rand(n, generator=g)
+    sae = TopKSAE(TopKSAEConfig(d_in=3, d_sae=3, k=3))
+    with torch.no_grad():  # the identity: latent j is input dimension j
+        sae.W_enc.copy_(torch.eye(3))
+        sae.W_dec.copy_(torch.eye(3))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    by_token = single_token_latents(sae, acts, ids, prev=prev)
+    by_prev = single_token_latents(sae, acts, ids, prev=prev, labels=prev)
+    assert (by_token["live_latents"], by_token["single_token_latents"]) == (3, 1)
+    assert (by_prev["live_latents"], by_prev["single_token_latents"]) == (3, 1)
+    # the one found is the planted one each time: without latent 0 the current-token count is 0
+    acts[:, 0] = 0.5 + torch.rand(n, generator=g)
+    assert single_token_latents(sae, acts, ids, prev=prev)["single_token_latents"] == 0
+    assert single_token_latents(sae, acts, ids, prev=prev, labels=prev)["single_token_latents"] == 1

@@ -123,6 +123,21 @@ def test_a_plain_saelens_sae_trains_data_parallel_through_the_plugins_runner(tmp
     torch.testing.assert_close(SAE.load_from_disk(tmp_path / "sae").W_dec.detach(), unit)
 
 
+def test_a_tokenized_transcoder_trains_data_parallel_and_rank_0_writes_it(tmp_path):
+    """The transcoder's target travels beside its input through each rank's store, its
+    output-space lookup statistics are reduced across ranks, and the replicas stay equal."""
+    from sae_lens import SAE
+
+    ok(torchrun("runner", tmp_path, {"transcoder": True}))
+    r0, r1 = _ranks(tmp_path)
+    assert r0["first_row"] != r1["first_row"] and r0["local_batch"] == 128
+    assert torch.equal(r0["lookup_at_init"], r1["lookup_at_init"])
+    assert torch.equal(r0["trained_lookup"], r1["trained_lookup"]) and torch.equal(r0["W_dec"], r1["W_dec"])
+    loaded = SAE.load_from_disk(tmp_path / "sae")
+    assert loaded.cfg.metadata.hook_name_out == "blocks.1.hook_mlp_out"
+    assert torch.equal(loaded.W_lookup.detach(), r0["trained_lookup"])
+
+
 def test_a_rank_that_dies_ends_the_run_with_an_error_not_a_hang(tmp_path):
     start = time.monotonic()
     proc = torchrun("runner", tmp_path, {"die_on_rank": 1}, timeout=200)

@@ -3,6 +3,7 @@ runner config, input and target carried together through SAELens's buffer, saved
 SAELens's format, spliced the way SAELens splices transcoders."""
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -212,3 +213,32 @@ def test_saelens_evals_are_refused_for_a_transcoder_instead_of_measuring_the_wro
     assert runner.evaluator(runner.sae, None, None) == {}  # no run_evals during training either
     with pytest.raises(ValueError, match="are transcoders: SAELens's run_evals measures an SAE at one hook"):
         evaluate([str(tmp_path / "tc")], model=tiny_model())
+
+
+def test_resuming_a_tokenized_transcoder_restores_it_and_trains_on_against_the_target(dataset, tmp_path):
+    model = planted_model()
+    cfg = runner_cfg(transcoder_cfg(True), IN, 8192, checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1)
+    TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).run()
+    (ckpt,) = [p.parent for p in (tmp_path / "ckpt").rglob("trainer_state.pt")]
+    saved = SAE.load_from_disk(ckpt)
+    assert saved.cfg.metadata.hook_name_out == OUT
+    x, y, tokens = held_out(model)
+    before = nmse(_predict(saved, x, tokens), y)
+
+    cfg2 = runner_cfg(transcoder_cfg(True), IN, 30_720, resume_from_checkpoint=str(ckpt),
+                      output_path=str(tmp_path / "out"))
+    runner = TokenizedSAETrainingRunner(cfg2, override_model=model, override_dataset=dataset)
+    assert runner.unigram_report == {}  # no fresh init: the checkpoint's lookup goes on
+    runner.run()
+    resumed = SAE.load_from_disk(tmp_path / "out")
+    counts = json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]["activations"]
+    # it went on from the checkpoint: only the rest of the run (plus what SAELens's buffer holds) was
+    # read from the model; a fresh run reads all 30,720 and more
+    assert counts["trained_on"] == 30_720 and counts["read"] <= 30_720 - 8192 + 4096, counts
+    # it trained on against the MLP's output (a target mix-up would not fall below the checkpoint)
+    assert nmse(_predict(resumed, x, tokens), y) < 0.9 * before
+
+
+def _predict(tc, x, tokens):
+    with torch.no_grad(), tc.token_ids(tokens):
+        return tc(x)

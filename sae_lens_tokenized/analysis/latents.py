@@ -16,10 +16,14 @@ import torch
 
 @torch.no_grad()
 def single_token_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, top: int = 16,
-                         threshold: float = 0.9, chunk: int = 4096, prev: torch.Tensor | None = None) -> dict[str, Any]:
+                         threshold: float = 0.9, chunk: int = 4096, prev: torch.Tensor | None = None,
+                         labels: torch.Tensor | None = None) -> dict[str, Any]:
     """Fraction of live latents (firing at least ``top`` times on ``acts``) whose top
     activations are dominated by one token. ``ids`` [N] are the activations' tokens
-    (given to a tokenized SAE's encoder too, which ignores them)."""
+    (given to a tokenized SAE's encoder too, which ignores them). ``labels`` [N]: group the
+    top activations by these instead of ``ids`` (e.g. ``prev``: latents that fire on one
+    previous token)."""
+    labels = ids if labels is None else labels
     from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
     tokenized = isinstance(sae, TokenLookupMixin)
@@ -35,7 +39,7 @@ def single_token_latents(sae: Any, acts: torch.Tensor, ids: torch.Tensor, top: i
         f = sae.encode(x, **kw).float().abs().cpu()  # AbsTopK fires negative
         fired += (f > 0).sum(0)
         v = torch.cat([best_v, f])
-        t = torch.cat([best_t, ids[i : i + chunk].cpu().unsqueeze(1).expand(-1, d_sae)])
+        t = torch.cat([best_t, labels[i : i + chunk].cpu().unsqueeze(1).expand(-1, d_sae)])
         best_v, idx = v.topk(top, dim=0)
         best_t = t.gather(0, idx)
     live = fired >= top
