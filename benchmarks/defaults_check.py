@@ -28,7 +28,7 @@ from pathlib import Path
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.report import write_json
-from sae_lens_tokenized.workbench.runs import tokens_to_reach, train_variant
+from sae_lens_tokenized.workbench.runs import dead_latents, tokens_to_reach, train_variant
 from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
 
 
@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024, help="train_batch_size_tokens (SAELens's default is 4096)")
     ap.add_argument("--variants", default="{}",
                     help='tokenized variants beside the default, as JSON {label: config overrides}')
+    ap.add_argument("--topk_variants", default="{}",
+                    help="SAELens TopK variants beside SAELens's defaults, as JSON {label: config overrides} "
+                         "(reported beside the baseline; speed-ups stay against the default TopK)")
     ap.add_argument("--out", default="benchmarks/results/defaults_check")
     args = ap.parse_args()
     variants = {"default": {}, **json.loads(args.variants)}
@@ -57,9 +60,17 @@ def main() -> None:
     for ax, seed in zip(list(axes[0]), args.seeds):
         s = replace(s0, seed=seed)
         base = train_variant("topk", s, bench, data)
-        row: dict = {"seed": seed, "topk": {"nmse": base["nmse"], "curve": base["curve"]}, "tokenized": {}}
+        row: dict = {"seed": seed, "topk": {"nmse": base["nmse"], "curve": base["curve"],
+                                            "dead_latents": dead_latents(base["sae"], *data.eval)}, "tokenized": {}}
         ax.plot(*zip(*base["curve"]), label="TopK", color="black")
         print(f"seed {seed} topk: NMSE {base['nmse']:.4f}", flush=True)
+        for label, overrides in json.loads(args.topk_variants).items():
+            r = train_variant("topk", s, bench, data, overrides=overrides)
+            row.setdefault("topk_variants", {})[label] = {"overrides": overrides, "nmse": r["nmse"], "curve": r["curve"],
+                                                          "nmse_ratio_to_topk": r["nmse"] / base["nmse"],
+                                                          "dead_latents": dead_latents(r["sae"], *data.eval)}
+            ax.plot(*zip(*r["curve"]), label=f"TopK {label}", color="grey", ls="--")
+            print(f"seed {seed} topk {label}: NMSE {r['nmse']:.4f}", flush=True)
         for label, overrides in variants.items():
             r = train_variant("tokenized_topk", s, bench, data, overrides=overrides)
             init = r["unigram_report"]["lookup_init"]
@@ -70,6 +81,7 @@ def main() -> None:
                 "tokens_to_reach_topk_final": reach,
                 "speedup": args.training_tokens / reach if reach else None,  # reach 0: the init alone beats TopK's end
                 "bigram_rows_used": init.get("bigram_rows_used"),
+                "dead_latents": dead_latents(r["sae"], *data.eval),
             }
             ax.plot(*zip(*r["curve"]), label=f"tokenized {label}")
             print(f"seed {seed} {label}: NMSE {r['nmse']:.4f} ({r['nmse'] / base['nmse']:.3f}x TopK), "

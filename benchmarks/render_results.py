@@ -369,26 +369,43 @@ def init_sample_size() -> str:
 def defaults_check() -> str:
     """SAELens's TopK against tokenized TopK variants on each corpus, layer and length, per
     seed (benchmarks/defaults_check.py; one JSON per corpus/layer/length)."""
-    files = sorted((RESULTS / "defaults_check").glob("*.json"))
+    return _defaults_table("defaults_check")
+
+
+def auxk() -> str:
+    """TopK and tokenized TopK with and without SAELens's AuxK loss (benchmarks/defaults_check.py
+    with ``aux_loss_coefficient=0`` variants, results/defaults_check/auxk)."""
+    return _defaults_table("defaults_check/auxk")
+
+
+def _defaults_table(folder: str) -> str:
+    files = sorted((RESULTS / folder).glob("*.json"))
     if not files:
-        raise FileNotFoundError("no benchmarks/results/defaults_check/*.json: run benchmarks/defaults_check.py")
+        raise FileNotFoundError(f"no benchmarks/results/{folder}/*.json: run benchmarks/defaults_check.py")
+    runs = [json.loads(f.read_text()) for f in files]
+    with_dead = any("dead_latents" in d["runs"][0]["topk"] for d in runs)  # recorded since the AuxK check
     rows, commands = [], ""
-    for f in files:
-        d = json.loads(f.read_text())
+    for d in runs:
         s = d["settings"]
         where = f"{d['dataset']} L{s['layer']}, {s['training_tokens']:,} tokens, batch {s.get('batch', 1024)}, seeds {', '.join(map(str, s['seeds']))}"
-        labels = list(d["runs"][0]["tokenized"])
-        rows.append([where, "SAELens TopK", ", ".join(f4(r["topk"]["nmse"]) for r in d["runs"]), "", ""])
-        for label in labels:
-            vs = [r["tokenized"][label] for r in d["runs"]]
-            over = ", ".join(f"`{k}={v}`" for k, v in vs[0]["overrides"].items()) or "defaults"
-            rows.append([where, f"tokenized TopK, {over}", ", ".join(f4(v["nmse"]) for v in vs),
-                         ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs),
-                         ", ".join(reached(v["speedup"], v["tokens_to_reach_topk_final"] == 0) for v in vs)])
+        groups = [("SAELens TopK", [[r["topk"] for r in d["runs"]]], False)]
+        groups += [("SAELens TopK", [[r["topk_variants"][k] for r in d["runs"]]], False) for k in d["runs"][0].get("topk_variants", {})]
+        groups += [("tokenized TopK", [[r["tokenized"][k] for r in d["runs"]]], True) for k in d["runs"][0]["tokenized"]]
+        for i, (name, (vs,), tokenized) in enumerate(groups):
+            row = [where, name + (f", {overrides(vs[0])}" if i else ""), ", ".join(f4(v["nmse"]) for v in vs),
+                   ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs) if i else "",
+                   ", ".join(reached(v["speedup"], v["tokens_to_reach_topk_final"] == 0) for v in vs) if tokenized else ""]
+            if with_dead:
+                row.append(", ".join(str(v.get("dead_latents", "not recorded")) for v in vs))
+            rows.append(row)
         commands += command(d)
-    return (table(["corpus, hook, run length", "SAE", "held-out NMSE (per seed)", "/ TopK's (per seed)",
-                   "fewer training tokens to TopK's final NMSE (per seed)"], rows)
-            + f"\n\nSmolLM2-135M, k {s['k']}, width 8×, lr 3e-3 (the workbench's settings)." + commands)
+    head = ["corpus, hook, run length", "SAE", "held-out NMSE (per seed)", "/ TopK's (per seed)",
+            "fewer training tokens to TopK's final NMSE (per seed)"] + (["dead latents on held-out text"] if with_dead else [])
+    return (table(head, rows) + f"\n\nSmolLM2-135M, k {s['k']}, width 8×, lr 3e-3 (the workbench's settings)." + commands)
+
+
+def overrides(run: dict) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or "defaults"
 
 
 def pareto() -> str:
@@ -433,9 +450,13 @@ def transcoders() -> str:
         rows.append([f"MLP {r['layer']}", f"{t['lookup_share_at_init']:.1%}", f"{p['nmse']:.4f} / {t['nmse']:.4f}",
                      reached(speed, to == 0), f"{p['ce_added']:.3f} / {t['ce_added']:.3f}",
                      f"{p['live_latents']} / {t['live_latents']}",
-                     f"{p['single_token_fraction_of_live']:.1%} / {t['single_token_fraction_of_live']:.1%}"])
+                     f"{p['single_token_fraction_of_live']:.1%} / {t['single_token_fraction_of_live']:.1%}"]
+                    + ([f"{p['single_previous_token_fraction_of_live']:.1%} / {t['single_previous_token_fraction_of_live']:.1%}"]
+                       if "single_previous_token_fraction_of_live" in t else []))
     head = ["layer", "lookup alone (variance share)", "NMSE plain / tokenized", "fewer tokens to plain's end",
             "CE added plain / tokenized", "live latents plain / tokenized", "single-token share of live"]
+    if "single_previous_token_fraction_of_live" in d["layers"][0]["tokenized"]:
+        head.append("single-previous-token share of live")
     s = d["settings"]
     return (table(head, rows) + f"\n\n{d['model']}, {d['dataset']}, TopK k={s['k']}, {s['expansion']}x, "
             f"{s['training_tokens']:,} training tokens, batch {s['batch']}, lr {s['lr']}, one seed. Held-out text: "
@@ -446,7 +467,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, init_sample_size, data_parallel, transcoders)}
+    default_cost, init_sample_size, data_parallel, transcoders, auxk)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)
