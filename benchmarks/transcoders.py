@@ -115,10 +115,12 @@ def train(tokenized: bool, s: CompareSettings, bench: Workbench, hook_out: str, 
         "trainer_class": type("T", (Curve, TokenizedSAETrainer), shared),
         "plain_trainer_class": type("P", (Curve, TranscoderSteps), shared)})
     cfg = runner_config(s, sae_cfg, bench.model.cfg.model_name, None, bench.dataset_name)
+    torch.manual_seed(s.seed)  # the same init draws for both, whatever ran before (as workbench.runs does)
     with quiet_workbench_notices():
         runner = runner_cls(cfg, override_model=bench.model, override_dataset=bench.train_ds)
     share = lookup_share(runner.sae, *eval_data[1:]) if tokenized else None
     t0 = time.perf_counter()
+    torch.manual_seed(s.seed)
     tc = runner.run()
     final = transcoder_nmse(tc, *eval_data)
     curve.append((s.training_tokens, final))
