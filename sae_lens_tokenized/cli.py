@@ -130,7 +130,8 @@ def run_analyze(ns: argparse.Namespace) -> None:
         if not ns.sae:
             raise SystemExit("analyze lookup needs --sae PATH (a saved tokenized SAE folder)")
         sae = SAE.load_from_disk(ns.sae)
-        hook = sae.cfg.metadata.hook_name
+        # where the lookup's rows live: a transcoder's lookup is in its output space
+        hook = getattr(sae.cfg.metadata, "hook_name_out", None) or sae.cfg.metadata.hook_name
         # a data-estimated lookup has no prompt table to compare with
         table = (None if sae.cfg.unigram_strategy in ("data", "precomputed")
                  else get_unigram_table(model, hook, sae.cfg.unigram_strategy))

@@ -157,10 +157,31 @@ def test_bad_transcoder_configs_are_refused_before_any_work(dataset, monkeypatch
     refused(transcoder_cfg(True, hook_name_out=IN), hook=OUT, match="runs before the input hook")
     refused(transcoder_cfg(True, hook_name_out="blocks.1.hook_mlp_out"), match="past the input hook")
     assert built == []
-    with pytest.raises(ValueError, match="only the data-estimated init"):
-        transcoder_cfg(True, unigram_strategy="bos,t")
     with pytest.raises(ValueError, match="apply_b_dec_to_input"):
         transcoder_cfg(False, apply_b_dec_to_input=True)
+
+
+def test_a_prompt_strategy_or_a_table_initialises_the_lookup_at_the_output_hook(dataset, tmp_path):
+    from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table, save_unigram_table, table_metadata
+
+    model = planted_model()
+    at_out = compute_unigram_table(model, OUT, "bos,t", show_progress=False)
+    at_in = compute_unigram_table(model, IN, "bos,t", show_progress=False)
+    assert not torch.allclose(at_out, at_in, atol=1e-2)  # the two spaces differ on this model
+
+    def lookup_at_init(**kw):
+        cfg = runner_cfg(transcoder_cfg(True, **kw), IN, 4096)
+        return TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset).sae.W_lookup.detach()
+
+    # the prompts' activations at the MLP's output, at the prompt strategies' scale (0.5)
+    torch.testing.assert_close(lookup_at_init(unigram_strategy="bos,t"), 0.5 * at_out)
+    # a precomputed table: one computed at the output hook is used, one from elsewhere refused
+    for hook, table in ((OUT, at_out), (IN, at_in)):
+        save_unigram_table(tmp_path / f"{hook}.safetensors", table, table_metadata(model, hook, "bos,t", None, table.dtype))
+    got = lookup_at_init(unigram_strategy="bos,t", unigram_table_path=str(tmp_path / f"{OUT}.safetensors"))
+    torch.testing.assert_close(got, 0.5 * at_out)
+    with pytest.raises(Exception, match=f"hook_name: file '{IN}' vs this run '{OUT}'"):
+        lookup_at_init(unigram_strategy="bos,t", unigram_table_path=str(tmp_path / f"{IN}.safetensors"))
 
 
 def test_saelens_own_runner_refuses_a_transcoder_config_before_loading_anything(dataset):

@@ -93,6 +93,13 @@ def check_sae_against_model(model: Any, sae_cfg: Any, hook_name: str, hook_head_
 EXPLICIT_MATCH_FIELDS = ("model_fingerprint", "hook_name", "hook_head_index", "strategy", "d_vocab")
 
 
+def lookup_hook(cfg: Any) -> str:
+    """Where the lookup's rows live: the SAE's hook, or a transcoder's output hook (its
+    lookup is part of the reconstructed output). Unigram tables, the data sample's rows,
+    and the measurements that choose or check a table are all taken there."""
+    return getattr(cfg.sae, "hook_name_out", None) or cfg.hook_name
+
+
 def unigram_table_strategy(path: str | Path) -> str | None:
     """The strategy a table file written by this package records (None for a plain file)."""
     _, meta = load_unigram_table_file(path)
@@ -105,7 +112,7 @@ def load_unigram_table(path: str | Path, model: Any, cfg: LanguageModelSAERunner
     (never silently used). A plain safetensors file with a 'unigrams' tensor is accepted."""
     table, meta = load_unigram_table_file(path)
     if meta.get("format", "").startswith("sae_lens_tokenized.unigrams"):
-        want = table_metadata(model, cfg.hook_name, meta["strategy"], cfg.hook_head_index, table.dtype)
+        want = table_metadata(model, lookup_hook(cfg), meta["strategy"], cfg.hook_head_index, table.dtype)
         if cfg.sae.unigram_strategy not in ("auto", DATA_STRATEGY, PRECOMPUTED_STRATEGY):
             want["strategy"] = str(UnigramStrategy.parse(cfg.sae.unigram_strategy))
         wrong = [f"{k}: file {meta.get(k)!r} vs this run {want[k]!r}"
@@ -126,11 +133,11 @@ def resolve_precomputed_table(model: Any, cfg: Any, table: torch.Tensor | None,
         strategy = unigram_table_strategy(sae.unigram_table_path)
     if table is None:
         return None, None
-    expected = (sae.d_vocab, sae.d_in)
+    expected = (sae.d_vocab, sae.lookup_width)
     if tuple(table.shape) != expected:
         raise ValueError(
             f"the precomputed unigram table has shape {tuple(table.shape)} "
-            f"but this SAE needs [d_vocab, d_in] = {list(expected)}"
+            f"but this SAE needs [d_vocab, {'d_out' if getattr(sae, 'd_out', None) else 'd_in'}] = {list(expected)}"
         )
     if will_init and sae.unigram_strategy == "auto":
         raise ValueError(
@@ -196,7 +203,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
                           else store.get_batch_tokens(N_MEASURE_SEQUENCES))
         if cfg.exclude_special_tokens is True:
             warn_unexcluded_special_tokens(model.tokenizer, measure_tokens, excluded)
-        measured = sample_activations(model, measure_tokens, cfg.hook_name, cfg.hook_head_index, exclude_ids=exclude_ids)
+        measured = sample_activations(model, measure_tokens, lookup_hook(cfg), cfg.hook_head_index, exclude_ids=exclude_ids)
     stats = data_table = None
     if strategy in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2:
         if shared is not None and shared.stats is not None:
@@ -212,7 +219,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
     if table is None:
         if strategy == "auto":
             strategy, selection = select_unigram_strategy(
-                model, cfg.hook_name, measure_tokens, hook_head_index=cfg.hook_head_index,
+                model, lookup_hook(cfg), measure_tokens, hook_head_index=cfg.hook_head_index,
                 exclude_ids=exclude_ids, extra_tables={DATA_STRATEGY: data_table})
             logger.info(f"unigram_strategy='auto' chose '{strategy}': {selection}")
             report["unigram_strategy_selection"] = selection
@@ -220,7 +227,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
             assert data_table is not None
             table = data_table
         else:
-            table = get_unigram_table(model, cfg.hook_name, strategy=strategy,
+            table = get_unigram_table(model, lookup_hook(cfg), strategy=strategy,
                                       hook_head_index=cfg.hook_head_index, cache_dir=sae_cfg.unigram_cache)
         # Guard the choice: compare the table with real activations of its tokens. (A
         # data-estimated table skips each sequence's first position, so it holds no sink;
@@ -229,7 +236,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
         if measured is not None:
             fit = unigram_fit(table, *measured, strategy=strategy)
             if strategy != DATA_STRATEGY:
-                warn_if_sink(fit, str(cfg.model_name), cfg.hook_name)
+                warn_if_sink(fit, str(cfg.model_name), lookup_hook(cfg))
             report["unigram_fit"] = fit.as_dict()
     scale = sae_cfg.lookup_init_scale if sae_cfg.lookup_init_scale is not None else default_init_scale(strategy)
     plan = LookupInitPlan(table=table, strategy=strategy, scale=scale, report=report)
@@ -254,10 +261,10 @@ def lookup_prior(model: Any, cfg: Any, stats: LookupStatistics, measure_tokens: 
     selection = None
     if prior == "auto":
         assert measure_tokens is not None  # needs_measurement(): "auto" is measured
-        prior, selection = select_unigram_strategy(model, cfg.hook_name, measure_tokens,
+        prior, selection = select_unigram_strategy(model, lookup_hook(cfg), measure_tokens,
                                                    hook_head_index=cfg.hook_head_index, exclude_ids=exclude_ids)
         logger.info(f"lookup_init_prior='auto' chose '{prior}': {selection}")
-    table = get_unigram_table(model, cfg.hook_name, strategy=prior, hook_head_index=cfg.hook_head_index,
+    table = get_unigram_table(model, lookup_hook(cfg), strategy=prior, hook_head_index=cfg.hook_head_index,
                               cache_dir=cfg.sae.unigram_cache).to(stats.sums)
     counts = stats.counts.to(stats.sums)
     centre = (counts @ table) / counts.sum().clamp_min(1)

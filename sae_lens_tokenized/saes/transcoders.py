@@ -112,13 +112,6 @@ class TranscoderTrainingFields(TranscoderFields):
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is not supported for transcoders yet "  # type: ignore[attr-defined]
                 "(it would scale the input but not the target); use 'none'.")
-        if getattr(self, "init_lookup_from_unigrams", False) and (
-                self.unigram_strategy not in ("data",) or self.lookup_init_prior != "mean"  # type: ignore[attr-defined]
-                or self.unigram_table_path is not None):  # type: ignore[attr-defined]
-            raise ValueError(
-                "a tokenized transcoder's lookup lives in its output space, and only the data-estimated "
-                "init reads activations there: use unigram_strategy='data', lookup_init_prior='mean' and no "
-                "unigram_table_path (prompt strategies and tables are taken at the input hook).")
         super().__post_init__()
         self.metadata.hook_name_out = self.hook_name_out  # type: ignore[attr-defined]
 
