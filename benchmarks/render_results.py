@@ -378,6 +378,20 @@ def auxk() -> str:
     return _defaults_table("defaults_check/auxk")
 
 
+def length() -> str:
+    """The advantage as a run grows: TopK and the default tokenized TopK along one run of
+    one pass over the corpus (benchmarks/defaults_check.py, results/length): the final
+    table, then the NMSE ratio at points along the run."""
+    rows = []
+    for f in sorted((RESULTS / "length").glob("*.json")):
+        for r in json.loads(f.read_text())["runs"]:
+            topk, tok = dict(r["topk"]["curve"]), dict(r["tokenized"]["default"]["curve"])
+            rows += [[f"{t:,}", r["seed"], f4(topk[t]), f4(tok[t]), f3(tok[t] / topk[t])]
+                     for t in sorted(topk) if t and t in tok]
+    return (_defaults_table("length") + "\n\nAlong the run:\n\n"
+            + table(["training tokens", "seed", "TopK NMSE", "tokenized NMSE", "tokenized / TopK"], rows))
+
+
 def _defaults_table(folder: str) -> str:
     files = sorted((RESULTS / folder).glob("*.json"))
     if not files:
@@ -467,7 +481,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, init_sample_size, data_parallel, transcoders, auxk)}
+    default_cost, init_sample_size, data_parallel, transcoders, auxk, length)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)
