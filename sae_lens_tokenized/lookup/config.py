@@ -71,6 +71,11 @@ class LookupConfig:
         return int(getattr(self, "d_out", None) or self.d_in)
 
     @property
+    def lookup_width_name(self) -> str:
+        """The config field ``lookup_width`` is read from, for error messages."""
+        return "d_out" if getattr(self, "d_out", None) else "d_in"
+
+    @property
     def lookup_n_rows(self) -> int:
         """Rows of ``W_lookup``: one per token, then the bigram rows."""
         return int(self.d_vocab or 0) + int(self.lookup_bigram_rows or 0)

@@ -291,7 +291,7 @@ class TokenLookupMixin(BigramRows, SparseRows):
         if tuple(unigrams.shape) != expected:
             raise ValueError(
                 f"unigram table has shape {tuple(unigrams.shape)} but this SAE's lookup needs "
-                f"[d_vocab, {'d_out' if getattr(self.cfg, 'd_out', None) else 'd_in'}] = {list(expected)}. Was it computed for another model or hook?"
+                f"[d_vocab, {self.cfg.lookup_width_name}] = {list(expected)}. Was it computed for another model or hook?"
             )
         if not torch.isfinite(unigrams).all():
             raise ValueError("unigram table contains NaN or inf values; recompute it.")

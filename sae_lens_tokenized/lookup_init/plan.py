@@ -137,7 +137,7 @@ def resolve_precomputed_table(model: Any, cfg: Any, table: torch.Tensor | None,
     if tuple(table.shape) != expected:
         raise ValueError(
             f"the precomputed unigram table has shape {tuple(table.shape)} "
-            f"but this SAE needs [d_vocab, {'d_out' if getattr(sae, 'd_out', None) else 'd_in'}] = {list(expected)}"
+            f"but this SAE needs [d_vocab, {sae.lookup_width_name}] = {list(expected)}"
         )
     if will_init and sae.unigram_strategy == "auto":
         raise ValueError(
@@ -190,6 +190,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
     the lookup's own token rows: the data table is then computed in place, and ``plan.table``
     is that memory)."""
     sae_cfg: LookupTrainingConfig = cfg.sae
+    hook = lookup_hook(cfg)
     strategy = sae_cfg.unigram_strategy
     if table is not None and strategy == DATA_STRATEGY:
         strategy = table_strategy or PRECOMPUTED_STRATEGY  # an explicit table wins over the default
@@ -203,7 +204,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
                           else store.get_batch_tokens(N_MEASURE_SEQUENCES))
         if cfg.exclude_special_tokens is True:
             warn_unexcluded_special_tokens(model.tokenizer, measure_tokens, excluded)
-        measured = sample_activations(model, measure_tokens, lookup_hook(cfg), cfg.hook_head_index, exclude_ids=exclude_ids)
+        measured = sample_activations(model, measure_tokens, hook, cfg.hook_head_index, exclude_ids=exclude_ids)
     stats = data_table = None
     if strategy in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2:
         if shared is not None and shared.stats is not None:
@@ -219,7 +220,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
     if table is None:
         if strategy == "auto":
             strategy, selection = select_unigram_strategy(
-                model, lookup_hook(cfg), measure_tokens, hook_head_index=cfg.hook_head_index,
+                model, hook, measure_tokens, hook_head_index=cfg.hook_head_index,
                 exclude_ids=exclude_ids, extra_tables={DATA_STRATEGY: data_table})
             logger.info(f"unigram_strategy='auto' chose '{strategy}': {selection}")
             report["unigram_strategy_selection"] = selection
@@ -227,7 +228,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
             assert data_table is not None
             table = data_table
         else:
-            table = get_unigram_table(model, lookup_hook(cfg), strategy=strategy,
+            table = get_unigram_table(model, hook, strategy=strategy,
                                       hook_head_index=cfg.hook_head_index, cache_dir=sae_cfg.unigram_cache)
         # Guard the choice: compare the table with real activations of its tokens. (A
         # data-estimated table skips each sequence's first position, so it holds no sink;
@@ -236,7 +237,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
         if measured is not None:
             fit = unigram_fit(table, *measured, strategy=strategy)
             if strategy != DATA_STRATEGY:
-                warn_if_sink(fit, str(cfg.model_name), lookup_hook(cfg))
+                warn_if_sink(fit, str(cfg.model_name), hook)
             report["unigram_fit"] = fit.as_dict()
     scale = sae_cfg.lookup_init_scale if sae_cfg.lookup_init_scale is not None else default_init_scale(strategy)
     plan = LookupInitPlan(table=table, strategy=strategy, scale=scale, report=report)
@@ -255,16 +256,17 @@ def lookup_prior(model: Any, cfg: Any, stats: LookupStatistics, measure_tokens: 
     """The prior of data-estimated rows (``lookup_init_prior``): ``None`` for the sample
     mean, else ``mean + (U - U_mean)`` from a prompt unigram table ``U``."""
     prior = cfg.sae.lookup_init_prior
+    hook = lookup_hook(cfg)
     if prior == "mean":
         report["prior"] = "mean"
         return None
     selection = None
     if prior == "auto":
         assert measure_tokens is not None  # needs_measurement(): "auto" is measured
-        prior, selection = select_unigram_strategy(model, lookup_hook(cfg), measure_tokens,
+        prior, selection = select_unigram_strategy(model, hook, measure_tokens,
                                                    hook_head_index=cfg.hook_head_index, exclude_ids=exclude_ids)
         logger.info(f"lookup_init_prior='auto' chose '{prior}': {selection}")
-    table = get_unigram_table(model, lookup_hook(cfg), strategy=prior, hook_head_index=cfg.hook_head_index,
+    table = get_unigram_table(model, hook, strategy=prior, hook_head_index=cfg.hook_head_index,
                               cache_dir=cfg.sae.unigram_cache).to(stats.sums)
     counts = stats.counts.to(stats.sums)
     centre = (counts @ table) / counts.sum().clamp_min(1)
