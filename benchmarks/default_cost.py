@@ -15,6 +15,7 @@ the interleaved in-process ratio.
 
     python benchmarks/default_cost.py --d_vocab 50257
     python benchmarks/default_cost.py --d_vocab 262144
+    python benchmarks/default_cost.py --d_vocab 262144 --lookup_init_hold memory
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class PhaseMemory:
     def __init__(self) -> None:
         self.phase = "build"
         self.peaks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -55,7 +58,9 @@ class PhaseMemory:
 
     def enter(self, phase: str) -> None:
         self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss())
-        self.phase = phase
+        now = time.perf_counter()
+        self.seconds[self.phase] = now - self._since
+        self.phase, self._since = phase, now
 
     def stop(self) -> dict[str, int]:
         self.enter("end")
@@ -106,7 +111,8 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     dataset = Dataset.from_dict({"tokens": token_stream(n_seq, args.context_size, args.d_vocab, 1).tolist()})
     common = dict(d_in=args.d_in, d_sae=args.d_sae, k=args.k)
     sae_cfg = (TopKTrainingSAEConfig(**common) if variant == "topk" else
-               TokenizedTopKTrainingSAEConfig(**common, d_vocab=args.d_vocab, lookup_init_tokens=args.lookup_init_tokens))
+               TokenizedTopKTrainingSAEConfig(**common, d_vocab=args.d_vocab, lookup_init_tokens=args.lookup_init_tokens,
+                                              lookup_init_hold=args.lookup_init_hold))
     cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg, model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="synthetic",
         is_dataset_tokenized=True, context_size=args.context_size, prepend_bos=False,
@@ -148,7 +154,7 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         owned["optimizer_state"] = trainer_ref["t"].optimizer.lookup_memory_bytes()
         owned["bigram_rows"] = int(sae.cfg.lookup_bigram_rows)
         owned["held_sample_tokens"] = int(runner.unigram_report["lookup_init"]["tokens_drawn_from_training_stream"])
-    return {"built_rss": built, "phase_peak_rss": peaks, "added_peak": max(peaks.values()) - built,
+    return {"built_rss": built, "phase_peak_rss": peaks, "phase_s": mem.seconds, "added_peak": max(peaks.values()) - built,
             "step_s": times, "lookup_owned": owned, "steps": len(times)}
 
 
@@ -162,6 +168,7 @@ def main() -> None:
     ap.add_argument("--context_size", type=int, default=128)
     ap.add_argument("--training_tokens", type=int, default=400_000)
     ap.add_argument("--lookup_init_tokens", type=int, default=500_000, help="the default")
+    ap.add_argument("--lookup_init_hold", default="disk", choices=["disk", "memory"], help="the default: disk")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=None)
@@ -190,11 +197,14 @@ def main() -> None:
         "lookup_table_bytes_V_d": lookup_bytes,
         "extra_peak_over_V_d_4": (tok["added_peak"] - base["added_peak"]) / lookup_bytes,
         "lookup_owned_bytes": tok["lookup_owned"],
-        # the init sample, held until trained on: n * (d_in + 2) float32 (the packed rows)
+        # the init sample, held until trained on: n * (d_in + 2) float32 (the packed rows),
+        # in memory or on disk (lookup_init_hold)
         "held_sample_bytes": tok["lookup_owned"]["held_sample_tokens"] * (args.d_in + 2) * 4,
+        "lookup_init_hold": args.lookup_init_hold,
     }
     print(json.dumps(summary, indent=1))
-    path = Path(args.out or f"benchmarks/results/default_cost_V{args.d_vocab}.json")
+    suffix = "" if args.lookup_init_hold == "disk" else f"_{args.lookup_init_hold}"
+    path = Path(args.out or f"benchmarks/results/default_cost_V{args.d_vocab}{suffix}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     for r in out.values():
         r.pop("step_s")

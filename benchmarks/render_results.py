@@ -315,25 +315,29 @@ def default_cost() -> str:
                     "staging the rows", "lazy Adam on the rows", "tokenized / TopK"], rows) + command(d)]
     mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
     rows = []
-    for name in ("default_cost_V50257.json", "default_cost_V262144.json", "default_cost_V262144_before.json"):
+    for name in ("default_cost_V50257.json", "default_cost_V262144.json", "default_cost_V262144_memory.json",
+                 "default_cost_V262144_before.json"):
         d = load(name)
         c, r, sm = d["config"], d["results"], d["summary"]
         code = d["config"].get("code", "this checkout")
+        hold = sm.get("lookup_init_hold", "memory")  # runs before lookup_init_hold held it in memory
         tok, base = r["tokenized_topk"], r["topk"]
         phases = {k: v - tok["built_rss"] for k, v in tok["phase_peak_rss"].items()}
         init = max(v for k, v in phases.items() if k.startswith("runner init"))
-        held = sm.get("held_sample_bytes") or owned.get("held_sample_tokens", 0) * (c["d_in"] + 2) * 4
         owned = sm["lookup_owned_bytes"]
-        rows.append([f"{c['d_vocab']:,}", code, mib(sm["lookup_table_bytes_V_d"]), mib(owned["table"]),
-                     mib(owned["optimizer_state"]), mib(held), mib(init), mib(base["added_peak"]),
+        held = sm["held_sample_bytes"] if hold == "memory" else 0
+        rows.append([f"{c['d_vocab']:,}", code, f"{mib(sm['held_sample_bytes'])} in {hold}",
+                     mib(sm["lookup_table_bytes_V_d"]), mib(owned["table"]),
+                     mib(owned["optimizer_state"]), mib(init), mib(base["added_peak"]),
                      mib(tok["added_peak"]), f"{sm['extra_peak_over_V_d_4']:.2f}×",
                      f"{(sm['extra_peak_bytes'] - held) / owned['table']:.2f}×"])
     out.append("Memory, trained end to end through the runners (each in a fresh process; MiB of resident "
                f"memory above the built model; {c['training_tokens']:,} training tokens, d_in {c['d_in']}, "
-               f"d_sae {c['d_sae']}, batch {c['batch']}, default `lookup_init_tokens`):\n\n" + table(
-                   ["V", "code", "V·d_in·4", "W_lookup (with bigram rows)", "its optimizer state", "held init sample",
+               f"d_sae {c['d_sae']}, batch {c['batch']}, default `lookup_init_tokens`; the last column leaves "
+               "out a sample held in memory):\n\n" + table(
+                   ["V", "code", "held init sample", "V·d_in·4", "W_lookup (with bigram rows)", "its optimizer state",
                     "peak during the init", "TopK adds", "tokenized adds", "extra / V·d_in·4",
-                    "extra without the held sample / W_lookup"], rows)
+                    "extra beyond a sample in memory / W_lookup"], rows)
                + command(d))
     return "\n\n".join(out)
 
@@ -376,6 +380,12 @@ def auxk() -> str:
     """TopK and tokenized TopK with and without SAELens's AuxK loss (benchmarks/defaults_check.py
     with ``aux_loss_coefficient=0`` variants, results/defaults_check/auxk)."""
     return _defaults_table("defaults_check/auxk")
+
+
+def prior() -> str:
+    """The prior of data-estimated rows: the sample mean against a prompt unigram centred on
+    it (benchmarks/defaults_check.py with a ``lookup_init_prior`` variant, results/defaults_check/prior)."""
+    return _defaults_table("defaults_check/prior")
 
 
 def length() -> str:
@@ -481,7 +491,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, init_sample_size, data_parallel, transcoders, auxk, length)}
+    default_cost, init_sample_size, data_parallel, transcoders, auxk, prior, length)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

@@ -441,6 +441,67 @@ def test_the_init_sample_is_the_start_of_the_training_stream_and_is_trained_on(t
     assert runner.activations_store.held_activations == 0  # the held sample was all served
 
 
+def test_the_init_sample_waits_on_disk_and_trains_exactly_as_if_held_in_memory(tmp_path, model, dataset, monkeypatch):
+    """The default's memory (issue 20, item 6): the held init sample is the largest part of
+    the default that does not scale with the lookup, so by default it waits in temporary
+    files, deleted as training takes them. The run must be the memory run, weight for
+    weight, and leave nothing behind."""
+    import tempfile
+
+    from sae_lens_tokenized.lookup_init.statistics import LookupStatistics
+
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))  # what TMPDIR sets
+    weights = {}
+    for hold in ("memory", "disk"):
+        torch.manual_seed(0)
+        cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=2048,
+                                                        lookup_init_hold=hold), RESID1, 4096)
+        runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+        store = runner.activations_store
+        held = [item for item, _ in store._held]
+        files = sorted(spill.rglob("*.pt"))
+        assert runner.unigram_report["lookup_init"]["held_on"] == hold
+        if hold == "disk":  # the whole sample is in files, and nothing of it in memory
+            assert held == files and len(files) == 2048 // (8 * CTX)
+            assert sum(f.stat().st_size for f in files) >= 2048 * (32 + 2) * 4
+            assert store.held_activations == 2048
+        else:
+            assert files == [] and all(isinstance(b, tuple) for b in held)
+        weights[hold] = {k: v.detach().clone() for k, v in runner.run().state_dict().items()}
+        assert store.held_activations == 0 and list(spill.iterdir()) == []  # served, deleted, folder gone
+    for k, v in weights["memory"].items():
+        assert torch.equal(v, weights["disk"][k]), k
+    # the bigrams' second pass reads the batches again instead of keeping them
+    stats = LookupStatistics(50, 4, ngram=2, reread=lambda: iter(()))
+    stats.add(torch.randn(8, 4), torch.arange(8), torch.arange(8) - 1)
+    assert stats._batches[0][0] is None
+    with pytest.raises(RuntimeError, match="re-reading the init sample gave no rows for batch 0"):
+        stats.bigram_table(torch.zeros(50, 4), budget=4)
+
+
+def test_too_little_disk_for_the_init_sample_stops_before_writing_it(tmp_path, model, dataset, monkeypatch):
+    import shutil
+    import tempfile
+
+    from sae_lens_tokenized.training import activations_store
+    from sae_lens_tokenized.training.activations_store import HeldBatchesError
+
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    real = shutil.disk_usage
+    monkeypatch.setattr(activations_store.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=2048 * 34 * 4 // 2))  # half the sample fits
+    cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=2048), RESID1, 4096)
+    with pytest.raises(HeldBatchesError, match=r"(?s)2,048 activations.*TMPDIR.*lookup_init_hold='memory'"):
+        TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
+    assert list(spill.iterdir()) == []  # not a byte written
+    with pytest.raises(ValueError, match="lookup_init_hold must be 'disk' or 'memory'"):
+        TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_hold="gpu")
+
+
 def test_bigram_statistics_hold_counts_per_pair_and_rows_only_for_the_chosen_pairs():
     """The default's memory (issue 20, item 6): while sampling, a bigram lookup's statistics
     keep an int64 key and count per distinct pair, never a d_in row (a 500k sample has

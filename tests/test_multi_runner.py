@@ -10,8 +10,8 @@ import torch
 from sae_lens import SAE, LoggingConfig, TopKTrainingSAEConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
-from helpers import token_dataset
-from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedTopKTrainingSAEConfig
+from helpers import runner_cfg, token_dataset
+from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
 EMBED, RESID0 = "hook_embed", "blocks.0.hook_resid_pre"  # W_E[t]; W_E[t] + W_pos[p]
@@ -88,9 +88,18 @@ def test_the_init_sample_is_read_once_for_every_sae_at_a_hook_and_trained_on(tmp
         reports = runner.unigram_reports
         assert reports["a"]["lookup_init"]["shared_by"] == ["a", "b"] == reports["b"]["lookup_init"]["shared_by"]
         assert reports["b"]["lookup_init"]["bigram_rows_used"] < reports["a"]["lookup_init"]["bigram_rows_used"]
+        init_a = runner.saes["a"].W_lookup.detach().clone(), runner.saes["a"].bigram_pairs()
         saes = runner.run()
     finally:
         handle.remove()
+    # the shared statistics give what one SAE's own run gives (its token and bigram rows are
+    # the sample's means: test_data_init_and_bigrams), the bigrams' second pass included,
+    # which reads the held sample again at this hook
+    single = TokenizedSAETrainingRunner(runner_cfg(tok(), RESID0, 4096), override_model=model,
+                                        override_dataset=dataset).sae
+    assert reports["a"]["lookup_init"]["bigram_rows_used"] > 0
+    torch.testing.assert_close(init_a[0], single.W_lookup.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(init_a[1], single.bigram_pairs())
     counts = json.loads((tmp_path / "out" / "a" / "cfg.json").read_text())["metadata"]["activations"]
     # the sample was the start of the training stream: read once, trained on
     buffer = cfg.n_batches_in_buffer * CTX
@@ -136,6 +145,8 @@ def test_resume_in_the_multi_runner_restores_each_lookup_and_its_optimizer(tmp_p
     ({"t": tok(d_vocab=100)}, {"t": RESID0}, r"cfg.saes\['t'\]: d_vocab=100 but the model has d_vocab=512"),
     ({"a": tok(), "b": tok(lookup_init_tokens=4096)}, {"a": RESID0, "b": RESID0},
      r"share one init sample but ask for different lookup_init_tokens \[2048, 4096\]"),
+    ({"a": tok(), "b": tok(lookup_init_hold="memory")}, {"a": RESID0, "b": EMBED},
+     r"share one init sample but ask to hold it in different places \(lookup_init_hold \['disk', 'memory'\]\)"),
 ])
 def test_bad_multi_configs_are_refused_before_training(model, dataset, saes, hooks, match, monkeypatch):
     from sae_lens_tokenized.training.trainer import TokenizedSAETrainer

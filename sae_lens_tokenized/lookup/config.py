@@ -108,10 +108,15 @@ class LookupTrainingConfig(LookupConfig):
             whole table is one ordinary Adam parameter. Both give the same first step.
         lookup_init_tokens: how many activations of the training stream the data-estimated
             init (``unigram_strategy="data"``) and the bigram rows (``lookup_ngram=2``) are
-            estimated from: the first ones of the training stream, held in memory
-            (``n * (d_in + 2) * 4`` bytes) and then trained on; never more than the run's
-            ``training_tokens`` nor more than one pass over a finite dataset. What was drawn,
-            and which cap applied, is recorded in cfg.json (``lookup_init``).
+            estimated from: the first ones of the training stream, held (``lookup_init_hold``)
+            and then trained on; never more than the run's ``training_tokens`` nor more
+            than one pass over a finite dataset. What was drawn, and which cap applied, is
+            recorded in cfg.json (``lookup_init``).
+        lookup_init_hold: where that sample waits until training takes it
+            (``n * (d_in + 2) * 4`` bytes): ``"disk"``, temporary files under
+            ``tempfile.gettempdir()`` (set ``TMPDIR`` to move them), each deleted as it is
+            served, so memory holds one batch of it at a time; or ``"memory"``, on the
+            store's device. With too little free disk the run stops before writing any.
         lookup_init_pseudo_count: shrinkage of data-estimated token rows: a token seen n
             times gets ``(sum + c * prior) / (n + c)``; an unseen token gets the prior.
         lookup_init_prior: the prior of data-estimated token rows: ``"mean"`` (the sample's
@@ -145,6 +150,7 @@ class LookupTrainingConfig(LookupConfig):
     unigram_cache: bool = True
     lookup_updates: str = "sparse"
     lookup_init_tokens: int = 500_000
+    lookup_init_hold: str = "disk"
     lookup_init_pseudo_count: float = 0.5
     lookup_init_prior: str = "mean"
     lookup_bigram_min_count: int = 2
@@ -154,6 +160,8 @@ class LookupTrainingConfig(LookupConfig):
         super().__post_init__()
         if self.lookup_init_tokens <= 0:
             raise ValueError(f"lookup_init_tokens must be > 0, got {self.lookup_init_tokens}")
+        if self.lookup_init_hold not in ("disk", "memory"):
+            raise ValueError(f"lookup_init_hold must be 'disk' or 'memory', got {self.lookup_init_hold!r}")
         if self.lookup_init_pseudo_count < 0:
             raise ValueError(f"lookup_init_pseudo_count must be >= 0, got {self.lookup_init_pseudo_count}")
         if self.lookup_bigram_pseudo_count < 0:

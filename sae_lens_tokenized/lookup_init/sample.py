@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +92,14 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
     dp = parallel.current()
     if dp is not None:  # each rank samples its share of its own data; the sums are reduced below
         target = -(-target // dp.world)
-    stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.lookup_width, sae_cfg.lookup_ngram, device=device, sums=sums)
+    held = hasattr(store, "holding")  # the plugin's store (not a plain one a caller passes)
+    reread = (lambda: (batch[0] for batch in store.held_batches_with_ids())) if held else None
+    stats = LookupStatistics(sae_cfg.d_vocab, sae_cfg.lookup_width, sae_cfg.lookup_ngram, device=device, sums=sums,
+                             reread=reread)
     excluded = store.exclude_special_tokens
     drawn = skipped_first = 0
     desc = "lookup init: sampling activations" + (f" (capped at training_tokens={target:,})" if capped_by else "")
-    holding = store.holding() if hasattr(store, "holding") else contextlib.nullcontext()
+    holding = store.holding(sae_cfg.lookup_init_hold, expected_rows=target) if held else contextlib.nullcontext()
     with tqdm(total=target, desc=desc, unit="tok") as bar, holding:
         while drawn < target:
             try:
@@ -131,7 +135,7 @@ def sample_lookup_statistics(store: Any, cfg: Any, device: torch.device | str = 
         )
     report = {"tokens_requested": requested, "tokens_drawn_from_training_stream": drawn,
               "capped_by": capped_by, "first_positions_skipped": skipped_first,
-              "trained_on": hasattr(store, "holding"), **stats.report()}
+              "trained_on": held, "held_on": sae_cfg.lookup_init_hold if held else None, **stats.report()}
     logger.info(f"lookup init: estimated from the first {drawn:,} activations of the training stream: {report}")
     return stats, report
 
@@ -156,6 +160,11 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
         needs = any(sae_cfgs[n].unigram_strategy in ("auto", DATA_STRATEGY) or sae_cfgs[n].lookup_ngram == 2
                     for n in names)
         wants[hook] = (sizes.pop(), max(sae_cfgs[n].lookup_ngram for n in names), needs, names)
+    places = {c.lookup_init_hold for c in sae_cfgs.values()}
+    if len(places) > 1:
+        raise ValueError(
+            f"the tokenized SAEs {sorted(sae_cfgs)} share one init sample but ask to hold it in different places "
+            f"(lookup_init_hold {sorted(places)}); give them the same value.")
     measure = (store.get_batch_tokens(N_MEASURE_SEQUENCES)
                if any(needs_measurement(c) for c in sae_cfgs.values()) else None)
     sampled = {h: w for h, w in wants.items() if w[2]}
@@ -166,11 +175,13 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
     target = min(requested, cfg.training_tokens)
     capped_by = "training_tokens" if target < requested else None
     d_vocab = sae_cfgs[next(iter(sampled.values()))[3][0]].d_vocab
-    stats = {h: LookupStatistics(d_vocab, sae_cfgs[w[3][0]].lookup_width, w[1]) for h, w in sampled.items()}
+    stats = {h: LookupStatistics(d_vocab, sae_cfgs[w[3][0]].lookup_width, w[1], reread=_held_at(store, h))
+             for h, w in sampled.items()}
     excluded = store.exclude_special_tokens
     drawn = skipped_first = 0
     desc = "lookup init: sampling activations at " + ", ".join(sampled)
-    with tqdm(total=target, desc=desc, unit="tok") as bar, store.holding():
+    hold = places.pop()
+    with tqdm(total=target, desc=desc, unit="tok") as bar, store.holding(hold, expected_rows=target):
         while drawn < target:
             try:
                 tokens = store.get_batch_tokens(raise_at_epoch_end=True)
@@ -196,7 +207,17 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
         out[hook].stats = st
         out[hook].report = {"tokens_requested": requested, "tokens_drawn_from_training_stream": drawn,
                             "capped_by": capped_by, "first_positions_skipped": skipped_first, "trained_on": True,
+                            "held_on": hold,
                             "shared_by": wants[hook][3], **st.report()}
     return out
 
 
+
+
+def _held_at(store: Any, hook: str) -> Any:
+    """The multi-hook store's held batches' activations at ``hook``, again (the bigrams'
+    second pass)."""
+    def reread() -> Iterator[torch.Tensor]:
+        for _, acts in store.held_batches():
+            yield acts[hook].reshape(acts[TOKEN_IDS_KEY].numel() // 2, -1)
+    return reread

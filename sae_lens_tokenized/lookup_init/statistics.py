@@ -18,6 +18,7 @@ no row and falls back to its token's row.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,18 +59,20 @@ class LookupStatistics:
     ``d_vocab * d_in`` floats for the token sums; for bigrams, while sampling, only an
     int64 key and count per distinct pair, never a row. ``bigram_table`` chooses its pairs
     from the counts and then sums the activations of the chosen pairs alone, in a second
-    pass over the batches it was given (kept by reference: the runner's store holds them
-    anyway, to train on them). So the bigram part costs ``budget * d_in`` floats, not
+    pass over the batches it was given: read again through ``reread`` (the runner's store
+    holds them anyway, to train on them, on disk by default), or else kept by reference. So the bigram part costs ``budget * d_in`` floats, not
     ``distinct pairs * d_in``, which for a 500k-token sample can be several times the
     lookup itself.
     """
 
     def __init__(self, d_vocab: int, d_in: int, ngram: int = 1, device: torch.device | str = "cpu",
-                 sums: torch.Tensor | None = None):
+                 sums: torch.Tensor | None = None, reread: Callable[[], Iterable[torch.Tensor]] | None = None):
         """``sums``: a float32 ``[d_vocab, d_in]`` tensor to accumulate the token sums in
         (zeroed here), e.g. the token rows of the lookup being initialised, so that with
         ``token_rows(consume=True)`` the table is computed where it will live, and the init
-        holds no second ``[d_vocab, d_in]`` table."""
+        holds no second ``[d_vocab, d_in]`` table. ``reread``: gives the activations of the
+        batches added, again and in the same order, for the bigrams' second pass; without
+        it a bigram lookup's statistics keep a reference to every batch added."""
         self.d_vocab, self.d_in, self.ngram = d_vocab, d_in, ngram
         if sums is None:
             sums = torch.zeros(d_vocab, d_in, dtype=torch.float32, device=device)
@@ -82,7 +85,8 @@ class LookupStatistics:
         self.n_tokens = 0
         self._pair_counts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sorted keys, counts)
         self._pair_rows = 0
-        self._batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (acts, key per row or -1)
+        self._reread = reread
+        self._batches: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (acts or None, key per row or -1)
         self._across: Any = None  # a parallel.DataParallel once reduce_across() ran
 
     @property
@@ -96,7 +100,8 @@ class LookupStatistics:
     def add(self, acts: torch.Tensor, ids: torch.Tensor, prev: torch.Tensor | None = None,
             keep: torch.Tensor | None = None) -> None:
         """Accumulate a batch; ``keep`` [N] bool selects the rows to count (default all).
-        A bigram lookup keeps a reference to ``acts`` until the statistics are dropped."""
+        Without ``reread``, a bigram lookup keeps a reference to ``acts`` until the
+        statistics are dropped."""
         sums = self.sums
         ids = ids.to(sums.device).long()
         if keep is None:
@@ -115,7 +120,7 @@ class LookupStatistics:
         uniq, counts = torch.unique(known, sorted=True, return_counts=True)
         self._pair_counts.append((uniq, counts))
         self._pair_rows += len(uniq)
-        self._batches.append((acts, keys))
+        self._batches.append((None if self._reread is not None else acts, keys))
         if self._pair_rows > 4 * max(len(self._pair_counts[0][0]), 1) and len(self._pair_counts) > 8:
             self._compact()
 
@@ -196,7 +201,7 @@ class LookupStatistics:
         # the second pass: sum the activations of the chosen pairs only (one spare row
         # takes every other position)
         sums = torch.zeros(len(keys) + 1, self.d_in, dtype=torch.float32, device=self.counts.device)
-        for acts, batch_keys in self._batches if len(keys) else ():
+        for acts, batch_keys in self._second_pass() if len(keys) else ():
             pos = torch.searchsorted(keys, batch_keys).clamp_max(len(keys) - 1)
             hit = (keys[pos] == batch_keys) & (batch_keys >= 0)
             sums.index_add_(0, torch.where(hit, pos, len(keys)), acts)
@@ -207,6 +212,20 @@ class LookupStatistics:
         c = float(pseudo_count)
         rows = sums.add_(token_rows.to(sums)[tok], alpha=c).div_(counts.unsqueeze(1).to(sums) + c)
         return BigramTable(keys, rows, counts, n_seen)
+
+    def _second_pass(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._reread is None:
+            yield from self._batches  # type: ignore[misc]
+            return
+        again = iter(self._reread())
+        for i, (_, batch_keys) in enumerate(self._batches):
+            acts = next(again, None)
+            if acts is None or len(acts) != len(batch_keys):
+                raise RuntimeError(
+                    f"re-reading the init sample gave {'no' if acts is None else len(acts)} rows for batch {i}, "
+                    f"which held {len(batch_keys)}: the held sample was consumed or changed before the "
+                    "bigram rows were chosen")
+            yield acts.to(self.counts.device, torch.float32), batch_keys
 
     def report(self) -> dict[str, Any]:
         seen = int((self.counts > 0).sum())

@@ -28,6 +28,8 @@ precision fails loudly instead of silently corrupting ids).
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,38 +127,137 @@ def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None
             )
 
 
+#: where ``holding()`` keeps what it reads (``LookupTrainingConfig.lookup_init_hold``)
+HOLD_PLACES = ("disk", "memory")
+
+
+class HeldBatchesError(ValueError):
+    """The init sample cannot be held where it was asked to be (e.g. too little disk)."""
+
+
 class HeldBatches:
     """What a store reads inside ``holding()`` it also keeps, and serves to training first,
     so activations read before training (the lookups' init sample) are trained on, not
     read twice. Shared by the single-SAE store and the multi-SAE runner's store, which
-    differ only in what one batch is."""
+    differ only in what one batch is.
+
+    The sample is the largest thing the default init holds that does not scale with the
+    lookup (``lookup_init_tokens * (d_in + 2) * 4`` bytes for the single store: gigabytes
+    at a large model's width). ``where="disk"`` (the default) writes each batch to a
+    temporary file as it is read (``tempfile.gettempdir()``: set ``TMPDIR`` to move it)
+    and deletes it as training takes it, so the run's memory holds one batch of it at a
+    time; ``"memory"`` keeps the batches as they are (on the store's device)."""
 
     #: LLM (or cache) activations this store has read; each is trained on once
     llm_activations_read: int = 0
-    _held: deque[Any] | None = None
+    #: kept batches, in read order: (the batch, or its file on disk; its rows)
+    _held: deque[tuple[Any, int]] | None = None
     _holding: bool = False
+    _spill: tempfile.TemporaryDirectory | None = None
+    _spilled: int = 0
+    _expected_rows: int | None = None
 
     @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
+    def holding(self, where: str = "memory", expected_rows: int | None = None) -> Iterator[None]:
         """Inside the block, every batch read is also kept; afterwards the kept batches are
-        served first. They are held in memory meanwhile: ``n * (d_in + 2) * 4`` bytes for
-        n activations of the single-SAE store."""
+        served first. ``where``: ``"disk"`` or ``"memory"`` (class docstring).
+        ``expected_rows``: how many rows the block will read, so that, on disk, the free
+        space is checked against the whole sample when the first batch arrives, before
+        anything is written."""
+        if where not in HOLD_PLACES:
+            raise ValueError(f"the init sample can be held on {HOLD_PLACES}, not {where!r}")
         if self._held is None:
             self._held = deque()
+        if where == "disk" and self._spill is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="sae_lens_tokenized_init_sample_")
+        self._expected_rows = expected_rows
         self._holding = True
         try:
             yield
         finally:
             self._holding = False
 
+    @property
+    def held_activations(self) -> int:
+        """Rows kept and not yet served to training."""
+        return sum(n for _, n in self._held or ())
+
+    def held_batches(self) -> Iterator[Any]:
+        """The kept batches in read order, without serving them (a second pass over the
+        init sample: e.g. summing the chosen bigrams' activations). On disk, one is loaded
+        at a time."""
+        for item, _ in list(self._held or ()):
+            yield self._load(item)
+
+    def _load(self, item: Any) -> Any:
+        if isinstance(item, Path):
+            return torch.load(item, weights_only=True)
+        return item
+
     def _next_held(self) -> Any:
         """The next kept batch to serve, or None (none left, or still holding)."""
-        return self._held.popleft() if self._held and not self._holding else None
+        if not self._held or self._holding:
+            return None
+        item, _ = self._held.popleft()
+        batch = self._load(item)
+        if isinstance(item, Path):
+            item.unlink()
+        if not self._held and self._spill is not None:
+            self._spill.cleanup()  # the last one served: nothing of the sample stays on disk
+            self._spill = None
+        return batch
 
-    def _keep_if_holding(self, batch: Any) -> None:
-        if self._holding:
-            assert self._held is not None
-            self._held.append(batch)
+    def _keep_if_holding(self, batch: Any, rows: int) -> None:
+        if not self._holding:
+            return
+        assert self._held is not None
+        if self._spill is None:
+            self._held.append((batch, rows))
+            return
+        folder = Path(self._spill.name)
+        if not self._held and self._expected_rows:
+            self._check_free_space(folder, batch, rows)
+        path = folder / f"{self._spilled:07d}.pt"
+        self._spilled += 1
+        torch.save(_compact(batch), path)
+        self._held.append((path, rows))
+
+    def _check_free_space(self, folder: Path, batch: Any, rows: int) -> None:
+        tensors = batch.values() if isinstance(batch, dict) else batch
+        per_row = sum(t.numel() * t.element_size() for t in _flat_tensors(tensors)) / max(rows, 1)
+        need = int(per_row * (self._expected_rows or rows) * 1.05)
+        free = shutil.disk_usage(folder).free
+        if need > free:
+            self._spill.cleanup()  # type: ignore[union-attr]
+            self._spill = None
+            raise HeldBatchesError(
+                f"the lookup init's sample ({self._expected_rows:,} activations, about {need / 2**30:.1f} GiB) "
+                f"is held on disk until it is trained on, but {folder.parent} has {free / 2**30:.1f} GiB free. "
+                "Set TMPDIR to a folder with room, lower lookup_init_tokens, or hold it in memory "
+                "(lookup_init_hold='memory')."
+            )
+
+
+def _compact(x: Any) -> Any:
+    """``x`` with every tensor that views a larger storage copied out (``torch.save``
+    writes a view's whole storage)."""
+    if isinstance(x, torch.Tensor):
+        return x if x.untyped_storage().nbytes() == x.numel() * x.element_size() else x.clone()
+    if isinstance(x, dict):
+        return {k: _compact(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_compact(v) for v in x)
+    return x
+
+
+def _flat_tensors(items: Any) -> Iterator[torch.Tensor]:
+    for x in items:
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, dict):
+            yield from _flat_tensors(x.values())
+        elif isinstance(x, (tuple, list)):
+            yield from _flat_tensors(x)
 
 
 class RankShare:
@@ -246,10 +347,6 @@ class TokenizedActivationsStore(HeldBatches, RankShare, TargetColumns, Activatio
             check_cached_token_ids(store, d_vocab)
         return store  # type: ignore[return-value]
 
-    @property
-    def held_activations(self) -> int:
-        return sum(len(ids) for _, ids in self._held or ())
-
     @torch.no_grad()
     def get_raw_llm_batch(self, raise_on_epoch_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         held = self._next_held()
@@ -257,7 +354,7 @@ class TokenizedActivationsStore(HeldBatches, RankShare, TargetColumns, Activatio
             return held
         packed_and_ids = self._read_llm_batch(raise_on_epoch_end)
         self.llm_activations_read += len(packed_and_ids[1])
-        self._keep_if_holding(packed_and_ids)
+        self._keep_if_holding(packed_and_ids, len(packed_and_ids[1]))
         return packed_and_ids
 
     def _read_llm_batch(self, raise_on_epoch_end: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,6 +375,14 @@ class TokenizedActivationsStore(HeldBatches, RankShare, TargetColumns, Activatio
         ``raise_on_epoch_end``: as SAELens's ``get_raw_llm_batch`` (StopIteration once the
         dataset has been read through; the store then starts it anew)."""
         packed, _ = self.get_raw_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
+        return self._with_ids(packed)
+
+    def held_batches_with_ids(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The kept batches (``holding()``) as ``get_raw_llm_batch_with_ids`` gave them,
+        again, without serving them."""
+        return (self._with_ids(packed) for packed, _ in self.held_batches())
+
+    def _with_ids(self, packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
         acts, *ids = unpack_token_ids(packed, self.carries_prev)
         if self.hook_name_out is not None:  # a transcoder's lookup models its output: the target
             acts = acts[:, -self.d_out:]

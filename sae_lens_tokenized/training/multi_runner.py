@@ -93,7 +93,7 @@ class TokenizedMultiHookStore(HeldBatches, ActivationsStore):
         # (SAELens's filter flattens every entry alike and drops excluded tokens' rows)
         out[TOKEN_IDS_KEY] = torch.stack([previous_token_ids(tokens), tokens], -1).to(ref.device, torch.float32)
         self.llm_activations_read += tokens.numel()
-        self._keep_if_holding((batch_tokens, dict(out)))
+        self._keep_if_holding((batch_tokens, dict(out)), out[TOKEN_IDS_KEY].numel() // 2)
         return out
 
     def get_multi_hook_data_loader(self) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[override]
