@@ -112,7 +112,8 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     common = dict(d_in=args.d_in, d_sae=args.d_sae, k=args.k)
     sae_cfg = (TopKTrainingSAEConfig(**common) if variant == "topk" else
                TokenizedTopKTrainingSAEConfig(**common, d_vocab=args.d_vocab, lookup_init_tokens=args.lookup_init_tokens,
-                                              lookup_init_hold=args.lookup_init_hold))
+                                              lookup_init_hold=args.lookup_init_hold,
+                                              lookup_init_prior=args.lookup_init_prior))
     cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg, model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="synthetic",
         is_dataset_tokenized=True, context_size=args.context_size, prepend_bos=False,
@@ -169,6 +170,8 @@ def main() -> None:
     ap.add_argument("--training_tokens", type=int, default=400_000)
     ap.add_argument("--lookup_init_tokens", type=int, default=500_000, help="the default")
     ap.add_argument("--lookup_init_hold", default="disk", choices=["disk", "memory"], help="the default: disk")
+    ap.add_argument("--lookup_init_prior", default="0,t",
+                    help="the default's prompt prior, 'space,t', with token 0 as the space: the random model has no tokenizer")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=None)

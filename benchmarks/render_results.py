@@ -385,7 +385,8 @@ def auxk() -> str:
 def prior() -> str:
     """The prior of data-estimated rows: the sample mean against a prompt unigram centred on
     it (benchmarks/defaults_check.py with a ``lookup_init_prior`` variant, results/defaults_check/prior)."""
-    return _defaults_table("defaults_check/prior")
+    # these runs predate the change they decided: their "default" had the sample mean as prior
+    return _defaults_table("defaults_check/prior", "defaults then (`lookup_init_prior=mean`)")
 
 
 def length() -> str:
@@ -402,7 +403,7 @@ def length() -> str:
             + table(["training tokens", "seed", "TopK NMSE", "tokenized NMSE", "tokenized / TopK"], rows))
 
 
-def _defaults_table(folder: str) -> str:
+def _defaults_table(folder: str, default_label: str = "defaults") -> str:
     files = sorted((RESULTS / folder).glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no benchmarks/results/{folder}/*.json: run benchmarks/defaults_check.py")
@@ -416,7 +417,7 @@ def _defaults_table(folder: str) -> str:
         groups += [("SAELens TopK", [[r["topk_variants"][k] for r in d["runs"]]], False) for k in d["runs"][0].get("topk_variants", {})]
         groups += [("tokenized TopK", [[r["tokenized"][k] for r in d["runs"]]], True) for k in d["runs"][0]["tokenized"]]
         for i, (name, (vs,), tokenized) in enumerate(groups):
-            row = [where, name + (f", {overrides(vs[0])}" if i else ""), ", ".join(f4(v["nmse"]) for v in vs),
+            row = [where, name + (f", {overrides(vs[0], default_label)}" if i else ""), ", ".join(f4(v["nmse"]) for v in vs),
                    ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs) if i else "",
                    ", ".join(reached(v["speedup"], v["tokens_to_reach_topk_final"] == 0) for v in vs) if tokenized else ""]
             if with_dead:
@@ -428,8 +429,8 @@ def _defaults_table(folder: str) -> str:
     return (table(head, rows) + f"\n\nSmolLM2-135M, k {s['k']}, width 8×, lr 3e-3 (the workbench's settings)." + commands)
 
 
-def overrides(run: dict) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or "defaults"
+def overrides(run: dict, default_label: str = "defaults") -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or default_label
 
 
 def pareto() -> str:

@@ -28,7 +28,7 @@ CTX = 32
 
 def data_cfg(model, tokens: int = 2048, **kw):
     base = dict(d_in=model.cfg.d_model, d_sae=64, k=4, unigram_strategy="data", lookup_init_tokens=tokens,
-                lookup_init_pseudo_count=0.0, lookup_bigram_pseudo_count=0.0)
+                lookup_init_pseudo_count=0.0, lookup_bigram_pseudo_count=0.0, lookup_init_prior="mean")
     base.update(kw)
     return runner_cfg(TokenizedTopKTrainingSAEConfig(**base), RESID1, 8_192)
 
@@ -328,13 +328,19 @@ def test_auto_measures_the_data_estimate_beside_the_prompts(model, dataset):
     assert runner.sae.cfg.lookup_init_scale == (1.0 if runner.sae.cfg.unigram_strategy == "data" else 0.5)
 
 
-def test_a_unigram_prior_gives_unseen_tokens_their_own_centred_unigram(model, dataset):
+@pytest.mark.parametrize("prior", ["bos,t", None])  # None: the default, "space,t"
+def test_a_unigram_prior_gives_unseen_tokens_their_own_centred_unigram(model, dataset, prior):
     from sae_lens_tokenized import compute_unigram_table
 
-    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="bos,t", lookup_init_pseudo_count=2.0),
-                                        override_model=model, override_dataset=dataset)
+    sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=64, k=4, lookup_init_tokens=2048,
+                                             lookup_init_pseudo_count=2.0, lookup_bigram_pseudo_count=0.0,
+                                             **({} if prior is None else {"lookup_init_prior": prior}))
+    cfg = runner_cfg(sae_cfg, RESID1, 8_192)
+    strategy = sae_cfg.lookup_init_prior
+    assert strategy == (prior or "space,t")
+    runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     acts, ids, _ = later_positions(*direct_means(model, sample_rows(dataset, 2048)))
-    U = compute_unigram_table(model, RESID1, "bos,t", show_progress=False)
+    U = compute_unigram_table(model, RESID1, strategy, show_progress=False)
     counts = torch.bincount(ids, minlength=model.cfg.d_vocab).float()
     prior = acts.mean(0) + U - (counts @ U) / counts.sum()
     W = runner.sae.W_lookup.detach()[: model.cfg.d_vocab]
@@ -346,14 +352,31 @@ def test_a_unigram_prior_gives_unseen_tokens_their_own_centred_unigram(model, da
     n = int(counts[t])
     torch.testing.assert_close(W[t], (acts[ids == t].sum(0) + 2.0 * prior[t]) / (n + 2.0), atol=1e-4, rtol=1e-4)
     recorded = runner.sae.cfg.metadata.lookup_init["prior"]
-    assert recorded["unigram_strategy"] == "bos,t" and recorded["tokens_given_only_the_prior"] == int(unseen.sum())
+    assert recorded["unigram_strategy"] == strategy and recorded["tokens_given_only_the_prior"] == int(unseen.sum())
 
 
-def test_a_unigram_prior_with_a_precomputed_table_fails_before_any_work(model, dataset):
-    table = torch.zeros(model.cfg.d_vocab, model.cfg.d_model)
-    with pytest.raises(ValueError, match="lookup_init_prior='mean'"):
-        TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="auto"), override_model=model,
-                                   override_dataset=dataset, unigram_table=table)
+def test_with_a_precomputed_table_the_prior_is_that_table_and_costs_no_forward(model, dataset, monkeypatch):
+    from sae_lens_tokenized.lookup_init import plan
+
+    monkeypatch.setattr(plan, "get_unigram_table", lambda *a, **k: pytest.fail("a unigram table was computed"))
+    table = torch.randn(model.cfg.d_vocab, model.cfg.d_model)
+    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="space,t"), override_model=model,
+                                        override_dataset=dataset, unigram_table=table)
+    assert runner.sae.cfg.unigram_strategy == "precomputed"  # the table is the token rows
+    recorded = runner.sae.cfg.metadata.lookup_init["prior"]
+    assert recorded["unigram_strategy"] == "precomputed" and recorded["tokens_given_only_the_prior"] > 0
+
+
+def test_a_prior_the_model_cannot_build_is_refused_before_any_work(model, dataset):
+    embedded = []
+    handle = model.embed.register_forward_pre_hook(lambda m, args: embedded.append(args[0].numel()))
+    try:
+        with pytest.raises(ValueError, match=r"(?s)lookup_init_prior='99999,t'.*out of range.*'mean'"):
+            TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="99999,t"), override_model=model,
+                                       override_dataset=dataset)
+    finally:
+        handle.remove()
+    assert sum(embedded) <= 2  # the config probe at most: no sample was read
 
 
 # ------------------------------------------------------------------ proportion (issue 18)

@@ -229,6 +229,7 @@ def test_demo_and_workbench_pass_the_lookup_prior_to_the_config():
 
     p = argparse.ArgumentParser()
     add_demo_args(p)
-    s = settings_from_args(p.parse_args(["--lookup_init_prior", "space,t"]))
-    assert sae_config("tokenized_topk", s, 32, 100).lookup_init_prior == "space,t"
-    assert sae_config("tokenized_topk", settings_from_args(p.parse_args([])), 32, 100).lookup_init_prior == "mean"
+    s = settings_from_args(p.parse_args(["--lookup_init_prior", "mean"]))
+    assert sae_config("tokenized_topk", s, 32, 100).lookup_init_prior == "mean"
+    default = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4).lookup_init_prior
+    assert sae_config("tokenized_topk", settings_from_args(p.parse_args([])), 32, 100).lookup_init_prior == default

@@ -119,12 +119,16 @@ class LookupTrainingConfig(LookupConfig):
             store's device. With too little free disk the run stops before writing any.
         lookup_init_pseudo_count: shrinkage of data-estimated token rows: a token seen n
             times gets ``(sum + c * prior) / (n + c)``; an unseen token gets the prior.
-        lookup_init_prior: the prior of data-estimated token rows: ``"mean"`` (the sample's
-            mean activation, the same row for every token), a prompt strategy
-            (``"space,t"``) or ``"auto"`` (the best-measured prompt strategy). With a
+        lookup_init_prior: the prior of data-estimated token rows: a prompt strategy
+            (the default, ``"space,t"``), ``"auto"`` (the best-measured prompt strategy) or
+            ``"mean"`` (the sample's mean activation, the same row for every token). With a
             strategy, token t's prior is ``mean + (U[t] - U_mean)``: its unigram, shifted so
             the priors average to the sample mean, so tokens the sample never saw still get
-            a row of their own.
+            a row of their own, and rare ones shrink toward it. U is one forward of the
+            vocabulary's prompts up to the hook, cached per model and hook
+            (``unigram_cache``); a precomputed table given to the runner is used instead.
+            Measured against ``"mean"`` in docs "Results" ("The prior of rare and unseen
+            tokens").
         lookup_bigram_pseudo_count: the same shrinkage for bigram rows, toward their
             token's row.
         lookup_bigram_min_count: a pair seen fewer times in the sample gets no bigram row.
@@ -152,7 +156,7 @@ class LookupTrainingConfig(LookupConfig):
     lookup_init_tokens: int = 500_000
     lookup_init_hold: str = "disk"
     lookup_init_pseudo_count: float = 0.5
-    lookup_init_prior: str = "mean"
+    lookup_init_prior: str = "space,t"
     lookup_bigram_min_count: int = 2
     lookup_bigram_pseudo_count: float = 0.5
 

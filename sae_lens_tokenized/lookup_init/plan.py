@@ -30,6 +30,7 @@ from sae_lens_tokenized.lookup.strategies import (
     DATA_STRATEGY,
     PRECOMPUTED_STRATEGY,
     UnigramStrategy,
+    UnigramStrategyError,
     default_init_scale,
 )
 from sae_lens_tokenized.lookup_init.fit import sample_activations, select_unigram_strategy, unigram_fit, warn_if_sink
@@ -88,6 +89,16 @@ def check_sae_against_model(model: Any, sae_cfg: Any, hook_name: str, hook_head_
                 "the same vector; it is an analysis control, not an initialisation."
             )
         strategy.resolve(getattr(model, "tokenizer", None), model_vocab, model_name)
+    prior = getattr(sae_cfg, "lookup_init_prior", "mean")
+    samples = sae_cfg.unigram_strategy in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2
+    if sae_cfg.init_lookup_from_unigrams and samples and prior not in ("mean", "auto"):
+        try:
+            UnigramStrategy.parse(prior).resolve(getattr(model, "tokenizer", None), model_vocab, model_name)
+        except UnigramStrategyError as e:
+            raise ValueError(
+                f"{where}lookup_init_prior={prior!r} (the prior of data-estimated rows) cannot be built for "
+                f"this model: {e}. Set lookup_init_prior to a prompt strategy it can build (e.g. 'bos,t', or a "
+                "literal token id such as '220,t'), 'auto', or 'mean' (the sample mean).") from e
 
 
 EXPLICIT_MATCH_FIELDS = ("model_fingerprint", "hook_name", "hook_head_index", "strategy", "d_vocab")
@@ -143,11 +154,6 @@ def resolve_precomputed_table(model: Any, cfg: Any, table: torch.Tensor | None,
         raise ValueError(
             "unigram_strategy='auto' chooses the table itself, so it cannot be used with a "
             "precomputed unigram table; pass the table's strategy.")
-    if sae.lookup_init_prior != "mean":
-        raise ValueError(
-            f"lookup_init_prior={sae.lookup_init_prior!r} builds the prior of data-estimated rows "
-            "from the model's unigrams, but a precomputed unigram table was given; drop the table or "
-            "set lookup_init_prior='mean'.")
     return table, strategy
 
 
@@ -213,7 +219,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
             stats, report["lookup_init"] = sample_lookup_statistics(
                 store, cfg, device, warn_special=measure_tokens is None and cfg.exclude_special_tokens is True,
                 tokenizer=getattr(model, "tokenizer", None), sums=sums)
-        prior = lookup_prior(model, cfg, stats, measure_tokens, exclude_ids, report["lookup_init"])
+        prior = lookup_prior(model, cfg, stats, measure_tokens, exclude_ids, report["lookup_init"], given=table)
         # a sample of its own (not shared by a multi runner's SAEs at this hook): its sums
         # become the table in place, so no second [d_vocab, d_in] table is held
         data_table = stats.token_rows(prior, sae_cfg.lookup_init_pseudo_count, consume=shared is None)
@@ -252,22 +258,29 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
 
 
 def lookup_prior(model: Any, cfg: Any, stats: LookupStatistics, measure_tokens: Any, exclude_ids: list[int],
-                 report: dict[str, Any]) -> torch.Tensor | None:
+                 report: dict[str, Any], given: torch.Tensor | None = None) -> torch.Tensor | None:
     """The prior of data-estimated rows (``lookup_init_prior``): ``None`` for the sample
-    mean, else ``mean + (U - U_mean)`` from a prompt unigram table ``U``."""
+    mean, else ``mean + (U - U_mean)`` from a prompt unigram table ``U``: the user's
+    precomputed table where one was ``given`` (it is the model's unigrams this run trusts,
+    and costs no forward), else the strategy's table (cached per model and hook)."""
     prior = cfg.sae.lookup_init_prior
     hook = lookup_hook(cfg)
     if prior == "mean":
         report["prior"] = "mean"
         return None
     selection = None
-    if prior == "auto":
-        assert measure_tokens is not None  # needs_measurement(): "auto" is measured
-        prior, selection = select_unigram_strategy(model, hook, measure_tokens,
-                                                   hook_head_index=cfg.hook_head_index, exclude_ids=exclude_ids)
-        logger.info(f"lookup_init_prior='auto' chose '{prior}': {selection}")
-    table = get_unigram_table(model, hook, strategy=prior, hook_head_index=cfg.hook_head_index,
-                              cache_dir=cfg.sae.unigram_cache).to(stats.sums)
+    if given is not None:
+        prior, table = PRECOMPUTED_STRATEGY, given.to(stats.sums, copy=True)
+    else:
+        if prior == "auto":
+            assert measure_tokens is not None  # needs_measurement(): "auto" is measured
+            prior, selection = select_unigram_strategy(model, hook, measure_tokens,
+                                                       hook_head_index=cfg.hook_head_index, exclude_ids=exclude_ids)
+            logger.info(f"lookup_init_prior='auto' chose '{prior}': {selection}")
+        # a fresh tensor (computed, or read from the cache), centred in place below: the
+        # init holds one [d_vocab, d_in] table beside the sums
+        table = get_unigram_table(model, hook, strategy=prior, hook_head_index=cfg.hook_head_index,
+                                  cache_dir=cfg.sae.unigram_cache).to(stats.sums)
     counts = stats.counts.to(stats.sums)
     centre = (counts @ table) / counts.sum().clamp_min(1)
     unseen = int((stats.counts == 0).sum())
@@ -275,4 +288,4 @@ def lookup_prior(model: Any, cfg: Any, stats: LookupStatistics, measure_tokens: 
                        **({"selection": selection} if selection is not None else {})}
     logger.info(f"lookup init: {unseen:,} tokens absent from the sample get their '{prior}' unigram, centred on "
                 "the sample mean, as their row")
-    return stats.mean() + (table - centre)
+    return table.sub_(centre).add_(stats.mean())

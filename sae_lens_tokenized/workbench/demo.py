@@ -49,8 +49,9 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookup_ngram", type=int, default=2, choices=[1, 2], help="2 (default): token and bigram rows")
     p.add_argument("--lookup_init_tokens", type=int, default=500_000,
                    help="the first activations of the stream the lookup is estimated from (then trained on)")
-    p.add_argument("--lookup_init_prior", default="mean",
-                   help="prior of data-estimated rows: 'mean' (default), 'auto' or a prompt such as 'space,t'")
+    p.add_argument("--lookup_init_prior", default=CompareSettings.lookup_init_prior,
+                   help=f"prior of data-estimated rows: a prompt such as '{CompareSettings.lookup_init_prior}' "
+                        "(default), 'auto', or 'mean'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, ~2 minutes)")
 

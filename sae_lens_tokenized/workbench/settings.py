@@ -9,6 +9,7 @@ from typing import Any
 from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import get_sae_training_class
 
+from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture
 
 
@@ -31,7 +32,7 @@ class CompareSettings:
     lookup_init_scale: float | None = None  # the strategy's default (data 1.0, prompts 0.5)
     lookup_ngram: int = 2
     lookup_init_tokens: int = 500_000  # the config's default
-    lookup_init_prior: str = "mean"  # the config's default
+    lookup_init_prior: str = LookupTrainingConfig.lookup_init_prior  # the config's default
     seed: int = 0
     n_curve_points: int = 16
     n_eval_activations: int = 20_000
