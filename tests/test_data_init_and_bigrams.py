@@ -521,7 +521,7 @@ def test_too_little_disk_for_the_init_sample_stops_before_writing_it(tmp_path, m
     with pytest.raises(HeldBatchesError, match=r"(?s)2,048 activations.*TMPDIR.*lookup_init_hold='memory'"):
         TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     assert list(spill.iterdir()) == []  # not a byte written
-    with pytest.raises(ValueError, match="lookup_init_hold must be 'disk' or 'memory'"):
+    with pytest.raises(ValueError, match=r"lookup_init_hold must be one of \('disk', 'memory'\)"):
         TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_hold="gpu")
 
 

@@ -164,8 +164,8 @@ class LookupTrainingConfig(LookupConfig):
         super().__post_init__()
         if self.lookup_init_tokens <= 0:
             raise ValueError(f"lookup_init_tokens must be > 0, got {self.lookup_init_tokens}")
-        if self.lookup_init_hold not in ("disk", "memory"):
-            raise ValueError(f"lookup_init_hold must be 'disk' or 'memory', got {self.lookup_init_hold!r}")
+        if self.lookup_init_hold not in HOLD_PLACES:
+            raise ValueError(f"lookup_init_hold must be one of {HOLD_PLACES}, got {self.lookup_init_hold!r}")
         if self.lookup_init_pseudo_count < 0:
             raise ValueError(f"lookup_init_pseudo_count must be >= 0, got {self.lookup_init_pseudo_count}")
         if self.lookup_bigram_pseudo_count < 0:
@@ -200,6 +200,8 @@ class LookupTrainingConfig(LookupConfig):
 
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
+#: where the init sample waits until trained on (``lookup_init_hold``; ``HeldBatches``)
+HOLD_PLACES = ("disk", "memory")
 LOOKUP_UPDATES = ("sparse", "dense")
 #: default bigram row budget (docs "Lookup initialisation")
 DEFAULT_BIGRAM_ROWS = 65_536

@@ -41,6 +41,7 @@ from sae_lens.training.activations_store import ActivationsStore
 
 from sae_lens_tokenized import parallel
 from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID
+from sae_lens_tokenized.lookup.config import HOLD_PLACES
 from sae_lens_tokenized.lookup_init.statistics import previous_ids_of_batch
 from sae_lens_tokenized.training.transcoders import TargetColumns
 
@@ -125,10 +126,6 @@ def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None
                 "so ids would be rounded. Train with dtype='float32' (the cache itself may stay "
                 "in lower precision)."
             )
-
-
-#: where ``holding()`` keeps what it reads (``LookupTrainingConfig.lookup_init_hold``)
-HOLD_PLACES = ("disk", "memory")
 
 
 class HeldBatchesError(ValueError):
