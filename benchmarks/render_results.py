@@ -443,14 +443,14 @@ def pareto() -> str:
     for f in files:
         d = json.loads(f.read_text())
         for s in d["summary"]:
-            rows.append([s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
+            rows.append([f"{d['settings']['training_tokens']:,}", s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
                          f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
                          f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
                          reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
                          f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
                          f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]])
         commands += command(d)
-    return table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio", "CE added base / tok.",
+    return table(["training tokens", "architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio", "CE added base / tok.",
                   "fewer tokens to base's final NMSE", "dead base / tok.", "single-token latents base / tok.", "seeds"],
                  rows) + commands
 
