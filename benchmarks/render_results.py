@@ -442,8 +442,10 @@ def pareto() -> str:
     rows, commands = [], ""
     for f in files:
         d = json.loads(f.read_text())
+        # the run length: in the settings, or (sweeps saved before settings were) the command
+        tokens = d["settings"]["training_tokens"] if "settings" in d else int(d["command"].split("--training_tokens ")[1].split()[0])
         for s in d["summary"]:
-            rows.append([f"{d['settings']['training_tokens']:,}", s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
+            rows.append([f"{tokens:,}", s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
                          f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
                          f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
                          reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
