@@ -360,11 +360,13 @@ def test_with_a_precomputed_table_the_prior_is_that_table_and_costs_no_forward(m
 
     monkeypatch.setattr(plan, "get_unigram_table", lambda *a, **k: pytest.fail("a unigram table was computed"))
     table = torch.randn(model.cfg.d_vocab, model.cfg.d_model)
-    runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior="space,t"), override_model=model,
-                                        override_dataset=dataset, unigram_table=table)
-    assert runner.sae.cfg.unigram_strategy == "precomputed"  # the table is the token rows
-    recorded = runner.sae.cfg.metadata.lookup_init["prior"]
-    assert recorded["unigram_strategy"] == "precomputed" and recorded["tokens_given_only_the_prior"] > 0
+    # a prior strategy this model cannot build is no reason to refuse: the table is the prior's U
+    for prior in ("space,t", "99999,t"):
+        runner = TokenizedSAETrainingRunner(data_cfg(model, lookup_init_prior=prior), override_model=model,
+                                            override_dataset=dataset, unigram_table=table)
+        assert runner.sae.cfg.unigram_strategy == "precomputed"  # the table is the token rows
+        recorded = runner.sae.cfg.metadata.lookup_init["prior"]
+        assert recorded["unigram_strategy"] == "precomputed" and recorded["tokens_given_only_the_prior"] > 0
 
 
 def test_a_prior_the_model_cannot_build_is_refused_before_any_work(model, dataset):

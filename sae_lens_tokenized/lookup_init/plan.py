@@ -50,16 +50,19 @@ from sae_lens_tokenized.lookup_init.unigrams import (
 )
 from sae_lens_tokenized.models import activations_at_hook, device_of, resolve_hook, vocab_size
 
-def check_against_model(model: Any, cfg: LanguageModelSAERunnerConfig[Any]) -> None:
-    """Raise before any training if the config does not fit the model."""
+def check_against_model(model: Any, cfg: LanguageModelSAERunnerConfig[Any], table_given: bool = False) -> None:
+    """Raise before any training if the config does not fit the model (``table_given``: the
+    runner was handed a precomputed unigram table)."""
     check_sae_against_model(model, cfg.sae, cfg.hook_name, cfg.hook_head_index, cfg.seqpos_slice,
-                            model_name=str(cfg.model_name))
+                            model_name=str(cfg.model_name), table_given=table_given)
 
 
 def check_sae_against_model(model: Any, sae_cfg: Any, hook_name: str, hook_head_index: int | None,
-                            seqpos_slice: Any, model_name: str = "the model", name: str | None = None) -> None:
+                            seqpos_slice: Any, model_name: str = "the model", name: str | None = None,
+                            table_given: bool = False) -> None:
     """One tokenized SAE config against the model it will train on (``name``: its key in a
-    multi-SAE config, for the message)."""
+    multi-SAE config, for the message; ``table_given``: a precomputed table was handed to
+    the runner, which then is the prior's unigrams too)."""
     where = f"cfg.saes[{name!r}]: " if name is not None else ""
     resolve_hook(model, hook_name)
     model_vocab = vocab_size(model)
@@ -91,7 +94,8 @@ def check_sae_against_model(model: Any, sae_cfg: Any, hook_name: str, hook_head_
         strategy.resolve(getattr(model, "tokenizer", None), model_vocab, model_name)
     prior = getattr(sae_cfg, "lookup_init_prior", "mean")
     samples = sae_cfg.unigram_strategy in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2
-    if sae_cfg.init_lookup_from_unigrams and samples and prior not in ("mean", "auto"):
+    own_table = not table_given and sae_cfg.unigram_table_path is None  # else a given table is U (lookup_prior)
+    if sae_cfg.init_lookup_from_unigrams and samples and own_table and prior not in ("mean", "auto"):
         try:
             UnigramStrategy.parse(prior).resolve(getattr(model, "tokenizer", None), model_vocab, model_name)
         except UnigramStrategyError as e:

@@ -148,7 +148,7 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
         if self.tokenized:
             if cfg.sae.d_vocab is None:
                 cfg.sae.d_vocab = vocab_size(self.model)
-            check_against_model(self.model, cfg)
+            check_against_model(self.model, cfg, table_given=self._unigram_table_arg is not None)
             self._table, self._table_strategy = resolve_precomputed_table(
                 self.model, cfg, self._unigram_table_arg, self._will_init)
         super()._compile_llm_if_needed()
