@@ -212,8 +212,6 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
     return out
 
 
-
-
 def _held_at(store: Any, hook: str) -> Any:
     """The multi-hook store's held batches' activations at ``hook``, again (the bigrams'
     second pass)."""

@@ -60,9 +60,9 @@ class LookupStatistics:
     int64 key and count per distinct pair, never a row. ``bigram_table`` chooses its pairs
     from the counts and then sums the activations of the chosen pairs alone, in a second
     pass over the batches it was given: read again through ``reread`` (the runner's store
-    holds them anyway, to train on them, on disk by default), or else kept by reference. So the bigram part costs ``budget * d_in`` floats, not
-    ``distinct pairs * d_in``, which for a 500k-token sample can be several times the
-    lookup itself.
+    holds them anyway, to train on them, on disk by default), or else kept by reference.
+    So the bigram part costs ``budget * d_in`` floats, not ``distinct pairs * d_in``, which
+    for a 500k-token sample can be several times the lookup itself.
     """
 
     def __init__(self, d_vocab: int, d_in: int, ngram: int = 1, device: torch.device | str = "cpu",

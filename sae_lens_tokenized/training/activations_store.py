@@ -220,9 +220,9 @@ class HeldBatches:
         self._held.append((path, rows))
 
     def _check_free_space(self, folder: Path, batch: Any, rows: int) -> None:
-        tensors = batch.values() if isinstance(batch, dict) else batch
-        per_row = sum(t.numel() * t.element_size() for t in _flat_tensors(tensors)) / max(rows, 1)
-        need = int(per_row * (self._expected_rows or rows) * 1.05)
+        assert self._expected_rows
+        per_row = sum(t.numel() * t.element_size() for t in _flat_tensors((batch,))) / max(rows, 1)
+        need = int(per_row * self._expected_rows * 1.05)
         free = shutil.disk_usage(folder).free
         if need > free:
             self._spill.cleanup()  # type: ignore[union-attr]
