@@ -142,3 +142,15 @@ def nmse(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     from sae_lens_tokenized.metrics import nmse as method_nmse
 
     return method_nmse(x_hat, x)
+
+
+def cache_prior_tables(model, *hook_names: str) -> None:
+    """Compute (and cache) the default prior's unigram table at each hook. A test that
+    counts the LLM forwards of a run calls this first, so that what it counts is the run's
+    own reads whatever ran before it: the prior's table is a fixed cost per model and hook,
+    cached across runs (``lookup_init_prior``)."""
+    from sae_lens_tokenized import TokenizedTopKTrainingSAEConfig
+    from sae_lens_tokenized.lookup_init.unigrams import get_unigram_tables
+
+    strategy = TokenizedTopKTrainingSAEConfig(d_in=1, d_sae=1, k=1).lookup_init_prior
+    get_unigram_tables(model, list(hook_names), strategy=strategy, cache_dir=True)

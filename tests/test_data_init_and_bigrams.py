@@ -9,7 +9,7 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from helpers import runner_cfg, token_dataset
+from helpers import cache_prior_tables, runner_cfg, token_dataset
 from sae_lens_tokenized import (
     TokenIdsError,
     TokenizedSAETrainingRunner,
@@ -383,6 +383,7 @@ def test_a_prior_the_model_cannot_build_is_refused_before_any_work(model, datase
 
 # ------------------------------------------------------------------ proportion (issue 18)
 def test_the_init_sample_never_exceeds_the_run_nor_one_pass_over_the_data(model):
+    cache_prior_tables(model, RESID1)
     embedded = []
     handle = model.embed.register_forward_pre_hook(lambda m, args: embedded.append(args[0].numel()))
     try:
@@ -450,6 +451,7 @@ def test_the_init_sample_is_the_start_of_the_training_stream_and_is_trained_on(t
     """Every activation read is trained on: the init sample is held and served to training
     first, so a run reads its training tokens plus what SAELens's buffer still holds at
     the end, not the sample on top."""
+    cache_prior_tables(model, RESID1)
     seen = []
     handle = model.embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].numel()))
     try:

@@ -10,7 +10,7 @@ import torch
 from sae_lens import SAE, LoggingConfig, TopKTrainingSAEConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
-from helpers import runner_cfg, token_dataset
+from helpers import cache_prior_tables, runner_cfg, token_dataset
 from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
@@ -76,6 +76,7 @@ def test_tokenized_and_plain_saes_train_together_with_every_id_aligned(tmp_path,
 
 
 def test_the_init_sample_is_read_once_for_every_sae_at_a_hook_and_trained_on(tmp_path, model, dataset):
+    cache_prior_tables(model, RESID0, EMBED)
     embedded = []
     handle = model.embed.register_forward_pre_hook(lambda m, args: embedded.append(args[0].numel()))
     try:
