@@ -38,6 +38,7 @@ from sae_lens_tokenized.lookup_init.sample import (
     N_MEASURE_SEQUENCES,
     SharedSample,
     needs_measurement,
+    needs_sample,
     sample_lookup_statistics,
     warn_unexcluded_special_tokens,
 )
@@ -93,9 +94,8 @@ def check_sae_against_model(model: Any, sae_cfg: Any, hook_name: str, hook_head_
             )
         strategy.resolve(getattr(model, "tokenizer", None), model_vocab, model_name)
     prior = getattr(sae_cfg, "lookup_init_prior", "mean")
-    samples = sae_cfg.unigram_strategy in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2
     own_table = not table_given and sae_cfg.unigram_table_path is None  # else a given table is U (lookup_prior)
-    if sae_cfg.init_lookup_from_unigrams and samples and own_table and prior not in ("mean", "auto"):
+    if sae_cfg.init_lookup_from_unigrams and needs_sample(sae_cfg) and own_table and prior not in ("mean", "auto"):
         try:
             UnigramStrategy.parse(prior).resolve(getattr(model, "tokenizer", None), model_vocab, model_name)
         except UnigramStrategyError as e:
@@ -216,7 +216,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
             warn_unexcluded_special_tokens(model.tokenizer, measure_tokens, excluded)
         measured = sample_activations(model, measure_tokens, hook, cfg.hook_head_index, exclude_ids=exclude_ids)
     stats = data_table = None
-    if strategy in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2:
+    if needs_sample(sae_cfg, strategy):
         if shared is not None and shared.stats is not None:
             stats, report["lookup_init"] = shared.stats, dict(shared.report)
         else:

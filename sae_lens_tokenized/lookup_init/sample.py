@@ -71,6 +71,13 @@ class SharedSample:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def needs_sample(sae_cfg: Any, strategy: str | None = None) -> bool:
+    """Does this init read the init sample? For a data-estimated or ``auto`` table, and
+    for bigram rows. ``strategy``: the one in force, where a precomputed table replaced
+    the config's."""
+    return (strategy or sae_cfg.unigram_strategy) in ("auto", DATA_STRATEGY) or sae_cfg.lookup_ngram == 2
+
+
 def needs_measurement(sae_cfg: Any) -> bool:
     """Does this init read the measurement sequences? Only to choose a strategy (``auto``)
     or a prior (``lookup_init_prior="auto"``), or to check a prompt table for a sink; the
@@ -157,8 +164,7 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
             raise ValueError(
                 f"the tokenized SAEs {names} at {hook!r} share one init sample but ask for different "
                 f"lookup_init_tokens {sorted(sizes)}; give them the same value (or train them separately).")
-        needs = any(sae_cfgs[n].unigram_strategy in ("auto", DATA_STRATEGY) or sae_cfgs[n].lookup_ngram == 2
-                    for n in names)
+        needs = any(needs_sample(sae_cfgs[n]) for n in names)
         wants[hook] = (sizes.pop(), max(sae_cfgs[n].lookup_ngram for n in names), needs, names)
     places = {c.lookup_init_hold for c in sae_cfgs.values()}
     if len(places) > 1:
