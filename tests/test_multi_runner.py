@@ -12,6 +12,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from helpers import cache_prior_tables, runner_cfg, token_dataset
 from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
+from sae_lens_tokenized.training.activations_store import HeldBatches
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
 EMBED, RESID0 = "hook_embed", "blocks.0.hook_resid_pre"  # W_E[t]; W_E[t] + W_pos[p]
@@ -75,21 +76,31 @@ def test_tokenized_and_plain_saes_train_together_with_every_id_aligned(tmp_path,
     assert not torch.equal(saes["tok_resid"].W_lookup, torch.zeros_like(saes["tok_resid"].W_lookup))
 
 
-def test_the_init_sample_is_read_once_for_every_sae_at_a_hook_and_trained_on(tmp_path, model, dataset):
+def test_the_init_sample_is_read_once_for_every_sae_at_a_hook_and_trained_on(tmp_path, model, dataset, monkeypatch):
     cache_prior_tables(model, RESID0, EMBED)
     embedded = []
     handle = model.embed.register_forward_pre_hook(lambda m, args: embedded.append(args[0].numel()))
+    rereads = []  # the bigrams' second passes over the held sample
+    held_batches = HeldBatches.held_batches
+    monkeypatch.setattr(HeldBatches, "held_batches", lambda self: rereads.append(1) or held_batches(self))
     try:
-        cfg = multi_cfg({"a": tok(), "b": tok(lookup_bigram_min_count=3), "c": tok(lookup_ngram=1)},
-                        {"a": RESID0, "b": RESID0, "c": EMBED}, tmp_path)
+        cfg = multi_cfg({"a": tok(), "b": tok(lookup_bigram_min_count=3), "c": tok(lookup_ngram=1),
+                         "d": tok(lookup_init_pseudo_count=2.0)},
+                        {"a": RESID0, "b": RESID0, "c": EMBED, "d": RESID0}, tmp_path)
         runner = TokenizedMultiSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
-        # three tokenized SAEs, two hooks: one sample of 2048 activations from one forward per
+        # four tokenized SAEs, two hooks: one sample of 2048 activations from one forward per
         # batch serves all of them (plus a 2-token probe per SAE that checks its config)
-        assert sum(embedded) == 2048 + 3 * 2
+        assert sum(embedded) == 2048 + 4 * 2
         reports = runner.unigram_reports
-        assert reports["a"]["lookup_init"]["shared_by"] == ["a", "b"] == reports["b"]["lookup_init"]["shared_by"]
+        assert reports["a"]["lookup_init"]["shared_by"] == ["a", "b", "d"] == reports["b"]["lookup_init"]["shared_by"]
         assert reports["b"]["lookup_init"]["bigram_rows_used"] < reports["a"]["lookup_init"]["bigram_rows_used"]
+        # a and d choose the same pairs (same budget and min_count): one second pass serves
+        # both, and b's own min_count costs one more
+        assert len(rereads) == 2
+        assert torch.equal(runner.saes["d"].bigram_pairs(), runner.saes["a"].bigram_pairs())
+        assert not torch.allclose(runner.saes["d"].W_lookup, runner.saes["a"].W_lookup)  # its own shrinkage
         init_a = runner.saes["a"].W_lookup.detach().clone(), runner.saes["a"].bigram_pairs()
+        init_d = runner.saes["d"].W_lookup.detach().clone()
         saes = runner.run()
     finally:
         handle.remove()
@@ -101,11 +112,14 @@ def test_the_init_sample_is_read_once_for_every_sae_at_a_hook_and_trained_on(tmp
     assert reports["a"]["lookup_init"]["bigram_rows_used"] > 0
     torch.testing.assert_close(init_a[0], single.W_lookup.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(init_a[1], single.bigram_pairs())
+    single_d = TokenizedSAETrainingRunner(runner_cfg(tok(lookup_init_pseudo_count=2.0), RESID0, 4096),
+                                          override_model=model, override_dataset=dataset).sae
+    torch.testing.assert_close(init_d, single_d.W_lookup.detach(), rtol=1e-5, atol=1e-6)
     counts = json.loads((tmp_path / "out" / "a" / "cfg.json").read_text())["metadata"]["activations"]
     # the sample was the start of the training stream: read once, trained on
     buffer = cfg.n_batches_in_buffer * CTX
     assert counts["trained_on"] == 4096 and 0 <= counts["read"] - counts["trained_on"] < buffer
-    assert counts["read"] == sum(embedded) - 3 * 2
+    assert counts["read"] == sum(embedded) - 4 * 2
     assert saes["a"].cfg.metadata.activations == counts
 
 
@@ -150,8 +164,6 @@ def test_resume_in_the_multi_runner_restores_each_lookup_and_its_optimizer(tmp_p
      r"share one init sample but ask to hold it in different places \(lookup_init_hold \['disk', 'memory'\]\)"),
 ])
 def test_bad_multi_configs_are_refused_before_training(model, dataset, saes, hooks, match, monkeypatch):
-    from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
-
     monkeypatch.setattr(TokenizedSAETrainer, "step", lambda *a: pytest.fail("training started"))
     with pytest.raises(ValueError, match=match):
         TokenizedMultiSAETrainingRunner(multi_cfg(saes, hooks), override_model=model, override_dataset=dataset).run()

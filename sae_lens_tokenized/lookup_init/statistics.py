@@ -88,6 +88,12 @@ class LookupStatistics:
         self._reread = reread
         self._batches: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (acts or None, key per row or -1)
         self._across: Any = None  # a parallel.DataParallel once reduce_across() ran
+        #: set by a caller whose several lookups share these statistics (the multi-SAE
+        #: runner's SAEs at one hook): the chosen pairs' activation sums are then kept per
+        #: (budget, min_count), so that SAEs with the same bigram settings (a sweep's) cost one
+        #: second pass over the held sample between them, not one each
+        self.shared_by_several = False
+        self._chosen: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def sums(self) -> torch.Tensor:
@@ -189,8 +195,25 @@ class LookupStatistics:
         if not self._pair_counts:
             empty = torch.zeros(0, dtype=torch.long, device=self.counts.device)
             return BigramTable(empty, torch.zeros(0, self.d_in, dtype=torch.float32, device=self.counts.device), empty, 0)
+        n_seen = len(self._pair_counts[0][0])
+        setting = (int(budget), int(min_count))
+        if setting in self._chosen:
+            keys, counts, sums = self._chosen[setting]
+        else:
+            keys, counts, sums = self._chosen_pair_sums(budget, min_count)
+            if self.shared_by_several:
+                self._chosen[setting] = keys, counts, sums
+        if self.shared_by_several:
+            sums = sums.clone()  # the kept sums serve the next SAE; the rows are computed in place below
+        tok = keys % self.d_vocab
+        c = float(pseudo_count)
+        rows = sums.add_(token_rows.to(sums)[tok], alpha=c).div_(counts.unsqueeze(1).to(sums) + c)
+        return BigramTable(keys, rows, counts, n_seen)
+
+    def _chosen_pair_sums(self, budget: int, min_count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The keys and counts of the pairs a budget and min_count choose, and their
+        activations' sums (one pass over the sample's batches)."""
         keys, counts = self._pair_counts[0]
-        n_seen = len(keys)
         eligible = (counts >= min_count).nonzero().squeeze(1)
         if len(eligible) > budget:  # keep the most frequent; ties broken by key for determinism
             order = torch.argsort(counts[eligible] * (len(keys) + 1) - torch.arange(len(eligible), device=keys.device),
@@ -207,11 +230,7 @@ class LookupStatistics:
             sums.index_add_(0, torch.where(hit, pos, len(keys)), acts)
         if self._across is not None:
             self._across.all_reduce_(sums, what="summing the chosen bigrams' activations")
-        sums = sums[: len(keys)]
-        tok = keys % self.d_vocab
-        c = float(pseudo_count)
-        rows = sums.add_(token_rows.to(sums)[tok], alpha=c).div_(counts.unsqueeze(1).to(sums) + c)
-        return BigramTable(keys, rows, counts, n_seen)
+        return keys, counts, sums[: len(keys)]
 
     def _second_pass(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._reread is None:
