@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: SAELens architecture names as the results page writes them
+ARCHITECTURE_NAMES = {"topk": "TopK", "batchtopk": "BatchTopK", "matryoshka_batchtopk": "Matryoshka BatchTopK",
+                      "jumprelu": "JumpReLU"}
 
 
 def load(name: str) -> Any:
@@ -342,6 +345,20 @@ def default_cost() -> str:
     return "\n\n".join(out)
 
 
+def touched_rows() -> str:
+    """Lookup rows a run on real text touches, hence lazy Adam's moments (benchmarks/touched_rows.py)."""
+    d = load("touched_rows.json")
+    rows = [[r["dataset"], f"{r['run_tokens']:,}", f"{r['init_sample_tokens']:,}", f"{r['distinct_tokens']:,}",
+             f"{r['bigram_rows']:,}", f"{r['table_rows']:,}", f"{r['rows_touched']:,}", pct(r["touched_fraction"]),
+             f"{r['moments_over_table']:.2f}×"] for r in d["results"]]
+    return (table(["corpus", "run (tokens)", "init sample", "distinct tokens seen", "bigram rows chosen",
+                   "W_lookup rows", "rows touched", "touched", "lazy Adam's moments / W_lookup"], rows)
+            + f"\n\n{d['model']} (d_vocab {d['d_vocab']:,}), the default lookup (`lookup_init_tokens` "
+            f"{d['lookup_init_tokens']:,}, up to {d['lookup_bigram_rows']:,} bigram rows seen at least "
+            f"{d['lookup_bigram_min_count']} times); the moments' storage grows 1.5× at a time, so it may hold up to "
+            "half as much again." + command(d))
+
+
 def init_sample_size() -> str:
     """Held-out NMSE of the default tokenized TopK against its init sample size
     (benchmarks/init_sample_size.py)."""
@@ -413,9 +430,11 @@ def _defaults_table(folder: str, default_label: str = "defaults") -> str:
     for d in runs:
         s = d["settings"]
         where = f"{d['dataset']} L{s['layer']}, {s['training_tokens']:,} tokens, batch {s.get('batch', 1024)}, seeds {', '.join(map(str, s['seeds']))}"
-        groups = [("SAELens TopK", [[r["topk"] for r in d["runs"]]], False)]
-        groups += [("SAELens TopK", [[r["topk_variants"][k] for r in d["runs"]]], False) for k in d["runs"][0].get("topk_variants", {})]
-        groups += [("tokenized TopK", [[r["tokenized"][k] for r in d["runs"]]], True) for k in d["runs"][0]["tokenized"]]
+        arch = ARCHITECTURE_NAMES[s.get("architecture", "topk")]  # the "topk" keys hold the base
+        where += f", k {s['k']}" if s.get("architecture", "topk") != "topk" else ""
+        groups = [(f"SAELens {arch}", [[r["topk"] for r in d["runs"]]], False)]
+        groups += [(f"SAELens {arch}", [[r["topk_variants"][k] for r in d["runs"]]], False) for k in d["runs"][0].get("topk_variants", {})]
+        groups += [(f"tokenized {arch}", [[r["tokenized"][k] for r in d["runs"]]], True) for k in d["runs"][0]["tokenized"]]
         for i, (name, (vs,), tokenized) in enumerate(groups):
             row = [where, name + (f", {overrides(vs[0], default_label)}" if i else ""), ", ".join(f4(v["nmse"]) for v in vs),
                    ", ".join(f3(v["nmse_ratio_to_topk"]) for v in vs) if i else "",
@@ -494,7 +513,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, init_sample_size, data_parallel, transcoders, auxk, prior, length)}
+    default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, prior, length)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

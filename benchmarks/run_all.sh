@@ -46,3 +46,16 @@ python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --trai
     --variants '{"lookup_lr_1e-2": {"lookup_lr": 0.01}, "frozen_lookup": {"train_lookup": false}}'
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 100000 --seeds 0 \
     --variants '{"init_scale_0.5": {"lookup_init_scale": 0.5}, "unigram_only": {"lookup_ngram": 1}}' --out /tmp/dc  # then merge its variants into the JSON above
+# the prior of rare and unseen tokens (docs "The prior of rare and unseen tokens")
+python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --training_tokens 20000 --seeds 0 1 2 \
+    --variants '{"prior_space_t": {"lookup_init_prior": "space,t"}}' --out $R/defaults_check/prior
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 400000 --seeds 0 1 \
+    --variants '{"prior_space_t": {"lookup_init_prior": "space,t"}}' --out $R/defaults_check/prior
+# the default's cost: step time and memory end to end, and the rows real text touches
+python benchmarks/default_cost.py --d_vocab 50257
+python benchmarks/default_cost.py --d_vocab 262144
+python benchmarks/default_cost.py --d_vocab 262144 --lookup_init_hold memory
+python benchmarks/touched_rows.py
+# the frontier at 200k tokens (stopped by hand after k 32; then --replot of its quality_partial.json)
+python benchmarks/quality.py --architectures topk batchtopk --layers 3 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 \
+    --seeds 0 1 --training_tokens 200000 --unigram_strategy data --out $R/pareto_l3_200k
