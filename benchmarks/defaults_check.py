@@ -9,6 +9,7 @@ once can memorise the training activations. Every variant trains through the rea
 runners on the same activations (the workbench), same k, width, lr, batch and seed.
 Reported per seed: final held-out NMSE and training tokens to reach TopK's final NMSE
 (every activation counted: the init sample is part of the run's stream).
+``--architecture`` compares another SAELens base the same way (e.g. BatchTopK's AuxK check).
 
     python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 \\
         --training_tokens 20000 --seeds 0 1 2 --variants '{"min_count_2": {"lookup_bigram_min_count": 2}}'
@@ -25,6 +26,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from render_results import ARCHITECTURE_NAMES  # benchmarks/: the names the results page uses
+
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.report import write_json
@@ -34,6 +37,8 @@ from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--architecture", default="topk",
+                    help="the SAELens base (compared with tokenized_<base>); the JSON's 'topk' keys hold it")
     ap.add_argument("--dataset", default="wiki-summaries-en")
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--k", type=int, default=32)
@@ -48,6 +53,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/defaults_check")
     args = ap.parse_args()
     variants = {"default": {}, **json.loads(args.variants)}
+    base_name = ARCHITECTURE_NAMES.get(args.architecture, args.architecture)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -59,20 +65,20 @@ def main() -> None:
     fig, axes = new_figure(1, len(args.seeds), size=(5.5, 4.5))
     for ax, seed in zip(list(axes[0]), args.seeds):
         s = replace(s0, seed=seed)
-        base = train_variant("topk", s, bench, data)
+        base = train_variant(args.architecture, s, bench, data)
         row: dict = {"seed": seed, "topk": {"nmse": base["nmse"], "curve": base["curve"],
                                             "dead_latents": dead_latents(base["sae"], *data.eval)}, "tokenized": {}}
-        ax.plot(*zip(*base["curve"]), label="TopK", color="black")
+        ax.plot(*zip(*base["curve"]), label=base_name, color="black")
         print(f"seed {seed} topk: NMSE {base['nmse']:.4f}", flush=True)
         for label, overrides in json.loads(args.topk_variants).items():
-            r = train_variant("topk", s, bench, data, overrides=overrides)
+            r = train_variant(args.architecture, s, bench, data, overrides=overrides)
             row.setdefault("topk_variants", {})[label] = {"overrides": overrides, "nmse": r["nmse"], "curve": r["curve"],
                                                           "nmse_ratio_to_topk": r["nmse"] / base["nmse"],
                                                           "dead_latents": dead_latents(r["sae"], *data.eval)}
-            ax.plot(*zip(*r["curve"]), label=f"TopK {label}", color="grey", ls="--")
+            ax.plot(*zip(*r["curve"]), label=f"{base_name} {label}", color="grey", ls="--")
             print(f"seed {seed} topk {label}: NMSE {r['nmse']:.4f}", flush=True)
         for label, overrides in variants.items():
-            r = train_variant("tokenized_topk", s, bench, data, overrides=overrides)
+            r = train_variant(f"tokenized_{args.architecture}", s, bench, data, overrides=overrides)
             init = r["unigram_report"]["lookup_init"]
             reach = tokens_to_reach(r["curve"], base["nmse"])
             row["tokenized"][label] = {
@@ -91,7 +97,8 @@ def main() -> None:
                ylabel="held-out NMSE", yscale="log")
         ax.legend(fontsize=7)
         runs.append(row)
-    name = f"{args.dataset}_L{args.layer}_{args.training_tokens}" + (f"_batch{args.batch}" if args.batch != 1024 else "")
+    name = (f"{args.dataset}_L{args.layer}_{args.training_tokens}" + (f"_batch{args.batch}" if args.batch != 1024 else "")
+            + (f"_{args.architecture}_k{args.k}" if args.architecture != "topk" else ""))
     summary = {label: {"nmse_ratio_to_topk_mean": statistics.mean(r["tokenized"][label]["nmse_ratio_to_topk"] for r in runs),
                        "nmse_ratio_to_topk_max": max(r["tokenized"][label]["nmse_ratio_to_topk"] for r in runs)}
                for label in variants}

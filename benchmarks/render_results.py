@@ -399,6 +399,28 @@ def auxk() -> str:
     return _defaults_table("defaults_check/auxk")
 
 
+def auxk_batchtopk() -> str:
+    """BatchTopK and tokenized BatchTopK at SAELens's AuxK coefficient and at 1/32, each
+    tokenized SAE against the base trained with the same coefficient (benchmarks/defaults_check.py
+    --architecture batchtopk, results/defaults_check/auxk_batchtopk)."""
+    rows, commands = [], ""
+    for f in sorted((RESULTS / "defaults_check" / "auxk_batchtopk").glob("*.json"), key=lambda f: json.loads(f.read_text())["settings"]["k"]):
+        d = json.loads(f.read_text())
+        for label in d["runs"][0]["tokenized"]:
+            pairs = [(r["topk"] if label == "default" else r["topk_variants"][label], r["tokenized"][label]) for r in d["runs"]]
+            coef = pairs[0][1]["overrides"].get("aux_loss_coefficient", "SAELens's default (1.0)")
+            rows.append([d["settings"]["k"], coef, ", ".join(f4(b["nmse"]) for b, _ in pairs),
+                         ", ".join(f4(t["nmse"]) for _, t in pairs), ", ".join(f3(t["nmse"] / b["nmse"]) for b, t in pairs),
+                         ", ".join(f"{b['dead_latents']} / {t['dead_latents']}" for b, t in pairs)])
+        commands += command(d)
+    s = d["settings"]
+    return (table(["k", "aux_loss_coefficient (both sides)", "BatchTopK NMSE (per seed)", "tokenized NMSE (per seed)",
+                   "tokenized / BatchTopK", "dead latents, base / tokenized"], rows)
+            + f"\n\nSmolLM2-135M, {d['dataset']} L{s['layer']}, {s['training_tokens']:,} training tokens, seeds "
+            f"{', '.join(map(str, s['seeds']))}, width 8×, lr 3e-3, batch {s['batch']}, `dead_feature_window=50` "
+            "(the workbench's settings); held-out NMSE at the end of the run." + commands)
+
+
 def prior() -> str:
     """The prior of data-estimated rows: the sample mean against a prompt unigram centred on
     it (benchmarks/defaults_check.py with a ``lookup_init_prior`` variant, results/defaults_check/prior)."""
@@ -513,7 +535,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, prior, length)}
+    default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, auxk_batchtopk, prior, length)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

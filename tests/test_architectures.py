@@ -5,6 +5,8 @@ it over all eight architectures, so an architecture (or an SAELens release) that
 lookup anywhere fails here.
 """
 
+import contextlib
+
 import pytest
 import torch
 from sae_lens import SAE, TrainingSAE
@@ -38,6 +40,9 @@ LOADS_AS = {
     "tokenized_matryoshka_batchtopk": "TokenizedJumpReLUSAE",
 }
 MP = "tokenized_matching_pursuit"  # its encoder pursues x - b_dec - W_lookup[t]
+#: the base config fields whose tokenized default differs from SAELens's (docs "Results",
+#: "AuxK and BatchTopK"); every other inherited default is SAELens's own
+CHANGED_DEFAULTS = {"tokenized_batchtopk": {"aux_loss_coefficient": 1 / 32}}
 
 
 def test_the_issue_s_architecture_list_is_complete_and_exported():
@@ -100,8 +105,9 @@ def step_input(sae, x, n_steps: int = 0) -> TrainStepInput:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_with_a_zero_lookup_every_loss_term_is_exactly_the_base_architecture_s(arch):
     # Guards the one SAELens formula this package re-derives (Gated's aux term) and every
-    # inherited one: if SAELens changes a loss, the two sides part here.
-    tok, base = make_pair(arch)
+    # inherited one: if SAELens changes a loss, the two sides part here. (Both sides at the
+    # tokenized defaults: a changed default is tested below.)
+    tok, base = make_pair(arch, **CHANGED_DEFAULTS.get(arch, {}))
     with torch.no_grad():
         tok.W_lookup.zero_()
     x, ids = data()
@@ -112,6 +118,37 @@ def test_with_a_zero_lookup_every_loss_term_is_exactly_the_base_architecture_s(a
     for name in out_base.losses:
         torch.testing.assert_close(out_tok.losses[name], out_base.losses[name], msg=name)
     torch.testing.assert_close(out_tok.sae_out, out_base.sae_out)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_inherited_default_is_saelens_s_but_the_listed_ones(arch):
+    train_cfg = get_sae_training_class(arch)[1]
+    base_cfg = get_sae_training_class(base_architecture(arch))[1]
+    args = dict(d_in=D_IN, d_sae=D_SAE, **ARCH_KW[arch])
+    tok, base = train_cfg(**args, d_vocab=V).to_dict(), base_cfg(**args).to_dict()
+    differs = {k: tok[k] for k in base if tok[k] != base[k] and k not in ("architecture", "metadata")}
+    assert differs == CHANGED_DEFAULTS.get(arch, {})
+    # an explicit value is kept, and cfg.json records the one trained with
+    for field, value in CHANGED_DEFAULTS.get(arch, {}).items():
+        told = train_cfg(**args, d_vocab=V, **{field: base[field]})
+        assert told.to_dict()[field] == base[field]
+        assert train_cfg.from_dict(train_cfg(**args, d_vocab=V).to_dict()).to_dict()[field] == value
+
+
+def test_tokenized_batchtopk_weighs_auxk_at_one_32nd_of_saelens_s_unless_told():
+    x, ids = data()
+    tok, base = make_pair("tokenized_batchtopk")  # each at its own default
+    told, _ = make_pair("tokenized_batchtopk", tok_kw={"aux_loss_coefficient": 1.0})
+    losses = {}
+    for name, sae in (("tok", tok), ("told", told), ("base", base)):
+        with torch.no_grad():
+            if name != "base":
+                sae.W_lookup.zero_()
+        with sae.token_ids(ids) if name != "base" else contextlib.nullcontext():
+            losses[name] = sae.training_forward_pass(step_input(sae, x)).losses["auxiliary_reconstruction_loss"]
+    assert losses["base"] > 0
+    torch.testing.assert_close(losses["tok"], losses["base"] / 32)
+    torch.testing.assert_close(losses["told"], losses["base"])
 
 
 def lookup_gradient(tok, loss):

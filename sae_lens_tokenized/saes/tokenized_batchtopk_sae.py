@@ -14,7 +14,16 @@ from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 
 @dataclass(kw_only=True)
 class TokenizedBatchTopKTrainingSAEConfig(LookupTrainingConfig, BatchTopKTrainingSAEConfig):
-    """``BatchTopKTrainingSAEConfig`` + the lookup's fields."""
+    """``BatchTopKTrainingSAEConfig`` + the lookup's fields, with one default changed:
+    ``aux_loss_coefficient`` is 1/32 (the value of Gao et al. 2024, who introduced AuxK),
+    not SAELens's 1.0.
+
+    At SAELens's coefficient the tokenized SAE's AuxK revivals swing its reconstruction
+    up and down and can leave most latents dead, where the base stays smooth; at 1/32 it
+    trains smoothly and keeps more latents alive (docs "Results", "AuxK and BatchTopK").
+    Set ``aux_loss_coefficient=1.0`` to train with SAELens's value."""
+
+    aux_loss_coefficient: float = 1 / 32
 
 
 class TokenizedBatchTopKTrainingSAE(TokenLookupMixin, BatchTopKTrainingSAE):
