@@ -400,26 +400,26 @@ def auxk() -> str:
 
 
 def auxk_batchtopk() -> str:
-    """BatchTopK and tokenized BatchTopK at SAELens's AuxK coefficient and at 1/32, each
-    tokenized SAE against the base trained with the same coefficient (benchmarks/defaults_check.py
-    --architecture batchtopk, results/defaults_check/auxk_batchtopk)."""
+    """BatchTopK and Matryoshka BatchTopK, each side at SAELens's AuxK coefficient and at
+    1/32, each tokenized SAE against the base trained with the same coefficient
+    (benchmarks/defaults_check.py --architecture ..., results/defaults_check/auxk_*batchtopk)."""
     rows, commands = [], ""
-    for f in sorted((RESULTS / "defaults_check" / "auxk_batchtopk").glob("*.json"), key=lambda f: json.loads(f.read_text())["settings"]["k"]):
-        d = json.loads(f.read_text())
+    files = [f for folder in ("auxk_batchtopk", "auxk_matryoshka") for f in (RESULTS / "defaults_check" / folder).glob("*.json")]
+    for d in sorted((json.loads(f.read_text()) for f in files), key=lambda d: (d["settings"]["architecture"], d["settings"]["k"])):
+        arch = ARCHITECTURE_NAMES[d["settings"]["architecture"]]
         for label in d["runs"][0]["tokenized"]:
             pairs = [(r["topk"] if label == "default" else r["topk_variants"][label], r["tokenized"][label]) for r in d["runs"]]
             coef = pairs[0][1]["overrides"].get("aux_loss_coefficient", "SAELens's default (1.0)")
-            rows.append([d["settings"]["k"], coef, ", ".join(f4(b["nmse"]) for b, _ in pairs),
+            rows.append([arch, d["settings"]["k"], coef, ", ".join(f4(b["nmse"]) for b, _ in pairs),
                          ", ".join(f4(t["nmse"]) for _, t in pairs), ", ".join(f3(t["nmse"] / b["nmse"]) for b, t in pairs),
                          ", ".join(f"{b['dead_latents']} / {t['dead_latents']}" for b, t in pairs)])
         commands += command(d)
     s = d["settings"]
-    return (table(["k", "aux_loss_coefficient (both sides)", "BatchTopK NMSE (per seed)", "tokenized NMSE (per seed)",
-                   "tokenized / BatchTopK", "dead latents, base / tokenized"], rows)
+    return (table(["base", "k", "aux_loss_coefficient (both sides)", "base NMSE (per seed)", "tokenized NMSE (per seed)",
+                   "tokenized / base", "dead latents, base / tokenized"], rows)
             + f"\n\nSmolLM2-135M, {d['dataset']} L{s['layer']}, {s['training_tokens']:,} training tokens, seeds "
             f"{', '.join(map(str, s['seeds']))}, width 8×, lr 3e-3, batch {s['batch']}, `dead_feature_window=50` "
             "(the workbench's settings); held-out NMSE at the end of the run." + commands)
-
 
 def prior() -> str:
     """The prior of data-estimated rows: the sample mean against a prompt unigram centred on

@@ -42,7 +42,8 @@ LOADS_AS = {
 MP = "tokenized_matching_pursuit"  # its encoder pursues x - b_dec - W_lookup[t]
 #: the base config fields whose tokenized default differs from SAELens's (docs "Results",
 #: "AuxK and BatchTopK"); every other inherited default is SAELens's own
-CHANGED_DEFAULTS = {"tokenized_batchtopk": {"aux_loss_coefficient": 1 / 32}}
+CHANGED_DEFAULTS = {"tokenized_batchtopk": {"aux_loss_coefficient": 1 / 32},
+                    "tokenized_matryoshka_batchtopk": {"aux_loss_coefficient": 1 / 32}}
 
 
 def test_the_issue_s_architecture_list_is_complete_and_exported():
@@ -135,10 +136,11 @@ def test_every_inherited_default_is_saelens_s_but_the_listed_ones(arch):
         assert train_cfg.from_dict(train_cfg(**args, d_vocab=V).to_dict()).to_dict()[field] == value
 
 
-def test_tokenized_batchtopk_weighs_auxk_at_one_32nd_of_saelens_s_unless_told():
+@pytest.mark.parametrize("arch", ["tokenized_batchtopk", "tokenized_matryoshka_batchtopk"])
+def test_tokenized_batchtopk_weighs_auxk_at_one_32nd_of_saelens_s_unless_told(arch):
     x, ids = data()
-    tok, base = make_pair("tokenized_batchtopk")  # each at its own default
-    told, _ = make_pair("tokenized_batchtopk", tok_kw={"aux_loss_coefficient": 1.0})
+    tok, base = make_pair(arch)  # each at its own default
+    told, _ = make_pair(arch, tok_kw={"aux_loss_coefficient": 1.0})
     losses = {}
     for name, sae in (("tok", tok), ("told", told), ("base", base)):
         with torch.no_grad():
