@@ -89,8 +89,10 @@ def demo(name: str = "demo/results.json") -> str:
                      d["speedup_counting_init_sample"].replace("x", "×")])
     s = d["settings"]
     note = (f"\n\n`{s['hook_name']}`, width {s['expansion']}×, k {s['k']}, {s['training_tokens']:,} training tokens, "
-            f"batch {s['batch']}, lr {s['lr']}, lookup lr {s['lookup_lr']}, seed {s['seed']}; "
-            f"wall time {d['wall_time_s'] / 60:.1f} min.")
+            f"batch {s['batch']}, lr {s['lr']}, lookup lr {s['lookup_lr']}, seed {s['seed']}"
+            + (f", AuxK coefficient {' / '.join(f'{r[side][aux]:g}' for side in sides)}"
+               if all((aux := "aux_loss_coefficient") in r[side] for side in sides) else "")
+            + f"; wall time {d['wall_time_s'] / 60:.1f} min.")
     return table([""] + sides, rows) + note
 
 
@@ -399,17 +401,19 @@ def auxk() -> str:
     return _defaults_table("defaults_check/auxk")
 
 
-def auxk_batchtopk() -> str:
-    """BatchTopK and Matryoshka BatchTopK, each side at SAELens's AuxK coefficient and at
-    1/32, each tokenized SAE against the base trained with the same coefficient
-    (benchmarks/defaults_check.py --architecture ..., results/defaults_check/auxk_*batchtopk)."""
+def auxk_matched() -> str:
+    """TopK, BatchTopK and Matryoshka BatchTopK, each side at SAELens's AuxK coefficient and
+    at 1/32, each tokenized SAE against the base trained with the same coefficient
+    (benchmarks/defaults_check.py --architecture ..., results/defaults_check/auxk_{topk,batchtopk,matryoshka})."""
     rows, commands = [], ""
-    files = [f for folder in ("auxk_batchtopk", "auxk_matryoshka") for f in (RESULTS / "defaults_check" / folder).glob("*.json")]
-    for d in sorted((json.loads(f.read_text()) for f in files), key=lambda d: (d["settings"]["architecture"], d["settings"]["k"])):
+    folders = ("auxk_topk", "auxk_batchtopk", "auxk_matryoshka")
+    files = [f for folder in folders for f in (RESULTS / "defaults_check" / folder).glob("*.json")]
+    order = {a: i for i, a in enumerate(("topk", "batchtopk", "matryoshka_batchtopk"))}
+    for d in sorted((json.loads(f.read_text()) for f in files), key=lambda d: (order[d["settings"]["architecture"]], d["settings"]["k"])):
         arch = ARCHITECTURE_NAMES[d["settings"]["architecture"]]
         for label in d["runs"][0]["tokenized"]:
             pairs = [(r["topk"] if label == "default" else r["topk_variants"][label], r["tokenized"][label]) for r in d["runs"]]
-            coef = pairs[0][1]["overrides"].get("aux_loss_coefficient", "SAELens's default (1.0)")
+            coef = pairs[0][1]["overrides"].get("aux_loss_coefficient", "1.0 (SAELens's; both sides' default when run)")
             rows.append([arch, d["settings"]["k"], coef, ", ".join(f4(b["nmse"]) for b, _ in pairs),
                          ", ".join(f4(t["nmse"]) for _, t in pairs), ", ".join(f3(t["nmse"] / b["nmse"]) for b, t in pairs),
                          ", ".join(f"{b['dead_latents']} / {t['dead_latents']}" for b, t in pairs)])
@@ -535,7 +539,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, auxk_batchtopk, prior, length)}
+    default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

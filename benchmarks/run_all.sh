@@ -59,3 +59,14 @@ python benchmarks/touched_rows.py
 # the frontier at 200k tokens (stopped by hand after k 32; then --replot of its quality_partial.json)
 python benchmarks/quality.py --architectures topk batchtopk --layers 3 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 \
     --seeds 0 1 --training_tokens 200000 --unigram_strategy data --out $R/pareto_l3_200k
+# AuxK and the BatchTopK family (run when both sides defaulted to SAELens's aux_loss_coefficient=1.0; the
+# tokenized ones, and the workbench's bases beside them, now default to 1/32: to repeat the 1.0 rows, add
+# '"aux_1": {"aux_loss_coefficient": 1.0}' to both variant lists)
+for k in 32 16; do
+python benchmarks/defaults_check.py --architecture batchtopk --layer 3 --k $k --training_tokens 200000 --seeds 0 1 \
+    --variants '{"aux_1_32": {"aux_loss_coefficient": 0.03125}}' --topk_variants '{"aux_1_32": {"aux_loss_coefficient": 0.03125}}' \
+    --out $R/defaults_check/auxk_batchtopk
+done
+python benchmarks/defaults_check.py --architecture matryoshka_batchtopk --layer 3 --k 32 --training_tokens 200000 --seeds 0 1 \
+    --variants '{"aux_1_32": {"aux_loss_coefficient": 0.03125}}' --topk_variants '{"aux_1_32": {"aux_loss_coefficient": 0.03125}}' \
+    --out $R/defaults_check/auxk_matryoshka

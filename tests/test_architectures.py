@@ -14,7 +14,8 @@ from sae_lens.registry import get_sae_class, get_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 
 import sae_lens_tokenized
-from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture
+from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture, changed_defaults
+from sae_lens_tokenized.workbench.settings import CompareSettings, sae_config
 
 D_IN, D_SAE, V, B = 16, 48, 40, 64
 
@@ -41,8 +42,9 @@ LOADS_AS = {
 }
 MP = "tokenized_matching_pursuit"  # its encoder pursues x - b_dec - W_lookup[t]
 #: the base config fields whose tokenized default differs from SAELens's (docs "Results",
-#: "AuxK and BatchTopK"); every other inherited default is SAELens's own
-CHANGED_DEFAULTS = {"tokenized_batchtopk": {"aux_loss_coefficient": 1 / 32},
+#: "AuxK coefficient"); every other inherited default is SAELens's own
+CHANGED_DEFAULTS = {"tokenized_topk": {"aux_loss_coefficient": 1 / 32},
+                    "tokenized_batchtopk": {"aux_loss_coefficient": 1 / 32},
                     "tokenized_matryoshka_batchtopk": {"aux_loss_coefficient": 1 / 32}}
 
 
@@ -128,7 +130,11 @@ def test_every_inherited_default_is_saelens_s_but_the_listed_ones(arch):
     args = dict(d_in=D_IN, d_sae=D_SAE, **ARCH_KW[arch])
     tok, base = train_cfg(**args, d_vocab=V).to_dict(), base_cfg(**args).to_dict()
     differs = {k: tok[k] for k in base if tok[k] != base[k] and k not in ("architecture", "metadata")}
-    assert differs == CHANGED_DEFAULTS.get(arch, {})
+    assert differs == CHANGED_DEFAULTS.get(arch, {}) == changed_defaults(arch)
+    # a comparison (the workbench) trains the base at them too: the two differ by the lookup alone
+    s = CompareSettings()
+    matched = sae_config(base_architecture(arch), s, D_IN, V).to_dict()
+    assert {k: matched[k] for k in differs} == differs
     # an explicit value is kept, and cfg.json records the one trained with
     for field, value in CHANGED_DEFAULTS.get(arch, {}).items():
         told = train_cfg(**args, d_vocab=V, **{field: base[field]})
@@ -136,8 +142,8 @@ def test_every_inherited_default_is_saelens_s_but_the_listed_ones(arch):
         assert train_cfg.from_dict(train_cfg(**args, d_vocab=V).to_dict()).to_dict()[field] == value
 
 
-@pytest.mark.parametrize("arch", ["tokenized_batchtopk", "tokenized_matryoshka_batchtopk"])
-def test_tokenized_batchtopk_weighs_auxk_at_one_32nd_of_saelens_s_unless_told(arch):
+@pytest.mark.parametrize("arch", ["tokenized_topk", "tokenized_batchtopk", "tokenized_matryoshka_batchtopk"])
+def test_the_topk_family_weighs_auxk_at_one_32nd_of_saelens_s_unless_told(arch):
     x, ids = data()
     tok, base = make_pair(arch)  # each at its own default
     told, _ = make_pair(arch, tok_kw={"aux_loss_coefficient": 1.0})

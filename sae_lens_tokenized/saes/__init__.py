@@ -5,6 +5,10 @@ front; its architecture name is ``"tokenized_" + <base name>``. BatchTopK and Ma
 have no inference class (as in SAELens they save as JumpReLU: here ``tokenized_jumprelu``).
 """
 
+from dataclasses import MISSING, fields
+
+from sae_lens.registry import get_sae_training_class
+
 from sae_lens_tokenized.lookup.config import METHOD_LOOKUP, LookupConfig, LookupTrainingConfig
 from sae_lens_tokenized.lookup.ids import TokenIdsError
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
@@ -99,3 +103,17 @@ __all__ = [
     *(cls.__name__ for pair in INFERENCE_CLASSES + TRAINING_CLASSES for cls in pair),
     *(cls.__name__ for pair in TRANSCODER_INFERENCE_CLASSES + TRANSCODER_TRAINING_CLASSES for cls in pair),
 ]
+
+
+def changed_defaults(arch: str) -> dict[str, object]:
+    """The SAELens config fields whose default the tokenized architecture ``arch`` changes,
+    with its values (e.g. tokenized BatchTopK's ``aux_loss_coefficient``: docs "Results",
+    "AuxK coefficient"). Every other inherited field keeps SAELens's default. A fair
+    comparison trains the base with these values too, so that the two differ by the lookup
+    alone (the workbench does)."""
+    def defaults(cfg_cls: type) -> dict[str, object]:
+        return {f.name: f.default for f in fields(cfg_cls) if f.default is not MISSING}
+
+    tokenized = defaults(get_sae_training_class(arch)[1])
+    base = defaults(get_sae_training_class(base_architecture(arch))[1])
+    return {k: v for k, v in tokenized.items() if k in base and base[k] != v}

@@ -20,7 +20,7 @@ class TokenizedBatchTopKTrainingSAEConfig(LookupTrainingConfig, BatchTopKTrainin
 
     At SAELens's coefficient the tokenized SAE's AuxK revivals swing its reconstruction
     up and down and can leave most latents dead, where the base stays smooth; at 1/32 it
-    trains smoothly and keeps more latents alive (docs "Results", "AuxK and BatchTopK").
+    trains smoothly and keeps more latents alive (docs "Results", "AuxK coefficient").
     Tokenized Matryoshka BatchTopK shares this default, for the same reason.
     Set ``aux_loss_coefficient=1.0`` to train with SAELens's value."""
 

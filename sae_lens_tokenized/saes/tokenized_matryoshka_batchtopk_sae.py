@@ -25,7 +25,7 @@ class TokenizedMatryoshkaBatchTopKTrainingSAEConfig(LookupTrainingConfig, Matryo
     """``MatryoshkaBatchTopKTrainingSAEConfig`` (``matryoshka_widths``, ...) + the lookup's
     fields, with ``aux_loss_coefficient`` 1/32 (Gao et al. 2024's AuxK value) instead of
     SAELens's 1.0, as for tokenized BatchTopK: at SAELens's value its AuxK revivals cost the
-    tokenized SAE its lead over the base (docs "Results", "AuxK and BatchTopK"). Set
+    tokenized SAE its lead over the base (docs "Results", "AuxK coefficient"). Set
     ``aux_loss_coefficient=1.0`` to train with SAELens's value."""
 
     aux_loss_coefficient: float = 1 / 32

@@ -47,9 +47,15 @@ class TokenizedTopKSAEConfig(LookupConfig, TopKSAEConfig):
 @dataclass(kw_only=True)
 class TokenizedTopKTrainingSAEConfig(LookupTrainingConfig, TopKTrainingSAEConfig):
     """``TokenizedTopKTrainingSAEConfig(d_in=768, d_sae=12288, k=30)``; ``d_vocab`` is
-    taken from the model by the runner when left out."""
+    taken from the model by the runner when left out.
+
+    ``aux_loss_coefficient`` defaults to 1/32 (Gao et al. 2024's AuxK value), not SAELens's
+    1.0: SAELens's value revives dead latents so hard that the tokenized SAE's NMSE turns
+    upward while AuxK acts, and at 1/32 its lead over TopK (trained at 1/32 too) grows
+    (docs "Results", "AuxK coefficient"). Pass ``aux_loss_coefficient=1.0`` for SAELens's."""
 
     topk_relu: bool = True
+    aux_loss_coefficient: float = 1 / 32
 
 
 def _topk(cfg: TokenizedTopKSAEConfig | TokenizedTopKTrainingSAEConfig, sparse: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -107,6 +107,7 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
         print(f"[3/5] training {names[variant]} ({i + 1}/{len(s.variants)})")
         r = train_variant(variant, s, bench, data, str(out / folders[variant]))
         r.update(evaluate(r["sae"], s, bench, data))
+        r["aux_loss_coefficient"] = r["sae"].cfg.aux_loss_coefficient  # as trained (the tokenized default's, both)
         results[names[variant]] = r
 
     print("[4/5] reloading the saved SAEs with SAE.load_from_disk")

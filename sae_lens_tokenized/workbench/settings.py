@@ -10,7 +10,7 @@ from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import get_sae_training_class
 
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
-from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture
+from sae_lens_tokenized.saes import ARCHITECTURES, base_architecture, changed_defaults
 
 
 @dataclass
@@ -85,6 +85,10 @@ def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int, overrides
                          f"their tokenized versions {ARCHITECTURES}")
     d_sae = s.expansion * d_in
     kw: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, **SPARSITY[base](s, d_sae), **s.extra.get(arch, {})}
+    if not is_tokenized(arch) and "tokenized_" + arch in ARCHITECTURES:
+        # the base trains at the defaults its tokenized version changes (BatchTopK's AuxK
+        # coefficient), so that the two differ by the lookup alone
+        kw.update(changed_defaults("tokenized_" + arch))
     if is_tokenized(arch):
         kw.update(d_vocab=d_vocab, lookup_lr=s.lookup_lr, unigram_strategy=s.unigram_strategy,
                   lookup_init_scale=s.lookup_init_scale, lookup_ngram=s.lookup_ngram,
