@@ -39,6 +39,7 @@ from sae_lens_tokenized.analysis.latents import single_token_latents
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 from sae_lens_tokenized.lookup.ids import previous_token_ids
 from sae_lens_tokenized.metrics import nmse_per_activation
+from sae_lens_tokenized.saes import changed_defaults
 from sae_lens_tokenized.models import activations_at_hooks
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 from sae_lens_tokenized.training.transcoders import TranscoderSteps
@@ -107,7 +108,10 @@ class Curve:
 def train(tokenized: bool, s: CompareSettings, bench: Workbench, hook_out: str, eval_data, n_points: int = 12):
     d = bench.model.cfg.d_model
     kw = {"d_in": d, "d_out": d, "d_sae": d * s.expansion, "k": s.k, "hook_name_out": hook_out}
-    sae_cfg = TokenizedTopKTrainingTranscoderConfig(**kw) if tokenized else TopKTrainingTranscoderConfig(**kw)
+    # the plain side at the defaults the tokenized TopK changes (its AuxK coefficient): the
+    # two differ by the lookup alone
+    sae_cfg = (TokenizedTopKTrainingTranscoderConfig(**kw) if tokenized
+               else TopKTrainingTranscoderConfig(**kw, **changed_defaults("tokenized_topk")))
     curve: list[tuple[int, float]] = []
     step = s.training_tokens // n_points
     shared = {"eval_data": eval_data, "thresholds": [step * i for i in range(n_points)], "curve": curve}
