@@ -207,7 +207,8 @@ def sample_multi_hook_statistics(store: Any, cfg: Any, sae_cfgs: dict[str, Any],
             drawn += len(ids)
             bar.update(len(ids))
     for hook, st in stats.items():
-        st.shared_by_several = sum(sae_cfgs[n].lookup_ngram == 2 for n in wants[hook][3]) > 1
+        st.expect_bigram_tables((sae_cfgs[n].lookup_bigram_rows, sae_cfgs[n].lookup_bigram_min_count)
+                                for n in wants[hook][3] if sae_cfgs[n].lookup_ngram == 2)
         if st.n_tokens == 0:
             raise ValueError(f"the lookup init sampled {drawn} activations and none was usable at {hook!r}: "
                              "the dataset is too small to estimate a lookup from.")

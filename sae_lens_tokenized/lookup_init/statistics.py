@@ -18,6 +18,7 @@ no row and falls back to its token's row.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +89,9 @@ class LookupStatistics:
         self._reread = reread
         self._batches: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (acts or None, key per row or -1)
         self._across: Any = None  # a parallel.DataParallel once reduce_across() ran
-        #: set by a caller whose several lookups share these statistics (the multi-SAE
-        #: runner's SAEs at one hook): the chosen pairs' activation sums are then kept per
-        #: (budget, min_count), so that SAEs with the same bigram settings (a sweep's) cost one
-        #: second pass over the held sample between them, not one each
-        self.shared_by_several = False
+        #: how many lookups will ask ``bigram_table`` for each (budget, min_count), set by a
+        #: caller whose several lookups share these statistics (``expect_bigram_tables``)
+        self._askers: dict[tuple[int, int], int] = {}
         self._chosen: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -197,18 +196,22 @@ class LookupStatistics:
             return BigramTable(empty, torch.zeros(0, self.d_in, dtype=torch.float32, device=self.counts.device), empty, 0)
         n_seen = len(self._pair_counts[0][0])
         setting = (int(budget), int(min_count))
-        if setting in self._chosen:
-            keys, counts, sums = self._chosen[setting]
-        else:
-            keys, counts, sums = self._chosen_pair_sums(budget, min_count)
-            if self.shared_by_several:
-                self._chosen[setting] = keys, counts, sums
-        if self.shared_by_several:
-            sums = sums.clone()  # the kept sums serve the next SAE; the rows are computed in place below
+        keys, counts, sums = self._chosen.pop(setting, None) or self._chosen_pair_sums(budget, min_count)
+        self._askers[setting] = self._askers.get(setting, 1) - 1
+        if self._askers[setting] > 0:  # kept for the next lookup; the rows are computed in place below
+            self._chosen[setting] = keys, counts, sums
+            sums = sums.clone()
         tok = keys % self.d_vocab
         c = float(pseudo_count)
         rows = sums.add_(token_rows.to(sums)[tok], alpha=c).div_(counts.unsqueeze(1).to(sums) + c)
         return BigramTable(keys, rows, counts, n_seen)
+
+    def expect_bigram_tables(self, settings: Iterable[tuple[int, int]]) -> None:
+        """The (budget, min_count) of every lookup that will share these statistics (the
+        multi-SAE runner's SAEs at one hook). Lookups that choose their pairs alike (a
+        sweep's) then share one second pass over the sample: its sums are kept until the
+        last of them has taken them, and a setting only one lookup asks for is never kept."""
+        self._askers = dict(Counter((int(b), int(m)) for b, m in settings))
 
     def _chosen_pair_sums(self, budget: int, min_count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The keys and counts of the pairs a budget and min_count choose, and their
