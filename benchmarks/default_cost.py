@@ -16,6 +16,14 @@ the interleaved in-process ratio.
     python benchmarks/default_cost.py --d_vocab 50257
     python benchmarks/default_cost.py --d_vocab 262144
     python benchmarks/default_cost.py --d_vocab 262144 --lookup_init_hold memory
+    python benchmarks/default_cost.py --d_vocab 50257 --lookup_updates sparse_rowwise
+    python benchmarks/default_cost.py --d_vocab 50257 --glibc_mmap_threshold 131072
+
+``--glibc_mmap_threshold`` fixes glibc's mmap threshold in both runs (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``). By default glibc raises it after a large block is freed, so
+later blocks come from the heap and freed ones stay resident: the run's peak then counts
+memory the process no longer uses. Fixing it separates what a run holds from what the
+allocator keeps.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -113,7 +122,8 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     sae_cfg = (TopKTrainingSAEConfig(**common) if variant == "topk" else
                TokenizedTopKTrainingSAEConfig(**common, d_vocab=args.d_vocab, lookup_init_tokens=args.lookup_init_tokens,
                                               lookup_init_hold=args.lookup_init_hold,
-                                              lookup_init_prior=args.lookup_init_prior))
+                                              lookup_init_prior=args.lookup_init_prior,
+                                              lookup_updates=args.lookup_updates))
     cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg, model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="synthetic",
         is_dataset_tokenized=True, context_size=args.context_size, prepend_bos=False,
@@ -172,11 +182,17 @@ def main() -> None:
     ap.add_argument("--lookup_init_hold", default="disk", choices=["disk", "memory"], help="the default: disk")
     ap.add_argument("--lookup_init_prior", default="0,t",
                     help="the default's prompt prior, 'space,t', with token 0 as the space: the random model has no tokenizer")
+    ap.add_argument("--lookup_updates", default="sparse", choices=["sparse", "sparse_rowwise"],
+                    help="the default: sparse (lazy Adam); sparse_rowwise keeps one second moment per row")
+    ap.add_argument("--glibc_mmap_threshold", type=int, default=None,
+                    help="fix glibc's mmap and trim thresholds (bytes) in both runs; default: glibc's dynamic threshold")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=None)
     ap.add_argument("--code", default="this checkout", help="what code ran (e.g. a commit), recorded in the results")
     args = ap.parse_args()
+    if args.glibc_mmap_threshold is not None:  # read by glibc at process start: the spawned children
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = str(args.glibc_mmap_threshold)
     ctx = mp.get_context("spawn")
     out: dict[str, Any] = {}
     for variant in ("topk", "tokenized_topk"):
@@ -204,14 +220,18 @@ def main() -> None:
         # in memory or on disk (lookup_init_hold)
         "held_sample_bytes": tok["lookup_owned"]["held_sample_tokens"] * (args.d_in + 2) * 4,
         "lookup_init_hold": args.lookup_init_hold,
+        "lookup_updates": args.lookup_updates,
+        "glibc_mmap_threshold": args.glibc_mmap_threshold,
     }
     print(json.dumps(summary, indent=1))
-    suffix = "" if args.lookup_init_hold == "disk" else f"_{args.lookup_init_hold}"
+    suffix = ("" if args.lookup_init_hold == "disk" else f"_{args.lookup_init_hold}") + (
+        "" if args.lookup_updates == "sparse" else f"_{args.lookup_updates}") + (
+        "" if args.glibc_mmap_threshold is None else "_fixed_mmap")
     path = Path(args.out or f"benchmarks/results/default_cost_V{args.d_vocab}{suffix}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     for r in out.values():
         r.pop("step_s")
-    argv = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "threads", "code"))
+    argv = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "threads", "code") and v is not None)
     path.write_text(json.dumps({
         "command": f"python benchmarks/default_cost.py {argv}", "config": vars(args),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, cpu",

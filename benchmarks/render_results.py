@@ -347,6 +347,48 @@ def default_cost() -> str:
     return "\n\n".join(out)
 
 
+def rowwise_moments() -> str:
+    """Lazy Adam with one second moment per row (``lookup_updates="sparse_rowwise"``) against
+    the default's one per element: held-out quality (benchmarks/defaults_check.py,
+    results/defaults_check/rowwise), memory end to end (benchmarks/default_cost.py
+    --lookup_updates, --glibc_mmap_threshold) and step time (benchmarks/step_time.py --rowwise)."""
+    out = [_defaults_table("defaults_check/rowwise")]
+    mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
+    rows, commands = [], ""
+    for V in (50257, 262144):
+        for fixed in (False, True):
+            for updates in ("sparse", "sparse_rowwise"):
+                d = load(f"default_cost_V{V}" + ("" if updates == "sparse" else "_sparse_rowwise")
+                         + ("_fixed_mmap" if fixed else "") + ".json")
+                sm, tok, base = d["summary"], d["results"]["tokenized_topk"], d["results"]["topk"]
+                owned, extra = sm["lookup_owned_bytes"], sm["extra_peak_bytes"]
+                # beyond TopK's peak, in each phase of the tokenized run
+                phase = {k.split(" ")[0]: v - tok["built_rss"] - base["added_peak"] for k, v in tok["phase_peak_rss"].items()}
+                rows.append([f"{V:,}", "per row" if updates == "sparse_rowwise" else "per element (the default)",
+                             f"fixed at {sm['glibc_mmap_threshold'] // 1024} KiB" if fixed else "glibc's dynamic (the default)",
+                             mib(owned["table"]), f"{mib(owned['optimizer_state'])} ({owned['optimizer_state'] / owned['table']:.2f}×)",
+                             mib(phase["runner"]) if phase["runner"] > 0 else "below TopK's", mib(phase["training"]),
+                             mib(phase["training"] - owned["table"] - owned["optimizer_state"]),
+                             f"{extra / owned['table']:.2f}×"])
+                commands += command(d)
+    c = d["config"]
+    out.append(f"Memory, trained end to end through the runners (each in a fresh process; MiB; {c['training_tokens']:,} "
+               f"training tokens, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']}, the init sample on disk):\n\n"
+               + table(["V", "second moment", "glibc mmap threshold", "W_lookup (with bigram rows)", "its optimizer state",
+                        "beyond TopK's peak: during the init", "during training",
+                        "of which (training) neither table nor state", "peak extra / W_lookup"], rows)
+               + commands)
+    d = load("step_time_bigram_rowwise_V50257.json")
+    r, c = d["results"]["topk"], d["config"]
+    out.append(f"Step time, interleaved in one process (V {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch "
+               f"{c['batch']}; medians of {c['steps']} steps after {c['warmup']}, in ms):\n\n" + table(
+                   ["TopK", "tokenized, per element", "tokenized, per row", "per element / TopK", "per row / TopK"],
+                   [[f"{r['median_step_s'][k] * 1e3:.0f}" for k in ("topk", "tokenized_topk", "tokenized_topk/sparse_rowwise")]
+                    + [f"{r['ratio_vs_base'][k]:.3f}×" for k in ("tokenized_topk", "tokenized_topk/sparse_rowwise")]])
+               + command(d))
+    return "\n\n".join(out)
+
+
 def touched_rows() -> str:
     """Lookup rows a run on real text touches, hence lazy Adam's moments (benchmarks/touched_rows.py)."""
     d = load("touched_rows.json")
@@ -393,6 +435,12 @@ def defaults_check() -> str:
     """SAELens's TopK against tokenized TopK variants on each corpus, layer and length, per
     seed (benchmarks/defaults_check.py; one JSON per corpus/layer/length)."""
     return _defaults_table("defaults_check")
+
+
+def defaults_now() -> str:
+    """The defaults as they are now on the held-out corpus, each base trained at its tokenized
+    version's changed defaults (benchmarks/defaults_check.py, results/defaults_check/current)."""
+    return _defaults_table("defaults_check/current")
 
 
 def auxk() -> str:
@@ -536,7 +584,7 @@ def transcoders() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    demo, lookup_prior_demo, lookup_alone, defaults_check, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
+    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
     default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}

@@ -70,3 +70,18 @@ done
 python benchmarks/defaults_check.py --architecture matryoshka_batchtopk --layer 3 --k 32 --training_tokens 200000 --seeds 0 1 \
     --variants '{"aux_1_32": {"aux_loss_coefficient": 0.03125}}' --topk_variants '{"aux_1_32": {"aux_loss_coefficient": 0.03125}}' \
     --out $R/defaults_check/auxk_matryoshka
+# the defaults as they are now, on the held-out corpus (the base at the tokenized TopK's changed defaults)
+python benchmarks/defaults_check.py --dataset bbc-news-en --layer 9 --training_tokens 400000 --seeds 0 1 \
+    --variants '{"aux_1": {"aux_loss_coefficient": 1.0}}' --out $R/defaults_check/current
+# one second moment per row (lookup_updates="sparse_rowwise"): quality, memory (glibc's threshold dynamic and fixed), step time
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 200000 --seeds 0 1 \
+    --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/defaults_check/rowwise
+python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --training_tokens 20000 --seeds 0 1 2 \
+    --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/defaults_check/rowwise
+for V in 50257 262144; do
+python benchmarks/default_cost.py --d_vocab $V --lookup_updates sparse_rowwise
+python benchmarks/default_cost.py --d_vocab $V --glibc_mmap_threshold 131072
+python benchmarks/default_cost.py --d_vocab $V --lookup_updates sparse_rowwise --glibc_mmap_threshold 131072
+done
+python benchmarks/step_time.py --bigram --rowwise --architectures topk --d_vocab 50257 --d_in 256 --d_sae 2048 \
+    --batch 4096 --steps 30 --out $R/step_time_bigram_rowwise_V50257.json

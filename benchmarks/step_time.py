@@ -4,7 +4,8 @@ Every variant is trained by SAELens's own ``SAETrainer.step`` (tokenized ones th
 ``TokenizedSAETrainer``) on the same synthetic batches, token ids drawn Zipf-like as in
 text. Variants are interleaved round-robin within one process, so drift in machine load
 hits all of them alike; the ratio ``tokenized / base`` is the result. ``--dense`` adds the
-dense-lookup variant (``lookup_updates="dense"``, plain Adam over the whole table).
+dense-lookup variant (``lookup_updates="dense"``, plain Adam over the whole table), and
+``--rowwise`` the lazy lookup with one second moment per row (``"sparse_rowwise"``).
 ``--bigram`` times the default lookup instead of a unigram one: ``lookup_ngram=2`` with
 the budget's bigram rows assigned to the batches' most frequent pairs (ids drawn as
 sequences, so every position has a previous token), as the data-estimated init leaves it.
@@ -18,6 +19,8 @@ the bytes the lookup owns (table, gradient, optimizer state).
         --architectures topk --dense
     python benchmarks/step_time.py --bigram --architectures topk --d_vocab 50257 --d_in 256 --d_sae 2048 \\
         --batch 4096 --steps 30
+    python benchmarks/step_time.py --bigram --rowwise --architectures topk --d_vocab 50257 --d_in 256 \\
+        --d_sae 2048 --batch 4096 --steps 30 --out benchmarks/results/step_time_bigram_rowwise_V50257.json
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def zipf_ids(n: int, d_vocab: int, gen: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u).clamp_max(d_vocab - 1)
 
 
-def variants(arch: str, dense: bool) -> list[str]:
-    return [arch, f"tokenized_{arch}"] + ([f"tokenized_{arch}/dense"] if dense else [])
+def variants(arch: str, dense: bool, rowwise: bool = False) -> list[str]:
+    return ([arch, f"tokenized_{arch}"] + ([f"tokenized_{arch}/dense"] if dense else [])
+            + ([f"tokenized_{arch}/sparse_rowwise"] if rowwise else []))
 
 
 def build(variant: str, args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
@@ -136,7 +140,7 @@ def memory_child(variant: str, args: argparse.Namespace, queue: Any) -> None:
 def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = {}
-    for variant in variants(args.architectures[0], args.dense):
+    for variant in variants(args.architectures[0], args.dense, args.rowwise):
         queue = ctx.Queue()
         proc = ctx.Process(target=memory_child, args=(variant, args, queue))
         proc.start()
@@ -178,7 +182,7 @@ def run_time(args: argparse.Namespace) -> dict[str, Any]:
     batches = make_batches(args, n)
     result: dict[str, Any] = {}
     for arch in args.architectures:
-        names = variants(arch, args.dense)
+        names = variants(arch, args.dense, args.rowwise)
         trainers = {v: build(v, args, batches) for v in names}
         parts = {v: time_parts(trainers[v]) for v in names if v != arch}
         times: dict[str, list[float]] = {v: [] for v in names}
@@ -217,6 +221,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dense", action="store_true", help="also time the dense lookup (lookup_updates='dense')")
+    ap.add_argument("--rowwise", action="store_true",
+                    help="also time lookup_updates='sparse_rowwise' (one second moment per row)")
     ap.add_argument("--bigram", action="store_true", help="the default lookup: bigram rows for the frequent pairs")
     ap.add_argument("--memory", action="store_true", help="peak memory per variant instead of step time")
     ap.add_argument("--memory_steps", type=int, default=3)

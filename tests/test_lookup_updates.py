@@ -42,9 +42,9 @@ def packed_batches(n_steps: int, batch: int = 256, vocab: int = 512, seed: int =
             for _ in range(n_steps)]
 
 
-def sparse_and_dense_pair():
+def sparse_and_dense_pair(updates: str = "sparse"):
     torch.manual_seed(0)
-    sparse = TokenizedTopKTrainingSAE(sae_cfg("sparse"))
+    sparse = TokenizedTopKTrainingSAE(sae_cfg(updates))
     with torch.no_grad():
         sparse.W_lookup.normal_()
     dense = TokenizedTopKTrainingSAE(sae_cfg("dense"))
@@ -78,8 +78,9 @@ def test_sparse_and_dense_take_the_same_first_step_with_the_same_clipped_norm(mo
     assert not torch.equal(sd_sparse["W_lookup"], sparse_and_dense_pair()[0].W_lookup), "the lookup did not move"
 
 
-def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments():
-    sparse, dense = sparse_and_dense_pair()
+@pytest.mark.parametrize("updates", ["sparse", "sparse_rowwise"])
+def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments(updates):
+    sparse, dense = sparse_and_dense_pair(updates)
     first = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(0, 100, (256,)))
     second = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(100, 200, (256,)))
     trainers = [trainer_for(sae, [first, second]) for sae in (sparse, dense)]
@@ -118,10 +119,11 @@ def test_lookup_memory_follows_the_rows_touched_not_d_vocab():
     assert trainer.optimizer.lookup_memory_bytes() < 0.1 * dense_bytes
 
 
-def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_path):
+@pytest.mark.parametrize("updates", ["sparse", "sparse_rowwise"])
+def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_path, updates):
     batches = packed_batches(5, vocab=300)
     torch.manual_seed(0)
-    straight = TokenizedTopKTrainingSAE(sae_cfg())
+    straight = TokenizedTopKTrainingSAE(sae_cfg(updates))
     resumed_sae = copy.deepcopy(straight)
     t = trainer_for(straight, batches)
     for _ in range(5):
@@ -136,10 +138,74 @@ def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_
     t2 = trainer_for(reloaded, batches[3:])
     t2.load_trainer_state(tmp_path / "ckpt")
     assert t2.optimizer.state[reloaded.lookup_rows]["slot_of"].dtype == torch.long
+    assert t2.optimizer.state[reloaded.lookup_rows]["exp_avg_sq"].shape[1] == (1 if updates == "sparse_rowwise" else 32)
     for _ in range(2):
         one_step(t2)
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_rowwise_moves_each_row_along_its_gradient_by_lr_in_rms_and_holds_half_the_moments(monkeypatch):
+    # partial row-wise Adam (FBGEMM): the first step of a row is -lr * g / rms(g), where
+    # Adam's is -lr * sign(g) per element; the SAE's own parameters step exactly as Adam
+    grads = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **kw):
+        params = list(params)
+        norm = clip(params, max_norm, *a, **kw)
+        grads.append({id(p): p.grad.clone() for p in params if p.grad is not None})
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    rowwise, dense = sparse_and_dense_pair("sparse_rowwise")
+    start = rowwise.W_lookup.detach().clone()
+    batches = packed_batches(1)
+    trainers = [trainer_for(sae, batches) for sae in (rowwise, dense)]
+    for t in trainers:
+        one_step(t)
+    g = grads[1][id(dense.W_lookup)]  # the clipped dense gradient: what the staged rows hold
+    touched = torch.unique(batches[0][:, -1].long())
+    lr = trainers[0].optimizer.param_groups[1]["lr"]
+    eps = trainers[0].optimizer.param_groups[1]["eps"]
+    rms = g[touched].square().mean(1, keepdim=True).sqrt()
+    expected = start[touched] - lr * g[touched] / (rms + eps)
+    torch.testing.assert_close(rowwise.W_lookup.detach()[touched], expected, rtol=1e-5, atol=1e-6)
+    untouched = torch.ones(512, dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.equal(rowwise.W_lookup.detach()[untouched], start[untouched])
+    # ... which is not Adam's step: the row-wise one scales each element by its gradient
+    assert not torch.allclose(rowwise.W_lookup.detach(), dense.W_lookup.detach(), atol=1e-4)
+    for name, value in dense.state_dict().items():
+        if name != "W_lookup":
+            torch.testing.assert_close(rowwise.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    # memory: one second moment per row
+    sparse, _ = sparse_and_dense_pair("sparse")
+    t_sparse = trainer_for(sparse, batches)
+    one_step(t_sparse)
+    s_rw, s_sp = trainers[0].optimizer.state[rowwise.lookup_rows], t_sparse.optimizer.state[sparse.lookup_rows]
+    assert s_rw["exp_avg"].shape == s_sp["exp_avg"].shape
+    assert s_rw["exp_avg_sq"].shape == (s_sp["exp_avg_sq"].shape[0], 1)
+    assert trainers[0].optimizer.lookup_memory_bytes() < 0.6 * t_sparse.optimizer.lookup_memory_bytes()
+
+
+def test_resuming_with_the_other_second_moment_is_an_error_before_any_row_moves(tmp_path):
+    batches = packed_batches(3, vocab=300)
+    torch.manual_seed(0)
+    sae = TokenizedTopKTrainingSAE(sae_cfg("sparse"))
+    t = trainer_for(sae, batches)
+    one_step(t)
+    t.save_checkpoint("ckpt", base_path=tmp_path)
+    other = TokenizedTopKTrainingSAE(sae_cfg("sparse_rowwise"))
+    other.load_state_dict(sae.state_dict())
+    t2 = trainer_for(other, batches[1:])
+    t2.load_trainer_state(tmp_path / "ckpt")
+    before = other.W_lookup.detach().clone()
+    slots = t2.optimizer.state[other.lookup_rows]["slot_of"].clone()
+    with pytest.raises(ValueError, match="resume with the lookup_updates the checkpoint was trained with"):
+        one_step(t2)
+    assert torch.equal(other.W_lookup.detach(), before)
+    assert torch.equal(t2.optimizer.state[other.lookup_rows]["slot_of"], slots)
 
 
 class SyncCounter(TorchDispatchMode):

@@ -106,6 +106,10 @@ class LookupTrainingConfig(LookupConfig):
             lazy Adam whose moments are allocated as rows are first touched, so it costs
             O(batch * d_in) whatever d_vocab is (``lookup/sparse.py``). ``"dense"``: the
             whole table is one ordinary Adam parameter. Both give the same first step.
+            ``"sparse_rowwise"``: as ``"sparse"``, with one second moment per row instead of
+            one per element (FBGEMM's partial row-wise Adam for embedding tables), which
+            halves the moments a run holds; measured against ``"sparse"`` in docs
+            "Results" ("The default's cost").
         lookup_init_tokens: how many activations of the training stream the data-estimated
             init (``unigram_strategy="data"``) and the bigram rows (``lookup_ngram=2``) are
             estimated from: the first ones of the training stream, held (``lookup_init_hold``)
@@ -202,7 +206,9 @@ class LookupTrainingConfig(LookupConfig):
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
 #: where the init sample waits until trained on (``lookup_init_hold``; ``HeldBatches``)
 HOLD_PLACES = ("disk", "memory")
-LOOKUP_UPDATES = ("sparse", "dense")
+LOOKUP_UPDATES = ("sparse", "dense", "sparse_rowwise")
+#: the lookup_updates values whose table is updated lazily, a step's rows only (lookup/sparse.py)
+LAZY_LOOKUP_UPDATES = ("sparse", "sparse_rowwise")
 #: default bigram row budget (docs "Lookup initialisation")
 DEFAULT_BIGRAM_ROWS = 65_536
 #: largest vocabulary whose bigram ids round-trip through SAELens's loader in any dtype

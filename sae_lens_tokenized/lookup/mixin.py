@@ -39,7 +39,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_lens_tokenized.lookup.bigrams import BigramRows
-from sae_lens_tokenized.lookup.config import default_init_scale, validate_lookup_config
+from sae_lens_tokenized.lookup.config import LAZY_LOOKUP_UPDATES, default_init_scale, validate_lookup_config
 from sae_lens_tokenized.lookup.ids import CapturedIds, TokenIdSource, TokenIdsError
 from sae_lens_tokenized.lookup.sparse import SparseRows
 
@@ -86,7 +86,7 @@ class TokenLookupMixin(BigramRows, SparseRows):
             )
         # Zero init: an untrained lookup is exactly the base architecture. The runner
         # overwrites it with lookup_init_scale * unigrams before training.
-        sparse = getattr(self.cfg, "lookup_updates", "dense") == "sparse"
+        sparse = getattr(self.cfg, "lookup_updates", "dense") in LAZY_LOOKUP_UPDATES
         trainable = bool(getattr(self.cfg, "train_lookup", True))
         self.W_lookup = nn.Parameter(
             torch.zeros(self.cfg.lookup_n_rows, self.cfg.lookup_width, dtype=self.dtype, device=self.device),

@@ -21,7 +21,10 @@ states the first step equals dense Adam's exactly (moments start at zero).
 
 Memory: the moments grow with the distinct tokens seen, 2 * touched * d_in floats plus an
 int64 slot per vocabulary row, instead of 3 * d_vocab * d_in for dense Adam's gradient
-and moments. No step reads a value back to the host, except to grow the moment storage,
+and moments. ``lookup_updates="sparse_rowwise"`` keeps one second moment per row (the mean
+of the row's squared gradient) instead of one per element, as FBGEMM's partial row-wise
+Adam does for embedding tables: touched * (d_in + 1) floats, so a run that touches every
+row holds about one table of moments instead of two. No step reads a value back to the host, except to grow the moment storage,
 which happens O(log) times (capacity grows 1.5x; a host-side upper bound on the rows in use
 decides when to check). Everything lives in ``optimizer.state``, so SAELens's checkpoints
 save it and resuming restores it.
@@ -147,6 +150,7 @@ class TokenizedAdam(Adam):
     Args:
         params: parameter groups, as for ``Adam``; the lookup group of a sparse lookup is
             ``{"params": [sae.lookup_rows], "lazy_rows": True, ...}``.
+            ``"rowwise": True`` keeps one second moment per row (``lookup_updates="sparse_rowwise"``).
         sae: the tokenized SAE owning ``lookup_rows`` and ``W_lookup``.
         **kwargs: Adam's (lr, betas, eps); weight decay, amsgrad and maximize are not
             supported on a lazy group.
@@ -160,6 +164,8 @@ class TokenizedAdam(Adam):
         for group, _ in self._lazy_params():
             if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
                 raise ValueError("a lazy_rows group supports plain Adam only (no weight_decay/amsgrad/maximize)")
+        # what this run asked for; a checkpoint's param_groups would overwrite it on load
+        self._rowwise = [bool(group.get("rowwise")) for group in self.param_groups]
         self.register_load_state_dict_post_hook(TokenizedAdam._after_load)
 
     def _lazy_params(self) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
@@ -195,8 +201,16 @@ class TokenizedAdam(Adam):
             state["slot_of"][vocab] = 0  # padding positions are keyed to the extra id `vocab`
             state["rows_in_use"] = torch.ones((), dtype=torch.long, device=W.device)
             state["exp_avg"] = torch.zeros(1, W.shape[1], dtype=W.dtype, device=W.device)
-            state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
+            # row-wise: one second moment per row, the mean of its squared gradient
+            state["exp_avg_sq"] = torch.zeros(1, 1 if group.get("rowwise") else W.shape[1], dtype=W.dtype, device=W.device)
             self._rows_in_use_bound[id(p)] = 1
+        rowwise = bool(group.get("rowwise"))
+        if state["exp_avg_sq"].shape[1] != (1 if rowwise else W.shape[1]):
+            raise ValueError(
+                f"the lookup's optimizer state holds {'one second moment per element' if rowwise else 'one second moment per row'} "
+                f"but its config asks for lookup_updates={'sparse_rowwise' if rowwise else 'sparse'}: resume with the "
+                "lookup_updates the checkpoint was trained with"
+            )
         self._ensure_capacity(p, state, n, vocab)
 
         key = torch.where(valid, rows, vocab)
@@ -212,7 +226,10 @@ class TokenizedAdam(Adam):
         beta1, beta2 = group["betas"]
         # Adam's formula, in Adam's order (torch.optim.adam._single_tensor_adam)
         exp_avg = state["exp_avg"][slot].lerp_(grad, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"][slot].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if rowwise:
+            exp_avg_sq = state["exp_avg_sq"][slot].mul_(beta2).add_(grad.square().mean(1, keepdim=True), alpha=1 - beta2)
+        else:
+            exp_avg_sq = state["exp_avg_sq"][slot].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         state["exp_avg"][slot] = exp_avg
         state["exp_avg_sq"][slot] = exp_avg_sq
         step_size = group["lr"] / (1 - beta1**step)
@@ -243,6 +260,10 @@ class TokenizedAdam(Adam):
     def _after_load(self) -> None:
         # Optimizer.load_state_dict casts every state tensor to the parameter's dtype;
         # the slot table and counters are integers (exact in float32 below 2**24 rows).
+        # The loaded groups carry the checkpoint's "rowwise"; the run's config decides, and
+        # the step refuses state of the other kind.
+        for group, rowwise in zip(self.param_groups, self._rowwise):
+            group["rowwise"] = rowwise
         for _, p in self._lazy_params():
             state = self.state.get(p)
             if state:

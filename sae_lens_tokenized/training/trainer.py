@@ -59,7 +59,8 @@ class TokenizedSAETrainer(TranscoderSteps):
         self.optimizer = TokenizedAdam(
             [
                 {"params": other, "lr": cfg.lr, "name": "sae"},
-                {"params": [lookup], "lr": lookup_lr, "name": "lookup", "lazy_rows": sparse},
+                {"params": [lookup], "lr": lookup_lr, "name": "lookup", "lazy_rows": sparse,
+                 "rowwise": getattr(sae.cfg, "lookup_updates", None) == "sparse_rowwise"},
             ],
             sae=sae,
             lr=cfg.lr,
