@@ -165,7 +165,7 @@ class TokenizedAdam(Adam):
             if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
                 raise ValueError("a lazy_rows group supports plain Adam only (no weight_decay/amsgrad/maximize)")
         # what this run asked for; a checkpoint's param_groups would overwrite it on load
-        self._rowwise = [bool(group.get("rowwise")) for group in self.param_groups]
+        self._rowwise = [group.get("rowwise") for group in self.param_groups]
         self.register_load_state_dict_post_hook(TokenizedAdam._after_load)
 
     def _lazy_params(self) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
@@ -263,7 +263,8 @@ class TokenizedAdam(Adam):
         # The loaded groups carry the checkpoint's "rowwise"; the run's config decides, and
         # the step refuses state of the other kind.
         for group, rowwise in zip(self.param_groups, self._rowwise):
-            group["rowwise"] = rowwise
+            if rowwise is not None:  # the groups that had the flag (the lookup's), as they had it
+                group["rowwise"] = rowwise
         for _, p in self._lazy_params():
             state = self.state.get(p)
             if state:
