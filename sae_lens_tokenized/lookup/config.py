@@ -109,7 +109,7 @@ class LookupTrainingConfig(LookupConfig):
             ``"sparse_rowwise"``: as ``"sparse"``, with one second moment per row instead of
             one per element (FBGEMM's partial row-wise Adam for embedding tables), which
             halves the moments a run holds; measured against ``"sparse"`` in docs
-            "Results" ("The default's cost").
+            "Results" ("One second moment per row").
         lookup_init_tokens: how many activations of the training stream the data-estimated
             init (``unigram_strategy="data"``) and the bigram rows (``lookup_ngram=2``) are
             estimated from: the first ones of the training stream, held (``lookup_init_hold``)

@@ -24,7 +24,8 @@ int64 slot per vocabulary row, instead of 3 * d_vocab * d_in for dense Adam's gr
 and moments. ``lookup_updates="sparse_rowwise"`` keeps one second moment per row (the mean
 of the row's squared gradient) instead of one per element, as FBGEMM's partial row-wise
 Adam does for embedding tables: touched * (d_in + 1) floats, so a run that touches every
-row holds about one table of moments instead of two. No step reads a value back to the host, except to grow the moment storage,
+row holds about one table of moments instead of two (docs "Results", "One second moment
+per row"). No step reads a value back to the host, except to grow the moment storage,
 which happens O(log) times (capacity grows 1.5x; a host-side upper bound on the rows in use
 decides when to check). Everything lives in ``optimizer.state``, so SAELens's checkpoints
 save it and resuming restores it.
