@@ -80,6 +80,8 @@ python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --trai
     --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/defaults_check/rowwise
 python benchmarks/defaults_check.py --dataset bbc-news-en --layer 9 --training_tokens 400000 --seeds 0 1 \
     --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/defaults_check/rowwise
+python benchmarks/defaults_check.py --architecture batchtopk --layer 3 --k 32 --training_tokens 200000 --seeds 0 1 \
+    --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/defaults_check/rowwise
 for V in 50257 262144; do
 python benchmarks/default_cost.py --d_vocab $V --lookup_updates sparse_rowwise
 python benchmarks/default_cost.py --d_vocab $V --glibc_mmap_threshold 131072
