@@ -52,6 +52,10 @@ def pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
 
+def mib(b: float) -> str:
+    return f"{b / 2**20:,.0f}"
+
+
 def times(x: float | None) -> str:
     return "" if x is None else f"{x:.1f}×"
 
@@ -318,7 +322,6 @@ def default_cost() -> str:
            f"{c['steps']} steps after {c['warmup']}, in ms; the lookup's parts are inside its step):\n\n"
            + table(["V", "d_in", "d_sae", "batch", "TopK step", "tokenized step", "bigram row lookup",
                     "staging the rows", "lazy Adam on the rows", "tokenized / TopK"], rows) + command(d)]
-    mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
     rows = []
     for name in ("default_cost_V50257.json", "default_cost_V262144.json", "default_cost_V262144_memory.json",
                  "default_cost_V262144_before.json"):
@@ -353,7 +356,6 @@ def rowwise_moments() -> str:
     results/defaults_check/rowwise), memory end to end (benchmarks/default_cost.py
     --lookup_updates, --glibc_mmap_threshold) and step time (benchmarks/step_time.py --rowwise)."""
     out = [_defaults_table("defaults_check/rowwise")]
-    mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
     rows, commands = [], ""
     for V in (50257, 262144):
         for fixed in (False, True):

@@ -195,6 +195,7 @@ class TokenizedAdam(Adam):
         rows, valid = self.sae.take_lookup_stage()
         vocab, n = W.shape[0], rows.numel()
         state = self.state[p]
+        rowwise = bool(group.get("rowwise"))
         if not state:
             # slot 0 is scratch: padding positions read and write it, and it is never used
             state["step"] = torch.tensor(0.0)
@@ -203,15 +204,8 @@ class TokenizedAdam(Adam):
             state["rows_in_use"] = torch.ones((), dtype=torch.long, device=W.device)
             state["exp_avg"] = torch.zeros(1, W.shape[1], dtype=W.dtype, device=W.device)
             # row-wise: one second moment per row, the mean of its squared gradient
-            state["exp_avg_sq"] = torch.zeros(1, 1 if group.get("rowwise") else W.shape[1], dtype=W.dtype, device=W.device)
+            state["exp_avg_sq"] = torch.zeros(1, 1 if rowwise else W.shape[1], dtype=W.dtype, device=W.device)
             self._rows_in_use_bound[id(p)] = 1
-        rowwise = bool(group.get("rowwise"))
-        if state["exp_avg_sq"].shape[1] != (1 if rowwise else W.shape[1]):
-            raise ValueError(
-                f"the lookup's optimizer state holds {'one second moment per element' if rowwise else 'one second moment per row'} "
-                f"but its config asks for lookup_updates={'sparse_rowwise' if rowwise else 'sparse'}: resume with the "
-                "lookup_updates the checkpoint was trained with"
-            )
         self._ensure_capacity(p, state, n, vocab)
 
         key = torch.where(valid, rows, vocab)
@@ -262,13 +256,20 @@ class TokenizedAdam(Adam):
         # Optimizer.load_state_dict casts every state tensor to the parameter's dtype;
         # the slot table and counters are integers (exact in float32 below 2**24 rows).
         # The loaded groups carry the checkpoint's "rowwise"; the run's config decides, and
-        # the step refuses state of the other kind.
+        # state of the other kind is refused here, the one place it can come from.
         for group, rowwise in zip(self.param_groups, self._rowwise):
             if rowwise is not None:  # the groups that had the flag (the lookup's), as they had it
                 group["rowwise"] = rowwise
-        for _, p in self._lazy_params():
+        for group, p in self._lazy_params():
             state = self.state.get(p)
             if state:
+                rowwise = bool(group.get("rowwise"))
+                if state["exp_avg_sq"].shape[1] != (1 if rowwise else self.sae.W_lookup.shape[1]):
+                    raise ValueError(
+                        f"the lookup's optimizer state holds one second moment per {'element' if rowwise else 'row'} "
+                        f"but its config asks for lookup_updates={'sparse_rowwise' if rowwise else 'sparse'}: resume "
+                        "with the lookup_updates the checkpoint was trained with"
+                    )
                 state["slot_of"] = state["slot_of"].long()
                 state["rows_in_use"] = state["rows_in_use"].long()
         self._rows_in_use_bound.clear()
