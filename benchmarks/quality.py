@@ -1,8 +1,16 @@
 """Quality: each tokenized architecture against its SAELens base on SmolLM2-135M.
 
 For every architecture, layer, sparsity level and seed, the SAELens base and its tokenized
-version train through their real runners on the same activations (computed once per layer),
-at the same hook, width, sparsity, lr and seed (sae_lens_tokenized/compare.py). Reports
+version train on the same activations at the same hook, width, sparsity, lr and seed.
+Two engines (--engine):
+
+- ``multi`` (the frontier's): per seed, every (layer, sparsity level, architecture, side)
+  trains in one ``TokenizedMultiSAETrainingRunner`` run, SAELens's multi-SAE runner: one LLM
+  forward per batch over every layer, every SAE on the same batches in the same order.
+  The run's token count (tokens the model embedded) is recorded beside the results.
+- ``single``: each SAE through its own runner (SAELens's or ``TokenizedSAETrainingRunner``),
+  on activations computed once per layer and served in the same order to each.
+ Reports
 held-out NMSE, CE added and KL (SAELens's run_evals), L0, dead latents, and the training
 tokens the tokenized SAE needed to reach its base's final NMSE, and single-token latents.
 Writes JSON, the training curves (quality.png) and, over several sparsity levels, the Pareto
@@ -14,6 +22,8 @@ pursuit's max_iterations), l1_coefficient = --l1s[i] (Standard, Gated) and
 l0_coefficient = --l0s[i] (JumpReLU).
 
     python benchmarks/quality.py --architectures topk jumprelu --layers 3 9 --training_tokens 100000
+    python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 \
+        --seeds 0 1 --training_tokens 200000
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from pathlib import Path
 
 from sae_lens_tokenized.workbench.settings import SPARSITY, CompareSettings
 from sae_lens_tokenized.workbench.data import Workbench
-from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_variant
+from sae_lens_tokenized.workbench.data import HookData
+from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_together, train_variant
 from sae_lens_tokenized.workbench.report import write_json
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
@@ -37,6 +48,9 @@ METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "single_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=("single", "multi"), default="single",
+                    help="multi: per seed, every SAE in one multi-SAE runner (one LLM forward per batch); "
+                         "single: one runner per SAE on precomputed activations")
     ap.add_argument("--architectures", nargs="+", default=list(SPARSITY), choices=list(SPARSITY),
                     help="SAELens base architectures; each is compared with tokenized_<name>")
     ap.add_argument("--layers", type=int, nargs="+", default=[3, 9])
@@ -66,41 +80,84 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bench = Workbench.offline(dataset=args.dataset)
-    runs, curves = [], {}
-    for layer in args.layers:
-        base = CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", expansion=args.expansion,
+    runs: list[dict] = []
+    curves: dict[tuple, list] = {}
+    together: list[dict] = []  # the multi engine's runs: one per seed
+
+    def layer_settings(layer: int) -> CompareSettings:
+        return CompareSettings(hook_name=f"blocks.{layer}.hook_resid_pre", expansion=args.expansion,
                                training_tokens=args.training_tokens, batch=args.batch, lr=args.lr,
                                lookup_lr=args.lookup_lr, unigram_strategy=args.unigram_strategy,
                                n_eval_ce_batches=args.ce_batches, n_curve_points=args.curve_points,
                                n_eval_activations=args.eval_activations)
-        data = bench.prepare(base.hook_name, args.training_tokens, base.n_eval_activations)
-        for level, (k, l1, l0) in enumerate(zip(args.ks, args.l1s, args.l0s)):
-            for arch in args.architectures:
-                for seed in args.seeds:
-                    s = replace(base, k=k, l1_coefficient=l1, l0_coefficient=l0, seed=seed)
-                    row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
-                           "l0_coefficient": l0, "seed": seed}
-                    for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}")):
-                        r = train_variant(variant, s, bench, data)
-                        metrics = evaluate(r["sae"], s, bench, data)
-                        row[side] = {**metrics, "curve": r["curve"], "train_s": r["train_s"],
-                                     "unigram_strategy": r["unigram_strategy"]}
-                        curves[(arch, layer, level, seed, side)] = r["curve"]
-                        print(f"{variant} L{layer} level {level} seed {seed}: NMSE {metrics['nmse']:.4f} "
-                              f"CE added {metrics['ce_added']:.4f} L0 {metrics['l0']:.1f} dead {metrics['dead_latents']} "
-                              f"({r['train_s']:.0f}s)", flush=True)
-                    reach = tokens_to_reach(row["tokenized"]["curve"], row["base"]["nmse"])
-                    row["tokens_to_reach_base_final_nmse"] = reach
-                    row["speedup"] = (args.training_tokens / reach) if reach else None
-                    row["reached_at_init"] = reach == 0  # the init alone already beats the base's end
-                    row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
-                    runs.append(row)
-                    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "runs": runs},
-                               out / "quality_partial.json")
+
+    def settings_at(layer: int, level: int, seed: int) -> CompareSettings:
+        return replace(layer_settings(layer), k=args.ks[level], l1_coefficient=args.l1s[level],
+                       l0_coefficient=args.l0s[level], seed=seed)
+
+    def record(arch: str, layer: int, level: int, seed: int, side: str, sae, curve, data: HookData,
+               train_s: float | None, strategy) -> dict:
+        s = settings_at(layer, level, seed)
+        metrics = evaluate(sae, s, bench, data)
+        curves[(arch, layer, level, seed, side)] = curve
+        name = arch if side == "base" else f"tokenized_{arch}"
+        print(f"{name} L{layer} level {level} seed {seed}: NMSE {metrics['nmse']:.4f} CE added {metrics['ce_added']:.4f} "
+              f"L0 {metrics['l0']:.1f} dead {metrics['dead_latents']}", flush=True)
+        return {**metrics, "curve": curve, "train_s": train_s, "unigram_strategy": strategy}
+
+    def finish(row: dict) -> None:
+        reach = tokens_to_reach(row["tokenized"]["curve"], row["base"]["nmse"])
+        row["tokens_to_reach_base_final_nmse"] = reach
+        row["speedup"] = (args.training_tokens / reach) if reach else None
+        row["reached_at_init"] = reach == 0  # the init alone already beats the base's end
+        row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
+        runs.append(row)
+        write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "runs": runs,
+                    "runs_together": together}, out / "quality_partial.json")
+
+    levels = list(enumerate(zip(args.ks, args.l1s, args.l0s)))
+    if args.engine == "multi":
+        heldout = {layer: HookData(f"blocks.{layer}.hook_resid_pre", None,
+                                   bench.heldout(f"blocks.{layer}.hook_resid_pre", args.eval_activations))
+                   for layer in args.layers}
+        for seed in args.seeds:
+            members = {f"{side}_{arch}_L{layer}_{level}": (variant, settings_at(layer, level, seed))
+                       for layer in args.layers for level, _ in levels for arch in args.architectures
+                       for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}"))}
+            print(f"seed {seed}: {len(members)} SAEs in one multi-SAE run", flush=True)
+            r = train_together(members, bench, {h.hook_name: h.eval for h in heldout.values()})
+            together.append({"seed": seed, "saes": len(members), "wall_s": r["wall_s"],
+                             "tokens_embedded": r["tokens_embedded"], "activations_read": r["activations_read"],
+                             "training_tokens": args.training_tokens})
+            for layer in args.layers:
+                for level, (k, l1, l0) in levels:
+                    for arch in args.architectures:
+                        row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
+                               "l0_coefficient": l0, "seed": seed}
+                        for side in ("base", "tokenized"):
+                            name = f"{side}_{arch}_L{layer}_{level}"
+                            sae = r["saes"][name]
+                            row[side] = record(arch, layer, level, seed, side, sae, r["curves"][name], heldout[layer],
+                                               None, getattr(sae.cfg, "unigram_strategy", None))
+                        finish(row)
+    else:
+        for layer in args.layers:
+            data = bench.prepare(layer_settings(layer).hook_name, args.training_tokens, args.eval_activations)
+            for level, (k, l1, l0) in levels:
+                for arch in args.architectures:
+                    for seed in args.seeds:
+                        row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
+                               "l0_coefficient": l0, "seed": seed}
+                        for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}")):
+                            v = train_variant(variant, settings_at(layer, level, seed), bench, data)
+                            row[side] = record(arch, layer, level, seed, side, v["sae"], v["curve"], data,
+                                               v["train_s"], v["unigram_strategy"])
+                        finish(row)
 
     summary = summarise(runs)
     result = {"command": "python " + " ".join(sys.argv), "settings": vars(args),
-              "wall_time_s": time.perf_counter() - t_start, "summary": summary, "runs": runs}
+              "wall_time_s": time.perf_counter() - t_start, "summary": summary, "runs": runs,
+              "runs_together": together}
     write_json(result, out / "quality.json")
     (out / "quality_partial.json").unlink(missing_ok=True)
     plot(curves, args, out / "quality.png")
@@ -131,7 +188,8 @@ def summarise(runs: list[dict]) -> list[dict]:
                "l1_coefficient": rs[0]["l1_coefficient"], "l0_coefficient": rs[0]["l0_coefficient"], "n_seeds": len(rs)}
         for side in ("base", "tokenized"):
             for m in METRICS:
-                row[f"{m}_{side}"] = statistics.mean(r[side][m] for r in rs)
+                values = [r[side][m] for r in rs if r[side].get(m) is not None]  # train_s: per SAE in one engine only
+                row[f"{m}_{side}"] = statistics.mean(values) if values else None
         speedups = [r["speedup"] for r in rs if r["speedup"]]
         row["speedup_mean"] = statistics.mean(speedups) if speedups else None
         row["reached_at_init"] = all(r.get("reached_at_init") for r in rs)

@@ -547,6 +547,10 @@ def pareto() -> str:
                          f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
                          f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]])
         commands += command(d)
+        for t in d.get("runs_together") or []:  # the multi engine: one multi-SAE run per seed
+            commands += (f" Seed {t['seed']}: {t['saes']} SAEs in one multi-SAE run; the model embedded "
+                         f"{t['tokens_embedded']:,} tokens for {t['training_tokens']:,} training tokens per SAE "
+                         f"({t['tokens_embedded'] / t['training_tokens']:.2f}×), {t['wall_s'] / 60:.0f} min.")
     return table(["training tokens", "architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio", "CE added base / tok.",
                   "fewer tokens to base's final NMSE", "dead base / tok.", "single-token latents base / tok.", "seeds"],
                  rows) + commands

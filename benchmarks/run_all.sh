@@ -59,6 +59,10 @@ python benchmarks/touched_rows.py
 # the frontier at 200k tokens (stopped by hand after k 32; then --replot of its quality_partial.json)
 python benchmarks/quality.py --architectures topk batchtopk --layers 3 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 \
     --seeds 0 1 --training_tokens 200000 --unigram_strategy data --out $R/pareto_l3_200k
+# the frontier through SAELens's multi-SAE runner: per seed, all 20 SAEs (both layers, five k, TopK and its
+# tokenized version) in one run, one LLM forward per batch, at today's defaults
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
+    --l0s 5 5 5 5 5 --seeds 0 1 --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k
 # AuxK and the BatchTopK family (run when both sides defaulted to SAELens's aux_loss_coefficient=1.0; the
 # tokenized ones, and the workbench's bases beside them, now default to 1/32: to repeat the 1.0 rows, add
 # '"aux_1": {"aux_loss_coefficient": 1.0}' to both variant lists)

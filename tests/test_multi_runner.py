@@ -167,3 +167,39 @@ def test_bad_multi_configs_are_refused_before_training(model, dataset, saes, hoo
     monkeypatch.setattr(TokenizedSAETrainer, "step", lambda *a: pytest.fail("training started"))
     with pytest.raises(ValueError, match=match):
         TokenizedMultiSAETrainingRunner(multi_cfg(saes, hooks), override_model=model, override_dataset=dataset).run()
+
+
+def test_a_workbench_sweep_trains_in_one_multi_runner_run_with_a_heldout_curve_per_sae(model, dataset):
+    """The frontier's engine (benchmarks/quality.py --engine multi): every SAE of a sweep, at
+    two hooks, from one LLM forward per batch, each with its own held-out NMSE along training."""
+    from dataclasses import replace
+
+    from sae_lens_tokenized.workbench.data import Workbench
+    from sae_lens_tokenized.workbench.runs import heldout_nmse, train_together
+    from sae_lens_tokenized.workbench.settings import CompareSettings
+
+    cache_prior_tables(model, RESID0, "blocks.1.hook_resid_pre")
+    bench = Workbench(model, dataset, token_dataset(skip=40), "tiny corpus")
+    s = CompareSettings(hook_name=RESID0, expansion=2, k=4, training_tokens=2048, batch=256, context_size=CTX,
+                        n_curve_points=3, n_eval_activations=256, lookup_init_tokens=1024)
+    hooks = (RESID0, "blocks.1.hook_resid_pre")
+    heldout = {h: bench.heldout(h, 256) for h in hooks}
+    members = {f"{arch}_{h}_k{k}": (arch, replace(s, hook_name=h, k=k))
+               for h in hooks for k in (4, 8) for arch in ("topk", "tokenized_topk")}
+    r = train_together(members, bench, heldout)
+    # eight SAEs, one forward per batch: the model embedded the run's activations once (plus a
+    # 2-token probe per tokenized config); one run per SAE would embed eight times as many
+    assert r["tokens_embedded"] == r["activations_read"] + 4 * 2
+    assert 2048 <= r["activations_read"] < 2048 + 32 * CTX  # the run, plus at most SAELens's buffer
+    for name, (arch, ms) in members.items():
+        curve, sae = r["curves"][name], r["saes"][name]
+        tokens = [t for t, _ in curve]
+        assert tokens[0] == 0 and tokens[-1] == 2048 and len(tokens) == 3 + 2
+        assert all(a < b for a, b in zip(tokens, tokens[1:]))
+        # each point is this SAE on its own hook's held-out activations, as it trained
+        assert curve[-1][1] == heldout_nmse(sae, *heldout[ms.hook_name])
+        assert len({v for _, v in curve}) == len(curve)
+        assert (sae.cfg.k, type(sae).__name__) == (ms.k, "TokenizedTopKTrainingSAE" if arch.startswith("tok")
+                                                           else "TopKTrainingSAE")
+    with pytest.raises(ValueError, match=r"member 'b' has other run settings than 'a'.*train the others in another run"):
+        train_together({"a": ("topk", s), "b": ("topk", replace(s, lr=1e-3))}, bench, heldout)

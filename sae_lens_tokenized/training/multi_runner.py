@@ -209,6 +209,9 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     #: SAELens's runner guard lets this runner train tokenized configs
     carries_token_ids = True
+    #: the trainer ``run`` uses (a subclass of ``TokenizedMultiSAETrainer``), as
+    #: ``TokenizedSAETrainingRunner.trainer_class`` is for one SAE
+    trainer_class: type[TokenizedMultiSAETrainer] = TokenizedMultiSAETrainer
 
     def __init__(self, cfg: Any, override_dataset: Any = None, override_model: Any = None,
                  override_saes: dict[str, Any] | None = None):
@@ -255,7 +258,7 @@ class TokenizedMultiSAETrainingRunner(MultiSAETrainingRunner):
             self.saes[name].set_lookup_trainable(cfg.saes[name].train_lookup)
 
     def run(self) -> dict[str, Any]:
-        trainer = type("TokenizedMultiSAETrainer", (TokenizedMultiSAETrainer,), {"store": self.activations_store})
+        trainer = type(self.trainer_class.__name__, (self.trainer_class,), {"store": self.activations_store})
         with runner_classes(MULTI_RUNNER, MultiSAETrainer=trainer):
             return super().run()
 

@@ -23,7 +23,7 @@ class HookData:
     previous ids taken before dropping, -1 at a row's first position)."""
 
     hook_name: str
-    train: tuple[torch.Tensor, torch.Tensor]
+    train: tuple[torch.Tensor, torch.Tensor] | None  # None where the run reads the LLM live (train_together)
     eval: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -53,12 +53,17 @@ class Workbench:
         key = (hook_name, training_tokens, n_eval_activations)
         if key not in self._hooks:
             train = precompute(self.model, self.train_ds, hook_name, int(training_tokens * 1.1), desc=f"{hook_name} train")
-            ev, ev_ids = precompute(self.model, self.heldout_ds, hook_name, n_eval_activations * 2, desc=f"{hook_name} held-out")
-            ev_prev = previous_token_ids(ev_ids.view(-1, len(self.heldout_ds[0]["tokens"]))).reshape(-1)
-            keep = ~torch.isin(ev_ids, self.special_ids)
-            n = n_eval_activations
-            self._hooks[key] = HookData(hook_name, train, (ev[keep][:n], ev_ids[keep][:n], ev_prev[keep][:n]))
+            self._hooks[key] = HookData(hook_name, train, self.heldout(hook_name, n_eval_activations))
         return self._hooks[key]
+
+    def heldout(self, hook_name: str, n_eval_activations: int = 20_000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``HookData.eval`` alone: held-out activations, ids and previous ids of ordinary
+        tokens (for runs that read their training activations from the LLM as they go)."""
+        ev, ev_ids = precompute(self.model, self.heldout_ds, hook_name, n_eval_activations * 2, desc=f"{hook_name} held-out")
+        ev_prev = previous_token_ids(ev_ids.view(-1, len(self.heldout_ds[0]["tokens"]))).reshape(-1)
+        keep = ~torch.isin(ev_ids, self.special_ids)
+        n = n_eval_activations
+        return ev[keep][:n], ev_ids[keep][:n], ev_prev[keep][:n]
 
 
 @torch.no_grad()

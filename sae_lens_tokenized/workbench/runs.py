@@ -6,6 +6,11 @@ any tokenized one (``"tokenized_topk"``, ...) through ``TokenizedSAETrainingRunn
 the same hook, width, sparsity, lr, seed and on the same activations in the same order.
 Held-out NMSE is recorded along training (at the trainer's ``step``), and ``evaluate``
 runs SAELens's ``run_evals`` on held-out text plus the method's NMSE and dead latents.
+
+``train_together(members, settings, bench, eval_data)`` trains several of them (any mix of
+architectures, tokenized or not, at one hook or several) through
+``TokenizedMultiSAETrainingRunner``: one LLM forward per batch, read live from the
+workbench's training text, every SAE on the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from sae_lens_tokenized._compat import runner_classes
 from sae_lens_tokenized.analysis.latents import single_token_latents
 from sae_lens_tokenized.metrics import nmse_per_activation
 from sae_lens_tokenized.splicing import token_ids_from
+from sae_lens_tokenized.training.multi_runner import TokenizedMultiSAETrainer, TokenizedMultiSAETrainingRunner
 from sae_lens_tokenized.training.runner import TokenizedSAETrainingRunner
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 from sae_lens_tokenized.workbench.data import HookData, Workbench, store_classes
-from sae_lens_tokenized.workbench.settings import CompareSettings, is_tokenized, runner_config, sae_config
+from sae_lens_tokenized.workbench.settings import (CompareSettings, is_tokenized, multi_runner_config, run_fields,
+                                                  runner_config, sae_config)
 
 
 class _CurveMixin:
@@ -45,10 +52,15 @@ class _CurveMixin:
     thresholds: list[int]
 
     def step(self, batch: torch.Tensor):  # type: ignore[override]
-        while self.thresholds and self.n_training_samples >= self.thresholds[0]:  # type: ignore[attr-defined]
-            self.thresholds.pop(0)
-            self.curve.append((self.n_training_samples, heldout_nmse(self.sae, *self.eval_data)))  # type: ignore[attr-defined]
+        _record_due_points(self, self.curve, self.eval_data, self.thresholds)
         return super().step(batch)  # type: ignore[misc]
+
+
+def _record_due_points(trainer: Any, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
+                       thresholds: list[int]) -> None:
+    while thresholds and trainer.n_training_samples >= thresholds[0]:
+        thresholds.pop(0)
+        curve.append((trainer.n_training_samples, heldout_nmse(trainer.sae, *eval_data)))
 
 
 class _CurveTrainer(_CurveMixin, SAETrainer):  # type: ignore[type-arg]
@@ -63,6 +75,31 @@ def _record_curve(trainer_cls: type, curve: list[tuple[int, float]], eval_data: 
                   thresholds: list[int]) -> type:
     return type(trainer_cls.__name__, (trainer_cls,), {"curve": curve, "eval_data": eval_data,
                                                         "thresholds": thresholds})
+
+
+class _CurveMultiTrainer(TokenizedMultiSAETrainer):
+    """The multi-SAE trainer with a held-out NMSE curve per SAE: each SAE's trainer (SAELens's
+    or the tokenized one the multi trainer built) records at its own ``step``."""
+
+    curves: dict[str, list[tuple[int, float]]]
+    eval_data: dict[str, tuple[torch.Tensor, ...]]
+    thresholds: list[int]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for name, trainer in self.trainers.items():
+            trainer.step = _recording_step(trainer, self.curves[name], self.eval_data[name], list(self.thresholds))
+
+
+def _recording_step(trainer: Any, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
+                    thresholds: list[int]) -> Any:
+    step = trainer.step  # the trainer's own (bound) step, which MultiSAETrainer.fit calls per batch
+
+    def recording_step(batch: torch.Tensor) -> Any:
+        _record_due_points(trainer, curve, eval_data, thresholds)
+        return step(batch)
+
+    return recording_step
 
 
 @torch.no_grad()
@@ -163,6 +200,61 @@ def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookDat
         "unigram_strategy": getattr(sae.cfg, "unigram_strategy", None),
         "unigram_report": getattr(runner, "unigram_report", None),
     }
+
+
+def train_together(members: dict[str, tuple[str, CompareSettings]], bench: Workbench,
+                   eval_data: dict[str, tuple[torch.Tensor, ...]], overrides: dict[str, dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+    """Train every member (name -> (architecture, settings)) in one
+    ``TokenizedMultiSAETrainingRunner`` run, reading the LLM live on ``bench.train_ds``.
+
+    Members differ in architecture, hook and sparsity; their run settings (tokens, batch,
+    lr, seed, ...) must be one run's. ``eval_data`` maps each hook to its held-out
+    ``(acts, ids, prev)`` (``Workbench.heldout``); ``overrides`` (name -> config fields)
+    apply to one member. Returns each member's SAE and held-out NMSE curve, the tokenized
+    members' lookup-init reports, and the run's counts: tokens the model embedded (one
+    forward per batch for all members, plus SAELens's own evals), activations the store read
+    and activations each SAE trained on.
+    """
+    model = bench.model
+    first = next(iter(members.values()))[1]
+    fields = run_fields(first, model.cfg.model_name, None, bench.dataset_name)
+    for name, (_, s) in members.items():
+        if run_fields(s, model.cfg.model_name, None, bench.dataset_name) != fields:
+            raise ValueError(f"member {name!r} has other run settings than {next(iter(members))!r}; members of one "
+                             "run differ only in architecture, hook and sparsity: train the others in another run")
+    saes = {name: sae_config(arch, s, model.cfg.d_model, model.cfg.d_vocab, (overrides or {}).get(name))
+            for name, (arch, s) in members.items()}
+    hooks = {name: s.hook_name for name, (_, s) in members.items()}
+    cfg = multi_runner_config(first, saes, hooks, model.cfg.model_name, None, bench.dataset_name)
+    curves: dict[str, list[tuple[int, float]]] = {name: [] for name in members}
+    per_sae_eval = {name: eval_data[hooks[name]] for name in members}
+    thresholds = [round(first.training_tokens * (i + 1) / (first.n_curve_points + 1))
+                  for i in range(first.n_curve_points)]
+    trainer = type("CurveMultiTrainer", (_CurveMultiTrainer,),
+                   {"curves": curves, "eval_data": per_sae_eval, "thresholds": thresholds})
+    embedded: list[int] = []
+    handle = model.embed.register_forward_pre_hook(lambda m, a: embedded.append(a[0].numel()))
+    try:
+        torch.manual_seed(first.seed)
+        t0 = time.perf_counter()
+        with quiet_workbench_notices():
+            runner = type("Runner", (TokenizedMultiSAETrainingRunner,), {"trainer_class": trainer})(
+                cfg, override_model=model, override_dataset=bench.train_ds)
+            initial = {name: heldout_nmse(sae, *per_sae_eval[name]) for name, sae in runner.saes.items()}
+            trained = runner.run()
+        wall_s = time.perf_counter() - t0
+    finally:
+        handle.remove()
+    out: dict[str, Any] = {"saes": trained, "curves": {}, "unigram_reports": runner.unigram_reports,
+                           "wall_s": wall_s, "tokens_embedded": sum(embedded),
+                           "activations_read": runner.activations_store.llm_activations_read}
+    for name, sae in trained.items():
+        final = heldout_nmse(sae, *per_sae_eval[name])
+        out["curves"][name] = [(0, initial[name]),
+                               *[(t, v) for t, v in curves[name] if 0 < t < first.training_tokens],
+                               (first.training_tokens, final)]
+    return out
 
 
 def evaluate(sae: Any, s: CompareSettings, bench: Workbench, data: HookData) -> dict[str, float]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 from sae_lens.registry import get_sae_training_class
 
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
@@ -99,12 +100,23 @@ def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int, overrides
 
 def runner_config(s: CompareSettings, sae_cfg: Any, model_name: str, output_path: str | None,
                   dataset_path: str = "in-memory") -> LanguageModelSAERunnerConfig[Any]:
-    return LanguageModelSAERunnerConfig(
-        sae=sae_cfg,
+    return LanguageModelSAERunnerConfig(sae=sae_cfg, hook_name=s.hook_name, is_dataset_tokenized=True,
+                                        **run_fields(s, model_name, output_path, dataset_path))
+
+
+def multi_runner_config(s: CompareSettings, saes: dict[str, Any], hook_names: dict[str, str], model_name: str,
+                        output_path: str | None, dataset_path: str = "in-memory") -> MultiSAETrainingRunnerConfig:
+    """SAELens's multi-SAE config for ``saes`` (name -> training config) at ``hook_names``,
+    with every run setting as ``runner_config`` gives one SAE (``s.hook_name`` unused)."""
+    return MultiSAETrainingRunnerConfig(saes=saes, hook_names=hook_names,
+                                        **run_fields(s, model_name, output_path, dataset_path))
+
+
+def run_fields(s: CompareSettings, model_name: str, output_path: str | None, dataset_path: str) -> dict[str, Any]:
+    """The run settings SAELens's single- and multi-SAE runner configs share."""
+    return dict(
         model_name=model_name,
-        hook_name=s.hook_name,
         dataset_path=dataset_path,  # the text's name; the runner is always given the dataset itself
-        is_dataset_tokenized=True,
         context_size=s.context_size,
         prepend_bos=False,
         training_tokens=s.training_tokens,
