@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--ce_batches", type=int, default=2, help="run_evals batches of 8x128 tokens")
     ap.add_argument("--curve_points", type=int, default=16, help="held-out NMSE evaluations along training")
     ap.add_argument("--eval_activations", type=int, default=20_000, help="held-out activations for NMSE")
+    ap.add_argument("--tokenized_overrides", type=json.loads, default={},
+                    help='config fields for every tokenized SAE, e.g. \'{"lookup_updates": "sparse_rowwise"}\'')
     ap.add_argument("--dataset", default=None, help="offline corpus (default: the Wikipedia introductions)")
     ap.add_argument("--out", default="benchmarks/results/quality")
     ap.add_argument("--replot", help="a quality_partial.json of a stopped run: summarise it and draw its figures, "
@@ -125,7 +127,8 @@ def main() -> None:
                        for layer in args.layers for level, _ in levels for arch in args.architectures
                        for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}"))}
             print(f"seed {seed}: {len(members)} SAEs in one multi-SAE run", flush=True)
-            r = train_together(members, bench, {h.hook_name: h.eval for h in heldout.values()})
+            r = train_together(members, bench, {h.hook_name: h.eval for h in heldout.values()},
+                               {name: args.tokenized_overrides for name in members if name.startswith("tokenized_")})
             together.append({"seed": seed, "saes": len(members), "wall_s": r["wall_s"],
                              "tokens_embedded": r["tokens_embedded"], "activations_read": r["activations_read"],
                              "training_tokens": args.training_tokens})
@@ -149,7 +152,8 @@ def main() -> None:
                         row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
                                "l0_coefficient": l0, "seed": seed}
                         for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}")):
-                            v = train_variant(variant, settings_at(layer, level, seed), bench, data)
+                            v = train_variant(variant, settings_at(layer, level, seed), bench, data,
+                                              overrides=args.tokenized_overrides if side == "tokenized" else None)
                             row[side] = record(arch, layer, level, seed, side, v["sae"], v["curve"], data,
                                                v["train_s"], v["unigram_strategy"])
                         finish(row)

@@ -529,31 +529,49 @@ def overrides(run: dict, default_label: str = "defaults") -> str:
 
 
 def pareto() -> str:
-    """The frontier: base vs tokenized at every sparsity level (benchmarks/quality.py over
-    several k, results/pareto_*/quality.json)."""
-    files = sorted(RESULTS.glob("pareto_*/quality.json"))
-    if not files:
-        raise FileNotFoundError("no benchmarks/results/pareto_*/quality.json: run benchmarks/quality.py with several --ks")
-    rows, commands = [], ""
-    for f in files:
+    """The frontier through the multi-SAE runner (benchmarks/quality.py --engine multi)."""
+    return pareto_tables(multi=True)
+
+
+def pareto_earlier() -> str:
+    """The frontier sweeps made with one runner per SAE (benchmarks/quality.py --engine single)."""
+    return pareto_tables(multi=False)
+
+
+def pareto_tables(multi: bool) -> str:
+    """Base vs tokenized at every sparsity level (benchmarks/quality.py over several k,
+    results/pareto_*/quality.json), one table per sweep of the given engine."""
+    out = []
+    for f in sorted(RESULTS.glob("pareto_*/quality.json")):
         d = json.loads(f.read_text())
+        settings = d.get("settings") or {}
+        if (settings.get("engine") == "multi") != multi:
+            continue
         # the run length: in the settings, or (sweeps saved before settings were) the command
-        tokens = d["settings"]["training_tokens"] if "settings" in d else int(d["command"].split("--training_tokens ")[1].split()[0])
-        for s in d["summary"]:
-            rows.append([f"{tokens:,}", s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
-                         f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
-                         f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
-                         reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
-                         f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
-                         f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]])
-        commands += command(d)
+        tokens = settings["training_tokens"] if settings else int(d["command"].split("--training_tokens ")[1].split()[0])
+        engine = ("one multi-SAE run per seed" if settings.get("engine") == "multi" else "one runner per SAE")
+        changed = ", ".join(f"`{k}={v}`" for k, v in (settings.get("tokenized_overrides") or {}).items())
+        rows = [[s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
+                 f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
+                 f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
+                 reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
+                 f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
+                 f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]]
+                for s in d["summary"]]
+        text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
+                + (f", tokenized SAEs with {changed}" if changed else "") + ".\n\n"
+                + table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
+                         "CE added base / tok.", "fewer tokens to base's final NMSE", "dead base / tok.",
+                         "single-token latents base / tok.", "seeds"], rows) + command(d))
         for t in d.get("runs_together") or []:  # the multi engine: one multi-SAE run per seed
-            commands += (f" Seed {t['seed']}: {t['saes']} SAEs in one multi-SAE run; the model embedded "
-                         f"{t['tokens_embedded']:,} tokens for {t['training_tokens']:,} training tokens per SAE "
-                         f"({t['tokens_embedded'] / t['training_tokens']:.2f}×), {t['wall_s'] / 60:.0f} min.")
-    return table(["training tokens", "architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio", "CE added base / tok.",
-                  "fewer tokens to base's final NMSE", "dead base / tok.", "single-token latents base / tok.", "seeds"],
-                 rows) + commands
+            text += (f" Seed {t['seed']}: {t['saes']} SAEs in one multi-SAE run; the model embedded "
+                     f"{t['tokens_embedded']:,} tokens for {t['training_tokens']:,} training tokens per SAE "
+                     f"({t['tokens_embedded'] / t['training_tokens']:.2f}×), {t['wall_s'] / 60:.0f} min.")
+        out.append(text)
+    if not out:
+        raise FileNotFoundError(f"no benchmarks/results/pareto_*/quality.json made with --engine "
+                                f"{'multi' if multi else 'single'}: run benchmarks/quality.py with several --ks")
+    return "\n\n".join(out)
 
 
 def data_parallel() -> str:
@@ -590,7 +608,7 @@ def transcoders() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, pareto, lookup_variants, dead_latents, architectures, topk_in_depth,
+    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
     default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}
