@@ -63,6 +63,12 @@ python benchmarks/quality.py --architectures topk batchtopk --layers 3 --ks 8 16
 # tokenized version) in one run, one LLM forward per batch, at today's defaults
 python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
     --l0s 5 5 5 5 5 --seeds 0 1 --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k
+# ... at layer 9 with row-wise lookup moments, and BatchTopK at layer 9 (one seed each)
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
+    --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_overrides '{"lookup_updates": "sparse_rowwise"}' --out $R/pareto_multi_200k_rowwise
+python benchmarks/quality.py --engine multi --architectures batchtopk --layers 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
+    --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k_batchtopk
 # AuxK and the BatchTopK family (run when both sides defaulted to SAELens's aux_loss_coefficient=1.0; the
 # tokenized ones, and the workbench's bases beside them, now default to 1/32: to repeat the 1.0 rows, add
 # '"aux_1": {"aux_loss_coefficient": 1.0}' to both variant lists)
