@@ -7,7 +7,7 @@ the same hook, width, sparsity, lr, seed and on the same activations in the same
 Held-out NMSE is recorded along training (at the trainer's ``step``), and ``evaluate``
 runs SAELens's ``run_evals`` on held-out text plus the method's NMSE and dead latents.
 
-``train_together(members, settings, bench, eval_data)`` trains several of them (any mix of
+``train_together(members, bench, eval_data)`` trains several of them (any mix of
 architectures, tokenized or not, at one hook or several) through
 ``TokenizedMultiSAETrainingRunner``: one LLM forward per batch, read live from the
 workbench's training text, every SAE on the same batches in the same order.
@@ -211,10 +211,11 @@ def train_together(members: dict[str, tuple[str, CompareSettings]], bench: Workb
     Members differ in architecture, hook and sparsity; their run settings (tokens, batch,
     lr, seed, ...) must be one run's. ``eval_data`` maps each hook to its held-out
     ``(acts, ids, prev)`` (``Workbench.heldout``); ``overrides`` (name -> config fields)
-    apply to one member. Returns each member's SAE and held-out NMSE curve, the tokenized
-    members' lookup-init reports, and the run's counts: tokens the model embedded (one
-    forward per batch for all members, plus SAELens's own evals), activations the store read
-    and activations each SAE trained on.
+    apply to one member. Returns each member's SAE (``saes``) and held-out NMSE curve
+    (``curves``), the tokenized members' lookup-init reports, the run's ``wall_s``, and its
+    counts: ``tokens_embedded`` by the model (one forward per batch for every member, plus a
+    2-token config probe per tokenized member, and with ``unigram_strategy="auto"`` the
+    forwards that measure its candidates) and ``activations_read`` by the store.
     """
     model = bench.model
     first = next(iter(members.values()))[1]
