@@ -22,7 +22,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.integrations.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
-from sae_lens_tokenized.workbench import quiet_workbench_notices, write_json
+from sae_lens_tokenized.workbench import count_embedded_tokens, quiet_workbench_notices, write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "multi_runner.json"
 
@@ -50,19 +50,16 @@ def main() -> None:
             out[f"topk_L{layer}"] = TopKTrainingSAEConfig(d_in=576, d_sae=4608, k=args.k)
         return out
 
-    embedded: list[int] = []
-    handle = model.embed.register_forward_pre_hook(lambda m, a: embedded.append(a[0].numel()))
     results: dict[str, dict[str, float]] = {}
-    try:
-        embedded.clear()
+    with count_embedded_tokens(model) as embedded:
         t0 = time.perf_counter()
         cfg = MultiSAETrainingRunnerConfig(saes=sae_cfgs(), hook_names={n: hooks[0] if n.endswith(f"L{args.layers[0]}")
                                                                          else hooks[1] for n in sae_cfgs()}, **common)
         with quiet_workbench_notices():
             TokenizedMultiSAETrainingRunner(cfg, override_model=model, override_dataset=data).run()
-        results["one multi-SAE run"] = {"tokens_embedded": sum(embedded), "wall_s": time.perf_counter() - t0}
+        results["one multi-SAE run"] = {"tokens_embedded": embedded.total, "wall_s": time.perf_counter() - t0}
 
-        embedded.clear()
+    with count_embedded_tokens(model) as embedded:
         t0 = time.perf_counter()
         for name, sae_cfg in sae_cfgs().items():
             hook = hooks[0] if name.endswith(f"L{args.layers[0]}") else hooks[1]
@@ -70,9 +67,7 @@ def main() -> None:
             runner_cls = TokenizedSAETrainingRunner if name.startswith("tokenized") else LanguageModelSAETrainingRunner
             with quiet_workbench_notices():
                 runner_cls(single, override_model=model, override_dataset=data).run()
-        results["one run per SAE"] = {"tokens_embedded": sum(embedded), "wall_s": time.perf_counter() - t0}
-    finally:
-        handle.remove()
+        results["one run per SAE"] = {"tokens_embedded": embedded.total, "wall_s": time.perf_counter() - t0}
     a, b = results["one multi-SAE run"], results["one run per SAE"]
     summary = {
         "command": "python benchmarks/multi_runner.py " + " ".join(sys.argv[1:]),

@@ -24,12 +24,21 @@ l0_coefficient = --l0s[i] (JumpReLU).
     python benchmarks/quality.py --architectures topk jumprelu --layers 3 9 --training_tokens 100000
     python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 \
         --seeds 0 1 --training_tokens 200000
+
+``--tokenized_variants`` (multi engine) trains more tokenized SAEs beside each default one in
+the same run, against the same base (a candidate default, measured on the same batches);
+``--architecture_overrides`` sets config fields on both sides of an architecture:
+
+    python benchmarks/quality.py --engine multi --architectures jumprelu --layers 9 --ks 32 --l0s 2 --l1s 10 \
+        --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' \
+        --tokenized_variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}'
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -69,6 +78,13 @@ def main() -> None:
     ap.add_argument("--eval_activations", type=int, default=20_000, help="held-out activations for NMSE")
     ap.add_argument("--tokenized_overrides", type=json.loads, default={},
                     help='config fields for every tokenized SAE, e.g. \'{"lookup_updates": "sparse_rowwise"}\'')
+    ap.add_argument("--architecture_overrides", type=json.loads, default={},
+                    help="config fields for both sides of an architecture, as JSON {architecture: fields}, e.g. "
+                         "'{\"jumprelu\": {\"jumprelu_ste_to_input\": true}}'")
+    ap.add_argument("--tokenized_variants", type=json.loads, default={},
+                    help="multi engine: more tokenized SAEs beside each default one, in the same run, as JSON "
+                         "{label: config overrides} (on top of --tokenized_overrides), e.g. "
+                         "'{\"rowwise\": {\"lookup_updates\": \"sparse_rowwise\"}}'")
     ap.add_argument("--dataset", default=None, help="offline corpus (default: the Wikipedia introductions)")
     ap.add_argument("--out", default="benchmarks/results/quality")
     ap.add_argument("--replot", help="a quality_partial.json of a stopped run: summarise it and draw its figures, "
@@ -78,6 +94,14 @@ def main() -> None:
         return replot(Path(args.replot), Path(args.out))
     if not len(args.ks) == len(args.l1s) == len(args.l0s):
         ap.error("--ks, --l1s and --l0s give one value per sparsity level: pass as many of each")
+    if args.tokenized_variants and args.engine != "multi":
+        ap.error("--tokenized_variants trains beside the default in one multi-SAE run: add --engine multi")
+    if unknown := set(args.architecture_overrides) - set(args.architectures):
+        ap.error(f"--architecture_overrides names {sorted(unknown)}, not in --architectures {args.architectures}")
+    for label in args.tokenized_variants:
+        if label in ("base", "tokenized") or not label.isidentifier():
+            ap.error(f"--tokenized_variants label {label!r}: use a name other than 'base' and 'tokenized', "
+                     "made of letters, digits and underscores")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -91,7 +115,9 @@ def main() -> None:
                                training_tokens=args.training_tokens, batch=args.batch, lr=args.lr,
                                lookup_lr=args.lookup_lr, unigram_strategy=args.unigram_strategy,
                                n_eval_ce_batches=args.ce_batches, n_curve_points=args.curve_points,
-                               n_eval_activations=args.eval_activations)
+                               n_eval_activations=args.eval_activations,
+                               extra={name: fields for arch, fields in args.architecture_overrides.items()
+                                      for name in (arch, f"tokenized_{arch}")})
 
     def settings_at(layer: int, level: int, seed: int) -> CompareSettings:
         return replace(layer_settings(layer), k=args.ks[level], l1_coefficient=args.l1s[level],
@@ -102,10 +128,11 @@ def main() -> None:
         s = settings_at(layer, level, seed)
         metrics = evaluate(sae, s, bench, data)
         curves[(arch, layer, level, seed, side)] = curve
-        name = arch if side == "base" else f"tokenized_{arch}"
+        name = arch if side == "base" else f"tokenized_{arch}" + ("" if side == "tokenized" else f" ({side})")
         print(f"{name} L{layer} level {level} seed {seed}: NMSE {metrics['nmse']:.4f} CE added {metrics['ce_added']:.4f} "
               f"L0 {metrics['l0']:.1f} dead {metrics['dead_latents']}", flush=True)
-        return {**metrics, "curve": curve, "train_s": train_s, "unigram_strategy": strategy}
+        return {**metrics, "curve": curve, "train_s": train_s, "unigram_strategy": strategy,
+                "lookup_updates": getattr(sae.cfg, "lookup_updates", None)}  # what "tokenized" meant on the day
 
     def finish(row: dict) -> None:
         reach = tokens_to_reach(row["tokenized"]["curve"], row["base"]["nmse"])
@@ -114,43 +141,59 @@ def main() -> None:
         row["reached_at_init"] = reach == 0  # the init alone already beats the base's end
         row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
         runs.append(row)
-        write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "runs": runs,
+        write_json({"command": "python " + shlex.join(sys.argv), "settings": vars(args), "runs": runs,
                     "runs_together": together}, out / "quality_partial.json")
 
-    levels = list(enumerate(zip(args.ks, args.l1s, args.l0s)))
+    def new_row(arch: str, layer: int, level: int, seed: int) -> dict:
+        return {"architecture": arch, "layer": layer, "level": level, "k": args.ks[level],
+                "l1_coefficient": args.l1s[level], "l0_coefficient": args.l0s[level], "seed": seed}
+
+    levels = range(len(args.ks))
     if args.engine == "multi":
-        heldout = {layer: HookData(f"blocks.{layer}.hook_resid_pre", None,
-                                   bench.heldout(f"blocks.{layer}.hook_resid_pre", args.eval_activations))
-                   for layer in args.layers}
+        heldout = {layer: HookData(hook, None, bench.heldout(hook, args.eval_activations))
+                   for layer in args.layers for hook in [layer_settings(layer).hook_name]}
         for seed in args.seeds:
-            members = {f"{side}_{arch}_L{layer}_{level}": (variant, settings_at(layer, level, seed))
-                       for layer in args.layers for level, _ in levels for arch in args.architectures
-                       for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}"))}
+            sides = {"base": {}, "tokenized": args.tokenized_overrides,
+                     **{label: {**args.tokenized_overrides, **ov} for label, ov in args.tokenized_variants.items()}}
+            members, overrides = {}, {}
+            for layer in args.layers:
+                for level in levels:
+                    for arch in args.architectures:
+                        for side, side_overrides in sides.items():
+                            name = f"{side}_{arch}_L{layer}_{level}"
+                            members[name] = (arch if side == "base" else f"tokenized_{arch}",
+                                             settings_at(layer, level, seed))
+                            if side != "base":
+                                overrides[name] = side_overrides
             print(f"seed {seed}: {len(members)} SAEs in one multi-SAE run", flush=True)
-            r = train_together(members, bench, {h.hook_name: h.eval for h in heldout.values()},
-                               {name: args.tokenized_overrides for name in members if name.startswith("tokenized_")})
+            r = train_together(members, bench, {h.hook_name: h.eval for h in heldout.values()}, overrides)
             together.append({"seed": seed, "saes": len(members), "wall_s": r["wall_s"],
                              "tokens_embedded": r["tokens_embedded"], "activations_read": r["activations_read"],
                              "training_tokens": args.training_tokens})
             for layer in args.layers:
-                for level, (k, l1, l0) in levels:
+                for level in levels:
                     for arch in args.architectures:
-                        row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
-                               "l0_coefficient": l0, "seed": seed}
-                        for side in ("base", "tokenized"):
+                        row = new_row(arch, layer, level, seed)
+                        for side in sides:
                             name = f"{side}_{arch}_L{layer}_{level}"
                             sae = r["saes"][name]
-                            row[side] = record(arch, layer, level, seed, side, sae, r["curves"][name], heldout[layer],
-                                               None, getattr(sae.cfg, "unigram_strategy", None))
+                            result = record(arch, layer, level, seed, side, sae, r["curves"][name], heldout[layer],
+                                            None, getattr(sae.cfg, "unigram_strategy", None))
+                            if side in ("base", "tokenized"):
+                                row[side] = result
+                            else:  # a --tokenized_variants SAE, against the same base
+                                row.setdefault("variants", {})[side] = {
+                                    **result, "overrides": sides[side], "nmse_ratio": result["nmse"] / row["base"]["nmse"],
+                                    "tokens_to_reach_base_final_nmse": tokens_to_reach(result["curve"],
+                                                                                       row["base"]["nmse"])}
                         finish(row)
     else:
         for layer in args.layers:
             data = bench.prepare(layer_settings(layer).hook_name, args.training_tokens, args.eval_activations)
-            for level, (k, l1, l0) in levels:
+            for level in levels:
                 for arch in args.architectures:
                     for seed in args.seeds:
-                        row = {"architecture": arch, "layer": layer, "level": level, "k": k, "l1_coefficient": l1,
-                               "l0_coefficient": l0, "seed": seed}
+                        row = new_row(arch, layer, level, seed)
                         for side, variant in (("base", arch), ("tokenized", f"tokenized_{arch}")):
                             v = train_variant(variant, settings_at(layer, level, seed), bench, data,
                                               overrides=args.tokenized_overrides if side == "tokenized" else None)
@@ -159,7 +202,7 @@ def main() -> None:
                         finish(row)
 
     summary = summarise(runs)
-    result = {"command": "python " + " ".join(sys.argv), "settings": vars(args),
+    result = {"command": "python " + shlex.join(sys.argv), "settings": vars(args),
               "wall_time_s": time.perf_counter() - t_start, "summary": summary, "runs": runs,
               "runs_together": together}
     write_json(result, out / "quality.json")
@@ -176,7 +219,7 @@ def replot(partial: Path, out: Path) -> None:
     d = json.loads(partial.read_text())
     runs, summary = d["runs"], summarise(d["runs"])
     write_json({**{k: v for k, v in d.items() if k != "runs"}, "stopped_after_runs": len(runs),
-                "replotted_with": "python " + " ".join(sys.argv), "summary": summary, "runs": runs}, out / "quality.json")
+                "replotted_with": "python " + shlex.join(sys.argv), "summary": summary, "runs": runs}, out / "quality.json")
     if len({r["k"] for r in runs}) > 1:
         pareto(summary, out / "pareto.png")
     gap_along_training(runs, out / "gap.png")
@@ -199,6 +242,10 @@ def summarise(runs: list[dict]) -> list[dict]:
         row["reached_at_init"] = all(r.get("reached_at_init") for r in rs)
         row["nmse_ratio"] = statistics.mean(r["nmse_ratio"] for r in rs)
         row["strategy"] = rs[0]["tokenized"]["unigram_strategy"]
+        for label in rs[0].get("variants", {}):  # --tokenized_variants: the same metrics, and the ratio to the base
+            for m in (*METRICS, "nmse_ratio"):
+                values = [r["variants"][label][m] for r in rs if r["variants"][label].get(m) is not None]
+                row[f"{m}_{label}"] = statistics.mean(values) if values else None
         summary.append(row)
     return summary
 
@@ -217,6 +264,12 @@ def table(summary: list[dict]) -> str:
             f"| {r['ce_added_base']:.3f} → {r['ce_added_tokenized']:.3f} "
             f"| {r['kl_div_with_sae_base']:.3f} → {r['kl_div_with_sae_tokenized']:.3f} "
             f"| {r['l0_base']:.0f} / {r['l0_tokenized']:.0f} | {r['dead_latents_base']:.0f} / {r['dead_latents_tokenized']:.0f} | {sp} |")
+        for label in variant_labels([r]):
+            lines.append(
+                f"| {r['architecture']} ({label}) | L{r['layer']} | {sparsity} | {r['nmse_base']:.3f} → {r[f'nmse_{label}']:.3f} "
+                f"| {r['ce_added_base']:.3f} → {r[f'ce_added_{label}']:.3f} "
+                f"| {r['kl_div_with_sae_base']:.3f} → {r[f'kl_div_with_sae_{label}']:.3f} "
+                f"| {r['l0_base']:.0f} / {r[f'l0_{label}']:.0f} | {r['dead_latents_base']:.0f} / {r[f'dead_latents_{label}']:.0f} | |")
     return "\n".join(lines)
 
 
@@ -226,7 +279,8 @@ def plot(curves, args, path) -> None:
     for i, (layer, level) in enumerate((lay, lev) for lay in args.layers for lev in levels):
         for j, arch in enumerate(args.architectures):
             ax = axes[i][j]
-            for side, color in (("base", "tab:blue"), ("tokenized", "tab:orange")):
+            for side, color in (("base", "tab:blue"), ("tokenized", "tab:orange"),
+                                *zip(args.tokenized_variants, ("tab:green", "tab:red", "tab:purple", "tab:brown"))):
                 for seed in args.seeds:
                     xs, ys = zip(*curves[(arch, layer, level, seed, side)])
                     ax.plot(xs, ys, color=color, alpha=0.8, label=side if seed == args.seeds[0] else None)
@@ -258,8 +312,14 @@ def gap_along_training(runs: list[dict], path: Path) -> None:
     save_figure(fig, path, dpi=90)
 
 
+def variant_labels(summary: list[dict]) -> list[str]:
+    """The --tokenized_variants labels a summary holds (each has an ``nmse_ratio_<label>``)."""
+    return sorted({key.removeprefix("nmse_ratio_") for r in summary for key in r if key.startswith("nmse_ratio_")})
+
+
 def pareto(summary: list[dict], path: Path) -> None:
-    """Each metric against L0, one row per layer: base dashed, tokenized solid, per architecture."""
+    """Each metric against L0, one row per layer: base dashed, tokenized solid, per architecture
+    (and each --tokenized_variants SAE dotted, with its own marker)."""
     layers = sorted({r["layer"] for r in summary})
     archs = sorted({r["architecture"] for r in summary})
     panels = (("nmse", "held-out NMSE", "log"), ("ce_added", "CE added (relative)", "log"))
@@ -274,6 +334,9 @@ def pareto(summary: list[dict], path: Path) -> None:
                         label=f"{arch}")
                 ax.plot([r["l0_tokenized"] for r in rs], [r[f"{metric}_tokenized"] for r in rs], "o-", color=color,
                         label=f"tokenized_{arch}")
+                for marker, label_ in zip("s^vD", variant_labels(rs)):
+                    ax.plot([r[f"l0_{label_}"] for r in rs], [r[f"{metric}_{label_}"] for r in rs], f"{marker}:",
+                            color=color, label=f"tokenized_{arch} {label_}")
                 ax.set(title=f"L{layer}: {label} vs L0", xlabel="L0 (held-out)", ylabel=label, xscale="log", yscale=scale)
             ax = axes[i][len(panels)]
             pts = [(r["l0_tokenized"], r["speedup_mean"]) for r in rs if r["speedup_mean"]]

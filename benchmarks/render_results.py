@@ -23,7 +23,8 @@ from typing import Any, Callable
 RESULTS = Path(__file__).resolve().parent / "results"
 #: SAELens architecture names as the results page writes them
 ARCHITECTURE_NAMES = {"topk": "TopK", "batchtopk": "BatchTopK", "matryoshka_batchtopk": "Matryoshka BatchTopK",
-                      "jumprelu": "JumpReLU"}
+                      "jumprelu": "JumpReLU", "standard": "Standard (ReLU, L1)", "gated": "Gated", "abstopk": "AbsTopK",
+                      "matching_pursuit": "Matching pursuit"}
 
 
 def load(name: str) -> Any:
@@ -323,9 +324,11 @@ def default_cost() -> str:
            + table(["V", "d_in", "d_sae", "batch", "TopK step", "tokenized step", "bigram row lookup",
                     "staging the rows", "lazy Adam on the rows", "tokenized / TopK"], rows) + command(d)]
     rows = []
-    for name in ("default_cost_V50257.json", "default_cost_V262144.json", "default_cost_V262144_memory.json",
+    for name in ("default_cost_V50257_sparse_rowwise.json", "default_cost_V262144_sparse_rowwise.json",
+                 "default_cost_V50257.json", "default_cost_V262144.json", "default_cost_V262144_memory.json",
                  "default_cost_V262144_before.json"):
         d = load(name)
+        moments = "per row" if d["config"].get("lookup_updates") == "sparse_rowwise" else "per element"
         c, r, sm = d["config"], d["results"], d["summary"]
         code = d["config"].get("code", "this checkout")
         hold = sm.get("lookup_init_hold", "memory")  # runs before lookup_init_hold held it in memory
@@ -334,7 +337,7 @@ def default_cost() -> str:
         init = max(v for k, v in phases.items() if k.startswith("runner init"))
         owned = sm["lookup_owned_bytes"]
         held = sm["held_sample_bytes"] if hold == "memory" else 0
-        rows.append([f"{c['d_vocab']:,}", code, f"{mib(sm['held_sample_bytes'])} {'on disk' if hold == 'disk' else 'in memory'}",
+        rows.append([f"{c['d_vocab']:,}", code, moments, f"{mib(sm['held_sample_bytes'])} {'on disk' if hold == 'disk' else 'in memory'}",
                      mib(sm["lookup_table_bytes_V_d"]), mib(owned["table"]),
                      mib(owned["optimizer_state"]), mib(init), mib(base["added_peak"]),
                      mib(tok["added_peak"]), f"{sm['extra_peak_over_V_d_4']:.2f}×",
@@ -343,7 +346,7 @@ def default_cost() -> str:
                f"memory above the built model; {c['training_tokens']:,} training tokens, d_in {c['d_in']}, "
                f"d_sae {c['d_sae']}, batch {c['batch']}, default `lookup_init_tokens`; the last column leaves "
                "out a sample held in memory):\n\n" + table(
-                   ["V", "code", "held init sample", "V·d_in·4", "W_lookup (with bigram rows)", "its optimizer state",
+                   ["V", "code", "second moment", "held init sample", "V·d_in·4", "W_lookup (with bigram rows)", "its optimizer state",
                     "peak during the init", "TopK adds", "tokenized adds", "extra / V·d_in·4",
                     "extra beyond a sample in memory / W_lookup"], rows)
                + command(d))
@@ -351,8 +354,8 @@ def default_cost() -> str:
 
 
 def rowwise_moments() -> str:
-    """Lazy Adam with one second moment per row (``lookup_updates="sparse_rowwise"``) against
-    the default's one per element: held-out quality (benchmarks/defaults_check.py,
+    """Lazy Adam with one second moment per row (``lookup_updates="sparse_rowwise"``, the
+    default) against one per element (``"sparse"``, the default before): held-out quality (benchmarks/defaults_check.py,
     results/defaults_check/rowwise), memory end to end (benchmarks/default_cost.py
     --lookup_updates, --glibc_mmap_threshold) and step time (benchmarks/step_time.py --rowwise)."""
     out = [_defaults_table("defaults_check/rowwise")]
@@ -366,7 +369,7 @@ def rowwise_moments() -> str:
                 owned, extra = sm["lookup_owned_bytes"], sm["extra_peak_bytes"]
                 # beyond TopK's peak, in each phase of the tokenized run
                 phase = {k.split(" ")[0]: v - tok["built_rss"] - base["added_peak"] for k, v in tok["phase_peak_rss"].items()}
-                rows.append([f"{V:,}", "per row" if updates == "sparse_rowwise" else "per element (the default)",
+                rows.append([f"{V:,}", "per row (the default)" if updates == "sparse_rowwise" else "per element (the default before)",
                              f"fixed at {sm['glibc_mmap_threshold'] // 1024} KiB" if fixed else "glibc's dynamic (the default)",
                              mib(owned["table"]), f"{mib(owned['optimizer_state'])} ({owned['optimizer_state'] / owned['table']:.2f}×)",
                              mib(phase["runner"]) if phase["runner"] > 0 else "below TopK's", mib(phase["training"]),
@@ -389,6 +392,37 @@ def rowwise_moments() -> str:
                     + [f"{r['ratio_vs_base'][k]:.3f}×" for k in ("tokenized_topk", "tokenized_topk/sparse_rowwise")]])
                + command(d))
     return "\n\n".join(out)
+
+
+def rowwise_architectures() -> str:
+    """Every architecture's base, its default tokenized version and the row-wise one, all in
+    one multi-SAE run (benchmarks/quality.py --engine multi --tokenized_variants,
+    results/rowwise_architectures)."""
+    d = load("rowwise_architectures/quality.json")
+    settings = d["settings"]
+    labels = list(settings["tokenized_variants"])
+    rows = []
+    for s in d["summary"]:
+        sparsity = {"standard": f"l1 {s['l1_coefficient']:g}", "gated": f"l1 {s['l1_coefficient']:g}",
+                    "jumprelu": f"l0 {s['l0_coefficient']:g}"}.get(s["architecture"], f"k {s['k']}")
+        rows.append([ARCHITECTURE_NAMES.get(s["architecture"], s["architecture"]), f"L{s['layer']}", sparsity,
+                     " / ".join(f"{s[f'l0_{side}']:.0f}" for side in ("base", "tokenized", *labels)),
+                     " / ".join(f4(s[f"nmse_{side}"]) for side in ("base", "tokenized", *labels)),
+                     " / ".join(f3(s[f"nmse_ratio{suffix}"]) for suffix in ("", *(f"_{x}" for x in labels))),
+                     " / ".join(f3(s[f"ce_added_{side}"]) for side in ("base", "tokenized", *labels)),
+                     " / ".join(f"{s[f'dead_latents_{side}']:.0f}" for side in ("base", "tokenized", *labels))])
+    sides = "base / tokenized / " + " / ".join(labels)
+    together = "".join(f" Seed {t['seed']}: {t['saes']} SAEs in one multi-SAE run, {t['wall_s'] / 60:.0f} min; the model "
+                       f"embedded {t['tokens_embedded']:,} tokens." for t in d["runs_together"])
+    return (table(["architecture", "layer", "sparsity", f"L0 {sides}", f"NMSE {sides}", "NMSE / base's: tokenized / "
+                   + " / ".join(labels), f"CE added {sides}", f"dead {sides}"], rows)
+            + f"\n\n{settings['training_tokens']:,} training tokens, width {settings['expansion']}×, batch "
+            f"{settings['batch']}, lr {settings['lr']}, seeds {', '.join(map(str, settings['seeds']))}. tokenized: "
+            "the defaults when this ran (per-element lookup moments). "
+            + ", ".join(f"{label}: {overrides({'overrides': ov})}" for label, ov in settings["tokenized_variants"].items())
+            + (". Both sides: " + "; ".join(f"{a}: {overrides({'overrides': ov})}" for a, ov in
+                                            settings.get("architecture_overrides", {}).items())
+               if settings.get("architecture_overrides") else "") + "." + together + command(d))
 
 
 def touched_rows() -> str:
@@ -483,17 +517,24 @@ def prior() -> str:
 
 
 def length() -> str:
-    """The advantage as a run grows: TopK and the default tokenized TopK along one run of
+    """The advantage as a run grows: TopK and the tokenized TopK variants along one run of
     one pass over the corpus (benchmarks/defaults_check.py, results/length): the final
-    table, then the NMSE ratio at points along the run."""
-    rows = []
+    table, then the NMSE ratio at points along each run."""
+    out = [_defaults_table("length")]
     for f in sorted((RESULTS / "length").glob("*.json")):
-        for r in json.loads(f.read_text())["runs"]:
-            topk, tok = dict(r["topk"]["curve"]), dict(r["tokenized"]["default"]["curve"])
-            rows += [[f"{t:,}", r["seed"], f4(topk[t]), f4(tok[t]), f3(tok[t] / topk[t])]
-                     for t in sorted(topk) if t and t in tok]
-    return (_defaults_table("length") + "\n\nAlong the run:\n\n"
-            + table(["training tokens", "seed", "TopK NMSE", "tokenized NMSE", "tokenized / TopK"], rows))
+        d = json.loads(f.read_text())
+        labels = list(d["runs"][0]["tokenized"])
+        rows = []
+        for r in d["runs"]:
+            topk = dict(r["topk"]["curve"])
+            toks = [dict(r["tokenized"][label]["curve"]) for label in labels]
+            rows += [[f"{t:,}", r["seed"], f4(topk[t]), *(f4(tok[t]) for tok in toks), *(f3(tok[t] / topk[t]) for tok in toks)]
+                     for t in sorted(topk) if t and all(t in tok for tok in toks)]
+        s = d["settings"]
+        out.append(f"Along the run ({d['dataset']} L{s['layer']}, {s['training_tokens']:,} tokens):\n\n" + table(
+            ["training tokens", "seed", "TopK NMSE", *(f"tokenized ({label}) NMSE" for label in labels),
+             *(f"{label} / TopK" for label in labels)], rows))
+    return "\n\n".join(out)
 
 
 def _defaults_table(folder: str, default_label: str = "defaults") -> str:
@@ -557,12 +598,17 @@ def pareto_tables(multi: bool) -> str:
                  reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
                  f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
                  f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]]
-                for s in d["summary"]]
+                + [f"{s[f'l0_{v}']:.0f} / {f4(s[f'nmse_{v}'])} / {f3(s[f'nmse_ratio_{v}'])}" for v in labels]
+                for s in d["summary"] for labels in [list(settings.get("tokenized_variants") or {})]]
+        labels = list(settings.get("tokenized_variants") or {})
+        variants = "; ".join(f"{v}: {overrides({'overrides': ov})}" for v, ov in (settings.get("tokenized_variants") or {}).items())
         text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
-                + (f", tokenized SAEs with {changed}" if changed else "") + ".\n\n"
+                + (f", tokenized SAEs with {changed}" if changed else "")
+                + (f"; beside each tokenized SAE, in the same run, {variants}" if variants else "") + ".\n\n"
                 + table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
                          "CE added base / tok.", "fewer tokens to base's final NMSE", "dead base / tok.",
-                         "single-token latents base / tok.", "seeds"], rows) + command(d))
+                         "single-token latents base / tok.", "seeds", *(f"{v}: L0 / NMSE / ratio" for v in labels)],
+                        rows) + command(d))
         for t in d.get("runs_together") or []:  # the multi engine: one multi-SAE run per seed
             text += (f" Seed {t['seed']}: {t['saes']} SAEs in one multi-SAE run; the model embedded "
                      f"{t['tokens_embedded']:,} tokens for {t['training_tokens']:,} training tokens per SAE "
@@ -611,7 +657,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, touched_rows, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}
+    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

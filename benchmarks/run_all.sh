@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The commands that produced benchmarks/results/ (CPU, 2 cores; see each JSON's "command").
 # Run from the repo root inside the project environment: ./run.sh bash benchmarks/run_all.sh
+# The lookup's default second moment became per row (lookup_updates="sparse_rowwise") after every command
+# below had run except the demo: where a command's tokenized SAE is "the default" and its results are not
+# labelled row-wise, it ran per element; to repeat it add lookup_updates="sparse" (quality.py:
+# --tokenized_overrides '{"lookup_updates": "sparse"}'; defaults_check.py: a variant with it).
 set -euo pipefail
 R=benchmarks/results
 mkdir -p $R/demo $R/analysis
@@ -69,6 +73,20 @@ python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks
     --tokenized_overrides '{"lookup_updates": "sparse_rowwise"}' --out $R/pareto_multi_200k_rowwise
 python benchmarks/quality.py --engine multi --architectures batchtopk --layers 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
     --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k_batchtopk
+# Matryoshka BatchTopK at layer 9, with row-wise lookup moments beside the per-element ones in the same run
+python benchmarks/quality.py --engine multi --architectures matryoshka_batchtopk --layers 9 --ks 8 16 32 64 128 \
+    --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/pareto_multi_200k_matryoshka
+# every other architecture: base, per-element and row-wise lookup moments in one multi-SAE run
+python benchmarks/quality.py --engine multi --architectures standard gated jumprelu abstopk matryoshka_batchtopk \
+    --layers 9 --ks 32 --l1s 10 --l0s 2 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' \
+    --tokenized_variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/rowwise_architectures
+# the advantage as a run grows: one pass (1M tokens) at layer 3 (AuxK 1.0 then) and at layer 9
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 1000000 --seeds 0 \
+    --out $R/length
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --training_tokens 1000000 --seeds 0 \
+    --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/length
 # AuxK and the BatchTopK family (run when both sides defaulted to SAELens's aux_loss_coefficient=1.0; the
 # tokenized ones, and the workbench's bases beside them, now default to 1/32: to repeat the 1.0 rows, add
 # '"aux_1": {"aux_loss_coefficient": 1.0}' to both variant lists)

@@ -179,19 +179,23 @@ def test_frozen_lookup_stays_bitwise_put_while_the_rest_trains(model, dataset):
     assert not torch.equal(sae.W_enc.detach(), w_enc)
 
 
-def test_lookup_has_its_own_learning_rate(model, dataset):
-    # Adam's first step moves every parameter entry with a gradient by about its lr: run
-    # one real step through SAELens's trainer and read each group's lr off the weights.
+@pytest.mark.parametrize("updates", ["sparse_rowwise", "sparse"])
+def test_lookup_has_its_own_learning_rate(model, dataset, updates):
+    # Adam's first step moves every parameter entry with a gradient by about its lr, and
+    # the row-wise lookup moves each touched row by its lr in RMS: run one real step through
+    # SAELens's trainer and read each group's lr off the weights.
     from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
-    cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02), RESID, 20_000, lr=1e-4, lr_warm_up_steps=0)
+    cfg = runner_cfg(tok_cfg(model, lookup_lr=0.02, lookup_updates=updates), RESID, 20_000, lr=1e-4,
+                     lr_warm_up_steps=0)
     runner = TokenizedSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
     trainer = TokenizedSAETrainer(cfg=cfg.to_sae_trainer_config(), sae=runner.sae,
                                   data_provider=runner.activations_store)
     before = {n: p.detach().clone() for n, p in runner.sae.state_dict().items()}
     trainer.step(next(trainer.data_provider))
     moved = {n: (p.detach() - before[n]).abs() for n, p in runner.sae.state_dict().items()}
-    lookup_step = moved["W_lookup"][moved["W_lookup"] > 0].median()
+    rows = moved["W_lookup"][moved["W_lookup"].sum(-1) > 0]
+    lookup_step = rows.pow(2).mean(-1).sqrt().median()  # each touched row's RMS step
     enc_step = moved["W_enc"][moved["W_enc"] > 0].median()
     assert lookup_step / enc_step == pytest.approx(0.02 / 1e-4, rel=0.2)
 

@@ -1,6 +1,7 @@
 """Sparse lookup updates, the whole protocol: a step costs what its tokens cost.
 
-With ``lookup_updates="sparse"`` (the default) a training step never touches the
+With lazy lookup updates (``lookup_updates="sparse_rowwise"``, the default, or
+``"sparse"``) a training step never touches the
 ``[d_vocab, d_in]`` table through autograd:
 
 1. **Stage** (``stage_for_step``, called by the trainer before SAELens's forward): the
@@ -16,16 +17,17 @@ With ``lookup_updates="sparse"`` (the default) a training step never touches the
 
 Semantics: lazy Adam, as ``torch.optim.SparseAdam`` and TF's LazyAdam: a row's moments
 decay only on steps that touch it, the bias correction counts every step, and an
-untouched row does not move (dense Adam keeps moving it on its momentum). From equal
-states the first step equals dense Adam's exactly (moments start at zero).
+untouched row does not move (dense Adam keeps moving it on its momentum). With
+``"sparse"`` the first step from equal states equals dense Adam's exactly (moments start
+at zero); with ``"sparse_rowwise"`` it is ``-lr * g / rms(g)`` per row, at the same RMS size.
 
 Memory: the moments grow with the distinct tokens seen, 2 * touched * d_in floats plus an
 int64 slot per vocabulary row, instead of 3 * d_vocab * d_in for dense Adam's gradient
-and moments. ``lookup_updates="sparse_rowwise"`` keeps one second moment per row (the mean
-of the row's squared gradient) instead of one per element, as FBGEMM's partial row-wise
-Adam does for embedding tables: touched * (d_in + 1) floats, so a run that touches every
-row holds about one table of moments instead of two (docs "Results", "One second moment
-per row"). No step reads a value back to the host, except to grow the moment storage,
+and moments. ``lookup_updates="sparse_rowwise"`` (the default) keeps one second moment per
+row (the mean of the row's squared gradient) instead of one per element, as FBGEMM's
+partial row-wise Adam does for embedding tables: touched * (d_in + 1) floats, so a run that
+touches every row holds about one table of moments instead of two (docs "Results", "One
+second moment per row"). No step reads a value back to the host, except to grow the moment storage,
 which happens O(log) times (capacity grows 1.5x; a host-side upper bound on the rows in use
 decides when to check). Everything lives in ``optimizer.state``, so SAELens's checkpoints
 save it and resuming restores it.

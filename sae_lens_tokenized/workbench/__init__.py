@@ -3,17 +3,20 @@ evaluation, for the demo and every benchmark, and trains any architecture on the
 
 ``settings`` (what a comparison is), ``data`` (model, splits, activations computed once
 per hook, stores serving them to SAELens's runners), ``runs`` (``train_variant``,
-``evaluate``), ``report`` (plots, JSON), ``demo`` (the package's main job).
+``train_together``, ``evaluate``, ``count_embedded_tokens``), ``report`` (plots, JSON),
+``demo`` (the package's main job).
 """
 
 from sae_lens_tokenized.workbench.data import HookData, Workbench, precompute
 from sae_lens_tokenized.workbench.report import plot_curves, write_json
 from sae_lens_tokenized.workbench.runs import (
+    count_embedded_tokens,
     dead_latents,
     evaluate,
     heldout_nmse,
     quiet_workbench_notices,
     tokens_to_reach,
+    train_together,
     train_variant,
 )
 from sae_lens_tokenized.workbench.settings import (
@@ -30,6 +33,7 @@ __all__ = [
     "CompareSettings",
     "HookData",
     "Workbench",
+    "count_embedded_tokens",
     "dead_latents",
     "evaluate",
     "heldout_nmse",
@@ -41,6 +45,7 @@ __all__ = [
     "sae_config",
     "stream_tokens",
     "tokens_to_reach",
+    "train_together",
     "train_variant",
     "write_json",
 ]

@@ -160,6 +160,31 @@ def quiet_workbench_notices() -> Iterator[None]:
         saelens_logger.setLevel(level)
 
 
+class EmbeddedTokens:
+    """How many tokens a model embedded while this counter was open (``total``).
+
+    Counted at the model's embedding (a forward pre-hook on ``model.embed``), so every
+    forward counts, whoever runs it: the runner's store, a config probe, a lookup init's
+    measuring pass. That is the figure a sweep's cost is in: one LLM forward per batch."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def _count(self, module: Any, args: tuple) -> None:
+        self.total += args[0].numel()
+
+
+@contextlib.contextmanager
+def count_embedded_tokens(model: Any) -> Iterator[EmbeddedTokens]:
+    """Count the tokens ``model`` (a TransformerLens model) embeds inside the block."""
+    counter = EmbeddedTokens()
+    handle = model.embed.register_forward_pre_hook(counter._count)
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
 def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookData,
                   output_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``arch`` (any SAELens or tokenized architecture name) on ``data`` at ``s``
@@ -234,21 +259,16 @@ def train_together(members: dict[str, tuple[str, CompareSettings]], bench: Workb
                   for i in range(first.n_curve_points)]
     trainer = type("CurveMultiTrainer", (_CurveMultiTrainer,),
                    {"curves": curves, "eval_data": per_sae_eval, "thresholds": thresholds})
-    embedded: list[int] = []
-    handle = model.embed.register_forward_pre_hook(lambda m, a: embedded.append(a[0].numel()))
-    try:
+    with count_embedded_tokens(model) as embedded, quiet_workbench_notices():
         torch.manual_seed(first.seed)
         t0 = time.perf_counter()
-        with quiet_workbench_notices():
-            runner = type("Runner", (TokenizedMultiSAETrainingRunner,), {"trainer_class": trainer})(
-                cfg, override_model=model, override_dataset=bench.train_ds)
-            initial = {name: heldout_nmse(sae, *per_sae_eval[name]) for name, sae in runner.saes.items()}
-            trained = runner.run()
+        runner = type("Runner", (TokenizedMultiSAETrainingRunner,), {"trainer_class": trainer})(
+            cfg, override_model=model, override_dataset=bench.train_ds)
+        initial = {name: heldout_nmse(sae, *per_sae_eval[name]) for name, sae in runner.saes.items()}
+        trained = runner.run()
         wall_s = time.perf_counter() - t0
-    finally:
-        handle.remove()
     out: dict[str, Any] = {"saes": trained, "curves": {}, "unigram_reports": runner.unigram_reports,
-                           "wall_s": wall_s, "tokens_embedded": sum(embedded),
+                           "wall_s": wall_s, "tokens_embedded": embedded.total,
                            "activations_read": runner.activations_store.llm_activations_read}
     for name, sae in trained.items():
         final = heldout_nmse(sae, *per_sae_eval[name])
