@@ -602,8 +602,11 @@ def pareto_tables(multi: bool) -> str:
                 for s in d["summary"] for labels in [list(settings.get("tokenized_variants") or {})]]
         labels = list(settings.get("tokenized_variants") or {})
         variants = "; ".join(f"{v}: {overrides({'overrides': ov})}" for v, ov in (settings.get("tokenized_variants") or {}).items())
+        # recorded per SAE since the default moved; earlier runs used the per-element default of their day
+        updates = d["runs"][0]["tokenized"].get("lookup_updates") or "sparse"
+        moments = {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
         text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
-                + (f", tokenized SAEs with {changed}" if changed else "")
+                + (f", tokenized SAEs with {changed}" if changed else f", {moments} lookup moments")
                 + (f"; beside each tokenized SAE, in the same run, {variants}" if variants else "") + ".\n\n"
                 + table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
                          "CE added base / tok.", "fewer tokens to base's final NMSE", "dead base / tok.",

@@ -77,6 +77,10 @@ python benchmarks/quality.py --engine multi --architectures batchtopk --layers 9
 python benchmarks/quality.py --engine multi --architectures matryoshka_batchtopk --layers 9 --ks 8 16 32 64 128 \
     --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
     --tokenized_variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/pareto_multi_200k_matryoshka
+# BatchTopK and Matryoshka BatchTopK at layer 3, at today's defaults (row-wise lookup moments)
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 3 \
+    --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --out $R/pareto_multi_200k_l3_batchtopk
 # every other architecture: base, per-element and row-wise lookup moments in one multi-SAE run
 python benchmarks/quality.py --engine multi --architectures standard gated jumprelu abstopk matryoshka_batchtopk \
     --layers 9 --ks 32 --l1s 10 --l0s 2 --seeds 0 --training_tokens 200000 --unigram_strategy data \
