@@ -45,6 +45,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from render_results import sparsity  # benchmarks/: the sparsity labels the results page uses
+
 from sae_lens_tokenized.workbench.settings import SPARSITY, CompareSettings
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.data import HookData
@@ -255,18 +257,17 @@ def table(summary: list[dict]) -> str:
              "| L0 base / tokenized | dead base / tokenized | tokens to base's final NMSE |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        sparsity = {"standard": f"l1 {r['l1_coefficient']:g}", "gated": f"l1 {r['l1_coefficient']:g}",
-                    "jumprelu": f"l0 {r['l0_coefficient']:g}"}.get(r["architecture"], f"k {r['k']}")
+        level = sparsity(r)
         sp = (f"{r['speedup_mean']:.1f}× fewer" if r["speedup_mean"] else
               "at init" if r.get("reached_at_init") else "not reached")
         lines.append(
-            f"| {r['architecture']} | L{r['layer']} | {sparsity} | {r['nmse_base']:.3f} → {r['nmse_tokenized']:.3f} "
+            f"| {r['architecture']} | L{r['layer']} | {level} | {r['nmse_base']:.3f} → {r['nmse_tokenized']:.3f} "
             f"| {r['ce_added_base']:.3f} → {r['ce_added_tokenized']:.3f} "
             f"| {r['kl_div_with_sae_base']:.3f} → {r['kl_div_with_sae_tokenized']:.3f} "
             f"| {r['l0_base']:.0f} / {r['l0_tokenized']:.0f} | {r['dead_latents_base']:.0f} / {r['dead_latents_tokenized']:.0f} | {sp} |")
         for label in variant_labels([r]):
             lines.append(
-                f"| {r['architecture']} ({label}) | L{r['layer']} | {sparsity} | {r['nmse_base']:.3f} → {r[f'nmse_{label}']:.3f} "
+                f"| {r['architecture']} ({label}) | L{r['layer']} | {level} | {r['nmse_base']:.3f} → {r[f'nmse_{label}']:.3f} "
                 f"| {r['ce_added_base']:.3f} → {r[f'ce_added_{label}']:.3f} "
                 f"| {r['kl_div_with_sae_base']:.3f} → {r[f'kl_div_with_sae_{label}']:.3f} "
                 f"| {r['l0_base']:.0f} / {r[f'l0_{label}']:.0f} | {r['dead_latents_base']:.0f} / {r[f'dead_latents_{label}']:.0f} | |")

@@ -394,6 +394,19 @@ def rowwise_moments() -> str:
     return "\n\n".join(out)
 
 
+def sparsity(s: dict) -> str:
+    """A sweep row's sparsity level as the architecture reads it (quality.py's SPARSITY)."""
+    return {"standard": f"l1 {s['l1_coefficient']:g}", "gated": f"l1 {s['l1_coefficient']:g}",
+            "jumprelu": f"l0 {s['l0_coefficient']:g}"}.get(s["architecture"], f"k {s['k']}")
+
+
+def lookup_moments(d: dict) -> str:
+    """Which lookup moments a quality.py sweep's tokenized SAEs trained with: recorded per SAE
+    since the default moved to row-wise; sweeps before that ran the per-element default."""
+    updates = d["runs"][0]["tokenized"].get("lookup_updates") or "sparse"
+    return {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
+
+
 def rowwise_architectures() -> str:
     """Every architecture's base, its default tokenized version and the row-wise one, all in
     one multi-SAE run (benchmarks/quality.py --engine multi --tokenized_variants,
@@ -403,9 +416,7 @@ def rowwise_architectures() -> str:
     labels = list(settings["tokenized_variants"])
     rows = []
     for s in d["summary"]:
-        sparsity = {"standard": f"l1 {s['l1_coefficient']:g}", "gated": f"l1 {s['l1_coefficient']:g}",
-                    "jumprelu": f"l0 {s['l0_coefficient']:g}"}.get(s["architecture"], f"k {s['k']}")
-        rows.append([ARCHITECTURE_NAMES.get(s["architecture"], s["architecture"]), f"L{s['layer']}", sparsity,
+        rows.append([ARCHITECTURE_NAMES.get(s["architecture"], s["architecture"]), f"L{s['layer']}", sparsity(s),
                      " / ".join(f"{s[f'l0_{side}']:.0f}" for side in ("base", "tokenized", *labels)),
                      " / ".join(f4(s[f"nmse_{side}"]) for side in ("base", "tokenized", *labels)),
                      " / ".join(f3(s[f"nmse_ratio{suffix}"]) for suffix in ("", *(f"_{x}" for x in labels))),
@@ -418,7 +429,7 @@ def rowwise_architectures() -> str:
                    + " / ".join(labels), f"CE added {sides}", f"dead {sides}"], rows)
             + f"\n\n{settings['training_tokens']:,} training tokens, width {settings['expansion']}×, batch "
             f"{settings['batch']}, lr {settings['lr']}, seeds {', '.join(map(str, settings['seeds']))}. tokenized: "
-            "the defaults when this ran (per-element lookup moments). "
+            f"the defaults when this ran ({lookup_moments(d)} lookup moments). "
             + ", ".join(f"{label}: {overrides({'overrides': ov})}" for label, ov in settings["tokenized_variants"].items())
             + (". Both sides: " + "; ".join(f"{a}: {overrides({'overrides': ov})}" for a, ov in
                                             settings.get("architecture_overrides", {}).items())
@@ -592,6 +603,8 @@ def pareto_tables(multi: bool) -> str:
         tokens = settings["training_tokens"] if settings else int(d["command"].split("--training_tokens ")[1].split()[0])
         engine = ("one multi-SAE run per seed" if settings.get("engine") == "multi" else "one runner per SAE")
         changed = ", ".join(f"`{k}={v}`" for k, v in (settings.get("tokenized_overrides") or {}).items())
+        tokenized_variants = settings.get("tokenized_variants") or {}
+        labels = list(tokenized_variants)
         rows = [[s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
                  f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
                  f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
@@ -599,14 +612,10 @@ def pareto_tables(multi: bool) -> str:
                  f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
                  f"{s['single_token_latents_base']:.0f} / {s['single_token_latents_tokenized']:.0f}", s["n_seeds"]]
                 + [f"{s[f'l0_{v}']:.0f} / {f4(s[f'nmse_{v}'])} / {f3(s[f'nmse_ratio_{v}'])}" for v in labels]
-                for s in d["summary"] for labels in [list(settings.get("tokenized_variants") or {})]]
-        labels = list(settings.get("tokenized_variants") or {})
-        variants = "; ".join(f"{v}: {overrides({'overrides': ov})}" for v, ov in (settings.get("tokenized_variants") or {}).items())
-        # recorded per SAE since the default moved; earlier runs used the per-element default of their day
-        updates = d["runs"][0]["tokenized"].get("lookup_updates") or "sparse"
-        moments = {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
+                for s in d["summary"]]
+        variants = "; ".join(f"{v}: {overrides({'overrides': ov})}" for v, ov in tokenized_variants.items())
         text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
-                + (f", tokenized SAEs with {changed}" if changed else f", {moments} lookup moments")
+                + (f", tokenized SAEs with {changed}" if changed else f", {lookup_moments(d)} lookup moments")
                 + (f"; beside each tokenized SAE, in the same run, {variants}" if variants else "") + ".\n\n"
                 + table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
                          "CE added base / tok.", "fewer tokens to base's final NMSE", "dead base / tok.",
