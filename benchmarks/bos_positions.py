@@ -14,7 +14,6 @@ separators.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 
@@ -24,7 +23,7 @@ from sae_lens.util import get_special_token_ids
 from sae_lens_tokenized.workbench.settings import CompareSettings
 from sae_lens_tokenized.workbench.data import HookData, Workbench, precompute
 from sae_lens_tokenized.workbench.runs import heldout_nmse, train_variant
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 
 
 def main() -> None:
@@ -62,7 +61,7 @@ def main() -> None:
             results[f"{variant}, exclude_special_tokens={exclude}"] = row
             print(f"{variant:9s} exclude_special_tokens={exclude}: NMSE ordinary {row['nmse_ordinary']:.4f} "
                   f"separators {row['nmse_separators']:.4f}", flush=True)
-    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "hook": hook,
+    write_json({"command": command_line(), "settings": vars(args), "hook": hook,
                 "compare_settings": base.__dict__, **norms, "results": results,
                 "wall_time_s": time.perf_counter() - t0}, args.out)
 

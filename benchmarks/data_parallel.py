@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from sae_lens_tokenized.workbench.report import command_line
 
 OUT = Path("benchmarks/results/data_parallel.json")
 
@@ -109,7 +110,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     out = json.loads(OUT.read_text()) if OUT.exists() else {}
     commands = [c for c in out.get("command", "").split(" && ") if c and f"--part {args.part}" not in c]
-    out["command"] = " && ".join([*commands, "python " + shlex.join(sys.argv)])
+    out["command"] = " && ".join([*commands, command_line()])
     scratch = Path("benchmarks/results/.data_parallel_scratch.json")
     if args.part in ("all", "throughput"):
         base = ["--worker", "train", "--result", str(scratch), "--tokens", str(args.tokens), "--layer", str(args.layer)]

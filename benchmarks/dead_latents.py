@@ -11,14 +11,13 @@ everything else, and reports held-out NMSE and dead latents.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 
 from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.runs import evaluate, train_variant
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 
 
 def main() -> None:
@@ -43,8 +42,8 @@ def main() -> None:
             runs.append({"variant": variant, "dead_feature_window": window, **m, "train_s": r["train_s"]})
             print(f"{variant} window {window}: NMSE {m['nmse']:.4f} dead {m['dead_latents']} "
                   f"({m['dead_fraction']:.1%}) single-token {m['single_token_fraction_of_live']:.3f}", flush=True)
-            write_json({"command": "python " + " ".join(sys.argv), "runs": runs}, args.out)
-    write_json({"command": "python " + " ".join(sys.argv), "runs": runs, "wall_time_s": time.perf_counter() - t0}, args.out)
+            write_json({"command": command_line(), "runs": runs}, args.out)
+    write_json({"command": command_line(), "runs": runs, "wall_time_s": time.perf_counter() - t0}, args.out)
 
 
 if __name__ == "__main__":

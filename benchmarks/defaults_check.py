@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +28,7 @@ from render_results import ARCHITECTURE_NAMES  # benchmarks/: the names the resu
 
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 from sae_lens_tokenized.workbench.data import Workbench
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.workbench.runs import dead_latents, tokens_to_reach, train_variant
 from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
 
@@ -98,12 +96,12 @@ def main() -> None:
         ax.legend(fontsize=7)
         runs.append(row)
     name = (f"{args.dataset}_L{args.layer}_{args.training_tokens}" + (f"_batch{args.batch}" if args.batch != 1024 else "")
-            + (f"_{args.architecture}_k{args.k}" if args.architecture != "topk" else ""))
+            + (f"_{args.architecture}_k{args.k}" if args.architecture != "topk" else f"_k{args.k}" if args.k != 32 else ""))
     summary = {label: {"nmse_ratio_to_topk_mean": statistics.mean(r["tokenized"][label]["nmse_ratio_to_topk"] for r in runs),
                        "nmse_ratio_to_topk_max": max(r["tokenized"][label]["nmse_ratio_to_topk"] for r in runs)}
                for label in variants}
     print(json.dumps(summary, indent=1))
-    write_json({"command": "python " + shlex.join(sys.argv), "settings": vars(args), "dataset": args.dataset,
+    write_json({"command": command_line(), "settings": vars(args), "dataset": args.dataset,
                 "wall_time_s": time.perf_counter() - t0, "runs": runs, "summary": summary},
                out / f"{name}.json")
     save_figure(fig, out / f"{name}.png")

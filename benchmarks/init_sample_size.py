@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 from sae_lens_tokenized.workbench.data import Workbench
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.workbench.runs import tokens_to_reach, train_variant
 from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
 
@@ -78,7 +76,7 @@ def main() -> None:
         ax.set(title=f"SmolLM2-135M L{layer}, k {args.k}", xlabel="training tokens", ylabel="held-out NMSE", yscale="log")
         ax.legend()
         runs.append(row)
-    write_json({"command": "python " + shlex.join(sys.argv), "settings": vars(args), "d_in": d_in,
+    write_json({"command": command_line(), "settings": vars(args), "d_in": d_in,
                 "wall_time_s": time.perf_counter() - t0, "runs": runs}, out / "init_sample_size.json")
     save_figure(fig, out / "init_sample_size.png")
 

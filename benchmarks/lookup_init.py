@@ -12,15 +12,13 @@ defaults of ``unigram_strategy="data"`` and ``lookup_ngram=2``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from sae_lens_tokenized.workbench.data import Workbench
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.lookup_init.statistics import LookupStatistics
 from sae_lens_tokenized.lookup.ids import bigram_keys, previous_token_ids
 from sae_lens_tokenized.metrics import nmse
@@ -56,7 +54,7 @@ def main() -> None:
     bench = Workbench.offline()
     ctx = len(bench.train_ds[0]["tokens"])
     V = bench.model.cfg.d_vocab
-    results: dict = {"command": "python " + " ".join(sys.argv), "layers": {}}
+    results: dict = {"command": command_line(), "layers": {}}
     n_max = max(args.samples)
     for layer in args.layers:
         hook = f"blocks.{layer}.hook_resid_pre"

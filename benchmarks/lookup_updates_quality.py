@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from sae_lens_tokenized.workbench.settings import CompareSettings
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.runs import evaluate, train_variant
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 
 
 def main() -> None:
@@ -65,7 +64,7 @@ def main() -> None:
     summary["seed_spread_nmse"] = {v: max(by_seed[v, s]["nmse"] for s in args.seeds) - min(by_seed[v, s]["nmse"] for s in args.seeds)
                                    for v in variants}
     out = Path(args.out)
-    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "runs": runs, "summary": summary,
+    write_json({"command": command_line(), "settings": vars(args), "runs": runs, "summary": summary,
                 "wall_time_s": time.perf_counter() - t0}, out / "lookup_updates_quality.json")
     print(summary)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 from sae_lens_tokenized.workbench.settings import CompareSettings, stream_tokens
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_variant
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
 VARIANTS = {
@@ -105,9 +104,9 @@ def main() -> None:
                     row[name]["speedup"] = args.training_tokens / reach if reach else None
                     row[name]["speedup_counting_sample"] = args.training_tokens / (reach + sample) if reach is not None else None
                 runs.append(row)
-                write_json({"command": "python " + " ".join(sys.argv), "runs": runs}, out / "partial.json")
+                write_json({"command": command_line(), "runs": runs}, out / "partial.json")
     summary = summarise(runs, args.variants)
-    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args),
+    write_json({"command": command_line(), "settings": vars(args),
                 "wall_time_s": time.perf_counter() - t0, "summary": summary, "runs": runs}, out / "lookup_variants.json")
     (out / "partial.json").unlink(missing_ok=True)
     (out / "table.md").write_text(table(summary, args.variants) + "\n")

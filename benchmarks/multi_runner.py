@@ -12,7 +12,6 @@ with a hook on its embedding; the ratio (b)/(a) is what the multi runner saves.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
 from sae_lens_tokenized.integrations.offline import SMOLLM2, WIKI_DATASET, load_offline_dataset, load_offline_model
-from sae_lens_tokenized.workbench import count_embedded_tokens, quiet_workbench_notices, write_json
+from sae_lens_tokenized.workbench import command_line, count_embedded_tokens, quiet_workbench_notices, write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "multi_runner.json"
 
@@ -70,7 +69,7 @@ def main() -> None:
         results["one run per SAE"] = {"tokens_embedded": embedded.total, "wall_s": time.perf_counter() - t0}
     a, b = results["one multi-SAE run"], results["one run per SAE"]
     summary = {
-        "command": "python benchmarks/multi_runner.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "saes": list(sae_cfgs()), "hooks": hooks,
         "results": results,
         "ratio_tokens_embedded": b["tokens_embedded"] / a["tokens_embedded"],

@@ -25,6 +25,9 @@ l0_coefficient = --l0s[i] (JumpReLU).
     python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 \
         --seeds 0 1 --training_tokens 200000
 
+``--merge`` makes one sweep of runs of the same command for other seeds or sparsity levels (a
+seed, or a wider grid, per sitting), refusing runs whose other settings or lookup moments differ.
+
 ``--tokenized_variants`` (multi engine) trains more tokenized SAEs beside each default one in
 the same run, against the same base (a candidate default, measured on the same batches);
 ``--architecture_overrides`` sets config fields on both sides of an architecture:
@@ -38,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,7 @@ from sae_lens_tokenized.workbench.settings import SPARSITY, CompareSettings
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.data import HookData
 from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_together, train_variant
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
 METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "single_token_latents", "train_s")
@@ -91,9 +92,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/quality")
     ap.add_argument("--replot", help="a quality_partial.json of a stopped run: summarise it and draw its figures, "
                                      "training nothing")
+    ap.add_argument("--merge", nargs="+", metavar="QUALITY_JSON",
+                    help="quality.json files of one sweep run for other --seeds or sparsity levels: one quality.json "
+                         "(mean over the seeds) and its figures in --out, training nothing")
     args = ap.parse_args()
     if args.replot:
         return replot(Path(args.replot), Path(args.out))
+    if args.merge:
+        return merge([Path(f) for f in args.merge], Path(args.out))
     if not len(args.ks) == len(args.l1s) == len(args.l0s):
         ap.error("--ks, --l1s and --l0s give one value per sparsity level: pass as many of each")
     if args.tokenized_variants and args.engine != "multi":
@@ -143,7 +149,7 @@ def main() -> None:
         row["reached_at_init"] = reach == 0  # the init alone already beats the base's end
         row["nmse_ratio"] = row["tokenized"]["nmse"] / row["base"]["nmse"]
         runs.append(row)
-        write_json({"command": "python " + shlex.join(sys.argv), "settings": vars(args), "runs": runs,
+        write_json({"command": command_line(), "settings": vars(args), "runs": runs,
                     "runs_together": together}, out / "quality_partial.json")
 
     def new_row(arch: str, layer: int, level: int, seed: int) -> dict:
@@ -204,7 +210,7 @@ def main() -> None:
                         finish(row)
 
     summary = summarise(runs)
-    result = {"command": "python " + shlex.join(sys.argv), "settings": vars(args),
+    result = {"command": command_line(), "settings": vars(args),
               "wall_time_s": time.perf_counter() - t_start, "summary": summary, "runs": runs,
               "runs_together": together}
     write_json(result, out / "quality.json")
@@ -221,8 +227,53 @@ def replot(partial: Path, out: Path) -> None:
     d = json.loads(partial.read_text())
     runs, summary = d["runs"], summarise(d["runs"])
     write_json({**{k: v for k, v in d.items() if k != "runs"}, "stopped_after_runs": len(runs),
-                "replotted_with": "python " + shlex.join(sys.argv), "summary": summary, "runs": runs}, out / "quality.json")
+                "replotted_with": command_line(), "summary": summary, "runs": runs}, out / "quality.json")
     if len({r["k"] for r in runs}) > 1:
+        pareto(summary, out / "pareto.png")
+    gap_along_training(runs, out / "gap.png")
+    print("\n" + table(summary))
+
+
+def merge(files: list[Path], out: Path) -> None:
+    """One sweep from runs of the same command for other seeds or other sparsity levels (a seed,
+    or a wider grid, per sitting). Refused unless every other setting is the same, no SAE
+    (architecture, layer, level, seed) comes twice, and every tokenized SAE trained with the
+    same lookup moments (the default moved once, so the name alone is not trusted)."""
+    ds = [json.loads(f.read_text()) for f in files]
+    free = ("seeds", "ks", "l1s", "l0s", "out", "merge", "replot")
+    same = lambda d: {k: v for k, v in d["settings"].items() if k not in free}  # noqa: E731
+    for f, d in zip(files[1:], ds[1:]):
+        if same(d) != same(ds[0]):
+            diff = sorted(k for k in same(d).keys() | same(ds[0]).keys() if same(d).get(k) != same(ds[0]).get(k))
+            raise SystemExit(f"--merge: {f} was run with other settings than {files[0]} ({', '.join(diff)}); "
+                             "merge only runs of one command that differ in --seeds or the sparsity levels")
+    level_of = lambda r: (r["k"], r["l1_coefficient"], r["l0_coefficient"])  # noqa: E731
+    runs = [dict(r) for d in ds for r in d["runs"]]
+    keys = [(r["architecture"], r["layer"], level_of(r), r["seed"]) for r in runs]
+    if repeated := sorted({k for k in keys if keys.count(k) > 1}):
+        raise SystemExit(f"--merge: {repeated[0]} (architecture, layer, (k, l1, l0), seed) repeats across the files; "
+                         "merge runs of different seeds or sparsity levels")
+    updates = {side.get("lookup_updates") for r in runs
+               for side in (r["tokenized"], *(r.get("variants") or {}).values())}
+    if len(updates) > 1:
+        raise SystemExit(f"--merge: the tokenized SAEs trained with different lookup_updates {sorted(map(str, updates))}; "
+                         "a mean over them would mix two methods")
+    levels = sorted({level_of(r) for r in runs})
+    for r in runs:
+        r["level"] = levels.index(level_of(r))
+    summary = summarise(runs)
+    settings = {**ds[0]["settings"], "seeds": sorted({r["seed"] for r in runs}),
+                **dict(zip(("ks", "l1s", "l0s"), map(list, zip(*levels))))}
+    curves = {(r["architecture"], r["layer"], r["level"], r["seed"], side): sides[side]["curve"]
+              for r in runs for sides in [{"base": r["base"], "tokenized": r["tokenized"], **(r.get("variants") or {})}]
+              for side in sides}
+    out.mkdir(parents=True, exist_ok=True)
+    plot(curves, argparse.Namespace(**settings), out / "quality.png")
+    write_json({"command": " && ".join(d["command"] for d in ds), "merged_with": command_line(),
+                "settings": settings, "wall_time_s": sum(d["wall_time_s"] for d in ds),
+                "summary": summary, "runs": runs, "runs_together": [t for d in ds for t in d["runs_together"]]},
+               out / "quality.json")
+    if len(levels) > 1:
         pareto(summary, out / "pareto.png")
     gap_along_training(runs, out / "gap.png")
     print("\n" + table(summary))
@@ -281,8 +332,10 @@ def plot(curves, args, path) -> None:
         for j, arch in enumerate(args.architectures):
             ax = axes[i][j]
             for side, color in (("base", "tab:blue"), ("tokenized", "tab:orange"),
-                                *zip(args.tokenized_variants, ("tab:green", "tab:red", "tab:purple", "tab:brown"))):
+                                *zip(getattr(args, "tokenized_variants", None) or {}, ("tab:green", "tab:red", "tab:purple", "tab:brown"))):
                 for seed in args.seeds:
+                    if (arch, layer, level, seed, side) not in curves:  # a merged sweep: not every level has every seed
+                        continue
                     xs, ys = zip(*curves[(arch, layer, level, seed, side)])
                     ax.plot(xs, ys, color=color, alpha=0.8, label=side if seed == args.seeds[0] else None)
             ax.set(title=f"{arch} L{layer} level {level}", xlabel="training tokens", ylabel="held-out NMSE", yscale="log")
@@ -298,14 +351,14 @@ def gap_along_training(runs: list[dict], path: Path) -> None:
     since its init sample is capped at T: read the ratio along one run, not across lengths.)"""
     fig, axes = new_figure(1, 1, size=(6, 4))
     ax = axes[0][0]
-    groups = sorted({(r["architecture"], r["layer"], r["k"]) for r in runs})
-    for arch, layer, k in groups:
-        rs = [r for r in runs if (r["architecture"], r["layer"], r["k"]) == (arch, layer, k)]
+    groups = sorted({(r["architecture"], r["layer"], r["level"]) for r in runs})
+    for arch, layer, level in groups:
+        rs = [r for r in runs if (r["architecture"], r["layer"], r["level"]) == (arch, layer, level)]
         xs = [t for t, _ in rs[0]["base"]["curve"]]
         n = min(len(r[side]["curve"]) for r in rs for side in ("base", "tokenized"))
         xs = xs[:n]
         ratio = [statistics.mean(r["tokenized"]["curve"][i][1] / r["base"]["curve"][i][1] for r in rs) for i in range(n)]
-        ax.plot(xs[1:], ratio[1:], "o-", label=f"{arch} L{layer} k {k}")
+        ax.plot(xs[1:], ratio[1:], "o-", label=f"{arch} L{layer} {sparsity(rs[0])}")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set(title="tokenized / base held-out NMSE along training", xlabel="training tokens", ylabel="NMSE ratio", xscale="log")
     ax.grid(alpha=0.3, which="both")
@@ -331,13 +384,11 @@ def pareto(summary: list[dict], path: Path) -> None:
             color = f"C{j}"
             for col, (metric, label, scale) in enumerate(panels):
                 ax = axes[i][col]
-                ax.plot([r["l0_base"] for r in rs], [r[f"{metric}_base"] for r in rs], "o--", color=color, alpha=0.7,
-                        label=f"{arch}")
-                ax.plot([r["l0_tokenized"] for r in rs], [r[f"{metric}_tokenized"] for r in rs], "o-", color=color,
-                        label=f"tokenized_{arch}")
-                for marker, label_ in zip("s^vD", variant_labels(rs)):
-                    ax.plot([r[f"l0_{label_}"] for r in rs], [r[f"{metric}_{label_}"] for r in rs], f"{marker}:",
-                            color=color, label=f"tokenized_{arch} {label_}")
+                for side, style, name in (("base", "o--", arch), ("tokenized", "o-", f"tokenized_{arch}"),
+                                          *((v, f"{m}:", f"tokenized_{arch} {v}") for m, v in zip("s^vD", variant_labels(rs)))):
+                    # each side's frontier in its own L0 order (a JumpReLU pair at one coefficient sits far apart)
+                    pts = sorted((r[f"l0_{side}"], r[f"{metric}_{side}"]) for r in rs)
+                    ax.plot(*zip(*pts), style, color=color, alpha=0.7 if side == "base" else 1.0, label=name)
                 ax.set(title=f"L{layer}: {label} vs L0", xlabel="L0 (held-out)", ylabel=label, xscale="log", yscale=scale)
             ax = axes[i][len(panels)]
             pts = [(r["l0_tokenized"], r["speedup_mean"]) for r in rs if r["speedup_mean"]]

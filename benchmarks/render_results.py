@@ -15,6 +15,7 @@ README.md holds its headline table between ``<!-- results: NAME -->`` and
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -38,7 +39,9 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def command(data: dict[str, Any]) -> str:
-    return f"\n\nCommand: `{data['command']}`" if data.get("command") else ""
+    """The command(s) that made a result; a merged sweep's runs, then the merge."""
+    cmd = " && ".join(c for c in (data.get("command"), data.get("merged_with")) if c)
+    return f"\n\nCommand: `{cmd}`" if cmd else ""
 
 
 def f4(x: float | None) -> str:
@@ -411,7 +414,18 @@ def rowwise_architectures() -> str:
     """Every architecture's base, its default tokenized version and the row-wise one, all in
     one multi-SAE run (benchmarks/quality.py --engine multi --tokenized_variants,
     results/rowwise_architectures)."""
-    d = load("rowwise_architectures/quality.json")
+    return variants_table("rowwise_architectures/quality.json")
+
+
+def lookup_knobs() -> str:
+    """TopK at layer 9, k 32 and 128: the default tokenized SAE beside a lower lookup lr and a
+    halved init, in one multi-SAE run (results/lookup_knobs_l9)."""
+    return variants_table("lookup_knobs_l9/quality.json")
+
+
+def variants_table(name: str) -> str:
+    """A ``quality.py --tokenized_variants`` run: per SAE, base / tokenized / each variant."""
+    d = load(name)
     settings = d["settings"]
     labels = list(settings["tokenized_variants"])
     rows = []
@@ -542,7 +556,7 @@ def length() -> str:
             rows += [[f"{t:,}", r["seed"], f4(topk[t]), *(f4(tok[t]) for tok in toks), *(f3(tok[t] / topk[t]) for tok in toks)]
                      for t in sorted(topk) if t and all(t in tok for tok in toks)]
         s = d["settings"]
-        out.append(f"Along the run ({d['dataset']} L{s['layer']}, {s['training_tokens']:,} tokens):\n\n" + table(
+        out.append(f"Along the run ({d['dataset']} L{s['layer']}, k {s['k']}, {s['training_tokens']:,} tokens):\n\n" + table(
             ["training tokens", "seed", "TopK NMSE", *(f"tokenized ({label}) NMSE" for label in labels),
              *(f"{label} / TopK" for label in labels)], rows))
     return "\n\n".join(out)
@@ -580,6 +594,27 @@ def overrides(run: dict, default_label: str = "defaults") -> str:
     return ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or default_label
 
 
+def nmse_at_l0(curve: list[tuple[float, float]], l0: float) -> float | None:
+    """A frontier's NMSE at ``l0``, interpolated linearly in log L0 and log NMSE between the two
+    measured points around it; None outside the measured L0 range (no extrapolation). This is how
+    SAEs whose sparsity is not set directly (JumpReLU's L0 coefficient, which leaves a tokenized
+    SAE far sparser than its base at the same coefficient) are compared at matched L0."""
+    pts = sorted(curve)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= l0 <= x1:
+            t = 0.0 if x1 == x0 else (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
+    return None
+
+
+def matched_l0_ratio(s: dict, summary: list[dict]) -> str:
+    """The tokenized NMSE over its base's frontier at the tokenized SAE's own L0."""
+    base = [(r["l0_base"], r["nmse_base"]) for r in summary
+            if (r["architecture"], r["layer"]) == (s["architecture"], s["layer"])]
+    at = nmse_at_l0(base, s["l0_tokenized"])
+    return f3(s["nmse_tokenized"] / at) if at else "outside the base's L0 range"
+
+
 def pareto() -> str:
     """The frontier through the multi-SAE runner (benchmarks/quality.py --engine multi)."""
     return pareto_tables(multi=True)
@@ -605,8 +640,9 @@ def pareto_tables(multi: bool) -> str:
         changed = ", ".join(f"`{k}={v}`" for k, v in (settings.get("tokenized_overrides") or {}).items())
         tokenized_variants = settings.get("tokenized_variants") or {}
         labels = list(tokenized_variants)
-        rows = [[s["architecture"], f"L{s['layer']}", s["k"], f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
+        rows = [[s["architecture"], f"L{s['layer']}", sparsity(s), f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
                  f"{f4(s['nmse_base'])} / {f4(s['nmse_tokenized'])}", f3(s["nmse_ratio"]),
+                 matched_l0_ratio(s, d["summary"]),
                  f"{f3(s['ce_added_base'])} / {f3(s['ce_added_tokenized'])}",
                  reached(s["speedup_mean"], bool(s.get("reached_at_init"))),
                  f"{s['dead_latents_base']:.0f} / {s['dead_latents_tokenized']:.0f}",
@@ -617,7 +653,8 @@ def pareto_tables(multi: bool) -> str:
         text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
                 + (f", tokenized SAEs with {changed}" if changed else f", {lookup_moments(d)} lookup moments")
                 + (f"; beside each tokenized SAE, in the same run, {variants}" if variants else "") + ".\n\n"
-                + table(["architecture", "layer", "k", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
+                + table(["architecture", "layer", "sparsity", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
+                         "NMSE ratio at the tokenized L0",
                          "CE added base / tok.", "fewer tokens to base's final NMSE", "dead base / tok.",
                          "single-token latents base / tok.", "seeds", *(f"{v}: L0 / NMSE / ratio" for v in labels)],
                         rows) + command(d))
@@ -666,7 +703,7 @@ def transcoders() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
+    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
     default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}

@@ -7,7 +7,6 @@ follow-up note's last experiment), plus the SAELens TopK baseline; report final 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from sae_lens_tokenized.workbench.settings import CompareSettings
 from sae_lens_tokenized.workbench.data import Workbench
 from sae_lens_tokenized.workbench.runs import train_variant
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 from sae_lens_tokenized.lookup.strategies import STRATEGIES
 
@@ -44,7 +43,7 @@ def main() -> None:
         results[strategy] = {"nmse": r["nmse"], "initial_nmse": r["curve"][0][1], "curve": r["curve"], "unigram_fit": fit}
         print(f"[{strategy}]: initial NMSE {r['curve'][0][1]:.4f} final NMSE {r['nmse']:.4f} "
               f"(unigram fit NMSE {fit.get('nmse', float('nan')):.3f}, norm ratio {fit.get('norm_ratio', float('nan')):.2f})", flush=True)
-    write_json({"command": "python " + " ".join(sys.argv), "settings": vars(args), "hook": hook,
+    write_json({"command": command_line(), "settings": vars(args), "hook": hook,
                 "wall_time_s": time.perf_counter() - t0, "results": results}, args.out)
     plot(results, hook, Path(args.out).with_suffix(".png"))
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from sae_lens_tokenized.models import activations_at_hooks
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 from sae_lens_tokenized.training.transcoders import TranscoderSteps
 from sae_lens_tokenized.workbench.data import Workbench
-from sae_lens_tokenized.workbench.report import write_json
+from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.workbench.runs import quiet_workbench_notices, tokens_to_reach
 from sae_lens_tokenized.workbench.settings import CompareSettings, runner_config
 
@@ -166,7 +164,7 @@ def main() -> None:
         ax.set(title=f"MLP {layer}", xlabel="training tokens", ylabel="held-out NMSE at the MLP output", yscale="log")
         ax.legend()
         print(json.dumps({k: v for k, v in row.items()}, default=str)[:600], flush=True)
-        write_json({"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        write_json({"command": command_line(),
                     "settings": {**vars(args), "expansion": s.expansion, "batch": s.batch, "lr": s.lr},
                     "model": bench.model.cfg.model_name, "dataset": bench.dataset_name, "layers": rows},
                    out / "transcoders.json")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 from sae_lens_tokenized.integrations.offline import SMOLLM2, load_offline_model
 from sae_lens_tokenized.lookup.strategies import UnigramStrategy
 from sae_lens_tokenized.lookup_init.unigrams import compute_unigram_table
+from sae_lens_tokenized.workbench.report import command_line
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     n_tok = V * len(template)
     result = {
-        "command": "python " + " ".join(sys.argv), "settings": vars(args), "tokens_per_pass": n_tok,
+        "command": command_line(), "settings": vars(args), "tokens_per_pass": n_tok,
         "median_s": med, "all_s": times, "ratio_table_over_forward": med["unigram_table"] / med["plain_forward"],
         "tokens_per_s": {k: n_tok / v for k, v in med.items()},
         "device": f"cpu, {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -4,6 +4,7 @@ results, the package's imports go one way, and old module paths still import."""
 import ast
 import importlib
 import re
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -33,6 +34,68 @@ def test_every_docs_marker_names_a_renderer_and_every_renderer_reads_its_json():
     assert markers and markers <= set(render_results.RENDERERS)
     for name in markers:
         assert render_results.RENDERERS[name]().startswith("|") or "|---|" in render_results.RENDERERS[name]()
+
+
+def test_frontiers_are_compared_at_the_tokenized_sae_s_own_l0():
+    # a JumpReLU pair at one coefficient sits at very different L0s: the ratio the docs show is
+    # against the base's frontier interpolated (log-log) at the tokenized L0, never extrapolated
+    base = [(20.0, 0.2), (80.0, 0.05), (320.0, 0.02)]
+    assert render_results.nmse_at_l0(base, 80.0) == pytest.approx(0.05)
+    assert render_results.nmse_at_l0(base, 40.0) == pytest.approx(0.1)  # halfway in log L0: geometric mean
+    assert render_results.nmse_at_l0(list(reversed(base)), 160.0) == pytest.approx((0.05 * 0.02) ** 0.5)
+    assert render_results.nmse_at_l0(base, 10.0) is None and render_results.nmse_at_l0(base, 400.0) is None
+    summary = [{"architecture": "jumprelu", "layer": 9, "l0_base": x, "nmse_base": y, "l0_tokenized": x / 4,
+                "nmse_tokenized": y / 2} for x, y in base]
+    assert [render_results.matched_l0_ratio(s, summary) for s in summary] == [
+        "outside the base's L0 range", "0.125", "0.200"]
+
+
+def test_a_result_s_command_copies_and_pastes(monkeypatch):
+    from sae_lens_tokenized.workbench import command_line
+
+    argv = ["benchmarks/quality.py", "--tokenized_variants", '{"rowwise": {"lookup_updates": "sparse_rowwise"}}',
+            "--out", "results/a folder"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert shlex.split(command_line()) == ["python", *argv]
+
+
+def test_a_sweep_run_a_piece_at_a_time_merges_into_the_sweep_run_at_once(tmp_path):
+    import json
+
+    import quality  # benchmarks/quality.py
+
+    whole = json.loads((ROOT / "benchmarks/results/pareto_multi_200k/quality.json").read_text())  # 2 seeds, 5 k
+
+    def piece(name, seeds, levels):
+        runs = [{**r, "level": levels.index(r["level"])} for r in whole["runs"]
+                if r["seed"] in seeds and r["level"] in levels]
+        settings = {**whole["settings"], "seeds": seeds,
+                    **{key: [whole["settings"][key][i] for i in levels] for key in ("ks", "l1s", "l0s")}}
+        (tmp_path / name).write_text(json.dumps({**whole, "settings": settings, "runs": runs, "runs_together": [
+            t for t in whole["runs_together"] if t["seed"] in seeds]}))
+        return tmp_path / name
+
+    # a seed per sitting, and a wider grid in another sitting (its levels renumbered there)
+    parts = [piece("seed0.json", [0], [0, 1, 2, 3, 4]), piece("seed1_k8_16.json", [1], [0, 1]),
+             piece("seed1_k32_to_128.json", [1], [2, 3, 4])]
+    quality.merge(parts, tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged/quality.json").read_text())
+    assert (merged["settings"]["seeds"], merged["settings"]["ks"]) == ([0, 1], whole["settings"]["ks"])
+    assert merged["summary"] == quality.summarise(whole["runs"])
+    for m, w in zip(merged["summary"], whole["summary"]):  # the committed means, from one run of both seeds
+        assert {k: m[k] for k in w} == w
+    # refused: an SAE twice, other settings, or tokenized SAEs of other lookup moments
+    with pytest.raises(SystemExit, match="repeats across the files"):
+        quality.merge([parts[0], piece("again.json", [0], [4])], tmp_path / "x")
+    other = json.loads(parts[1].read_text())
+    parts[1].write_text(json.dumps({**other, "settings": {**other["settings"], "lr": 1e-3}}))
+    with pytest.raises(SystemExit, match=r"other settings .*\(lr\)"):
+        quality.merge(parts, tmp_path / "x")
+    other["runs"][0]["tokenized"]["lookup_updates"] = "sparse_rowwise"
+    parts[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different lookup_updates"):
+        quality.merge(parts, tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # nothing written before a refusal
 
 
 def _imports(path: Path) -> set[str]:

@@ -137,6 +137,9 @@ def test_demo_quick_writes_table_plot_and_saes(quick_demo):
         x, y = zip(*summary["results"][line["label"]]["curve"])
         assert line["x"] == pytest.approx(x) and line["y"] == pytest.approx(y)
     assert {line["label"] for line in curves["lines"]} == {"SAELens TopK", "tokenized TopK"}
+    for label, r in summary["results"].items():  # each trainer recorded its 4 points along the run
+        tokens = [t for t, _ in r["curve"]]
+        assert len(tokens) == 4 + 2 and all(a < b for a, b in zip(tokens, tokens[1:])), label
     assert "tokens to reach TopK's final NMSE" in (out / "table.txt").read_text()
     for variant in ("topk", "tokenized"):
         SAE.load_from_disk(out / f"sae_{variant}")

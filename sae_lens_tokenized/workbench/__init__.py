@@ -8,7 +8,7 @@ per hook, stores serving them to SAELens's runners), ``runs`` (``train_variant``
 """
 
 from sae_lens_tokenized.workbench.data import HookData, Workbench, precompute
-from sae_lens_tokenized.workbench.report import plot_curves, write_json
+from sae_lens_tokenized.workbench.report import command_line, plot_curves, write_json
 from sae_lens_tokenized.workbench.runs import (
     count_embedded_tokens,
     dead_latents,
@@ -33,6 +33,7 @@ __all__ = [
     "CompareSettings",
     "HookData",
     "Workbench",
+    "command_line",
     "count_embedded_tokens",
     "dead_latents",
     "evaluate",

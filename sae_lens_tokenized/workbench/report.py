@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +26,9 @@ def plot_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str
 def write_json(obj: Any, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+
+def command_line() -> str:
+    """The command that is running, shell-quoted so that a result file's ``command`` can be
+    copied and pasted (JSON arguments such as ``--tokenized_variants '{...}'`` included)."""
+    return "python " + shlex.join(sys.argv)

@@ -42,20 +42,6 @@ from sae_lens_tokenized.workbench.settings import (CompareSettings, is_tokenized
                                                   runner_config, sae_config)
 
 
-class _CurveMixin:
-    """Records held-out NMSE along training, at ``n_points`` evenly spaced sample counts.
-    SAELens's ``fit`` calls the trainer's public ``step`` once per batch; before training on
-    a batch, the SAE has trained on ``n_training_samples`` activations."""
-
-    curve: list[tuple[int, float]]
-    eval_data: tuple[torch.Tensor, ...]
-    thresholds: list[int]
-
-    def step(self, batch: torch.Tensor):  # type: ignore[override]
-        _record_due_points(self, self.curve, self.eval_data, self.thresholds)
-        return super().step(batch)  # type: ignore[misc]
-
-
 def _record_due_points(trainer: Any, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
                        thresholds: list[int]) -> None:
     while thresholds and trainer.n_training_samples >= thresholds[0]:
@@ -63,18 +49,40 @@ def _record_due_points(trainer: Any, curve: list[tuple[int, float]], eval_data: 
         curve.append((trainer.n_training_samples, heldout_nmse(trainer.sae, *eval_data)))
 
 
-class _CurveTrainer(_CurveMixin, SAETrainer):  # type: ignore[type-arg]
-    pass
+def _recording_step(trainer: Any, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
+                    thresholds: list[int]) -> Any:
+    """The trainer's own (bound) ``step``, which SAELens's ``fit`` (and the multi trainer's)
+    calls once per batch, preceded by held-out NMSE at each due point: before training on a
+    batch, the SAE has trained on ``n_training_samples`` activations. The one way a curve is
+    recorded, for one runner per SAE and for the multi-SAE runner alike."""
+    step = trainer.step
+
+    def recording_step(batch: torch.Tensor) -> Any:
+        _record_due_points(trainer, curve, eval_data, thresholds)
+        return step(batch)
+
+    return recording_step
 
 
-class _CurveTokenizedTrainer(_CurveMixin, TokenizedSAETrainer):
-    pass
+def _recording_trainer(trainer_cls: type, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
+                       thresholds: list[int]) -> type:
+    """``trainer_cls`` (SAELens's or the tokenized trainer), recording a held-out NMSE curve."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        trainer_cls.__init__(self, *args, **kwargs)
+        self.step = _recording_step(self, curve, eval_data, thresholds)
+
+    return type(trainer_cls.__name__, (trainer_cls,), {"__init__": __init__})
 
 
-def _record_curve(trainer_cls: type, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
-                  thresholds: list[int]) -> type:
-    return type(trainer_cls.__name__, (trainer_cls,), {"curve": curve, "eval_data": eval_data,
-                                                        "thresholds": thresholds})
+def _thresholds(s: CompareSettings) -> list[int]:
+    """Sample counts at which a curve is recorded: ``n_curve_points`` evenly spaced inside the run."""
+    return [round(s.training_tokens * (i + 1) / (s.n_curve_points + 1)) for i in range(s.n_curve_points)]
+
+
+def _whole_curve(initial: float, points: list[tuple[int, float]], final: float, total: int) -> list[tuple[int, float]]:
+    """The recorded points between the SAE before its first step and after its last."""
+    return [(0, initial), *[(t, v) for t, v in points if 0 < t < total], (total, final)]
 
 
 class _CurveMultiTrainer(TokenizedMultiSAETrainer):
@@ -89,17 +97,6 @@ class _CurveMultiTrainer(TokenizedMultiSAETrainer):
         super().__init__(*args, **kwargs)
         for name, trainer in self.trainers.items():
             trainer.step = _recording_step(trainer, self.curves[name], self.eval_data[name], list(self.thresholds))
-
-
-def _recording_step(trainer: Any, curve: list[tuple[int, float]], eval_data: tuple[torch.Tensor, ...],
-                    thresholds: list[int]) -> Any:
-    step = trainer.step  # the trainer's own (bound) step, which MultiSAETrainer.fit calls per batch
-
-    def recording_step(batch: torch.Tensor) -> Any:
-        _record_due_points(trainer, curve, eval_data, thresholds)
-        return step(batch)
-
-    return recording_step
 
 
 @torch.no_grad()
@@ -194,17 +191,17 @@ def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookDat
     cfg = runner_config(s, sae_cfg, model.cfg.model_name, output_path, bench.dataset_name)
     store, tokenized_store = store_classes(data.train)
     curve: list[tuple[int, float]] = []
-    thresholds = [round(s.training_tokens * (i + 1) / (s.n_curve_points + 1)) for i in range(s.n_curve_points)]
+    thresholds = _thresholds(s)
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()
     with quiet_workbench_notices():
         if is_tokenized(arch):
-            trainer = _record_curve(_CurveTokenizedTrainer, curve, data.eval, thresholds)
+            trainer = _recording_trainer(TokenizedSAETrainer, curve, data.eval, thresholds)
             runner: Any = type("Runner", (TokenizedSAETrainingRunner,),
                                {"store_class": tokenized_store, "trainer_class": trainer})(
                 cfg, override_model=model, override_dataset=bench.train_ds)
         else:
-            trainer = _record_curve(_CurveTrainer, curve, data.eval, thresholds)
+            trainer = _recording_trainer(SAETrainer, curve, data.eval, thresholds)
             with runner_classes(ActivationsStore=store):
                 runner = LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=bench.train_ds)
     setup_s = time.perf_counter() - t0
@@ -216,7 +213,7 @@ def train_variant(arch: str, s: CompareSettings, bench: Workbench, data: HookDat
         sae = runner.run()
     train_s = time.perf_counter() - t1
     final = heldout_nmse(sae, *data.eval)
-    curve = [(0, initial), *[(t, v) for t, v in curve if 0 < t < s.training_tokens], (s.training_tokens, final)]
+    curve = _whole_curve(initial, curve, final, s.training_tokens)
     init = (getattr(runner, "unigram_report", None) or {}).get("lookup_init") or {}
     return {
         "variant": arch, "sae": sae, "runner": runner, "curve": curve, "nmse": final,
@@ -255,8 +252,7 @@ def train_together(members: dict[str, tuple[str, CompareSettings]], bench: Workb
     cfg = multi_runner_config(first, saes, hooks, model.cfg.model_name, None, bench.dataset_name)
     curves: dict[str, list[tuple[int, float]]] = {name: [] for name in members}
     per_sae_eval = {name: eval_data[hooks[name]] for name in members}
-    thresholds = [round(first.training_tokens * (i + 1) / (first.n_curve_points + 1))
-                  for i in range(first.n_curve_points)]
+    thresholds = _thresholds(first)
     trainer = type("CurveMultiTrainer", (_CurveMultiTrainer,),
                    {"curves": curves, "eval_data": per_sae_eval, "thresholds": thresholds})
     with count_embedded_tokens(model) as embedded, quiet_workbench_notices():
@@ -272,9 +268,7 @@ def train_together(members: dict[str, tuple[str, CompareSettings]], bench: Workb
                            "activations_read": runner.activations_store.llm_activations_read}
     for name, sae in trained.items():
         final = heldout_nmse(sae, *per_sae_eval[name])
-        out["curves"][name] = [(0, initial[name]),
-                               *[(t, v) for t, v in curves[name] if 0 < t < first.training_tokens],
-                               (first.training_tokens, final)]
+        out["curves"][name] = _whole_curve(initial[name], curves[name], final, first.training_tokens)
     return out
 
 
