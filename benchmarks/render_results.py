@@ -418,9 +418,10 @@ def rowwise_architectures() -> str:
 
 
 def lookup_knobs() -> str:
-    """TopK at layer 9, k 32 and 128: the default tokenized SAE beside a lower lookup lr and a
-    halved init, in one multi-SAE run (results/lookup_knobs_l9)."""
-    return variants_table("lookup_knobs_l9/quality.json")
+    """TopK at k 32 and 128: the default tokenized SAE beside other lookup settings (lookup
+    lr, init scale), one multi-SAE run per layer (results/lookup_knobs_l*)."""
+    files = sorted(RESULTS.glob("lookup_knobs_l*/quality.json"), key=lambda f: int(f.parent.name.rsplit("_l", 1)[1]))
+    return "\n\n".join(variants_table(str(f.relative_to(RESULTS))) for f in files)
 
 
 def variants_table(name: str) -> str:

@@ -80,7 +80,34 @@ python benchmarks/quality.py --engine multi --architectures matryoshka_batchtopk
 # BatchTopK and Matryoshka BatchTopK at layer 3, at today's defaults (row-wise lookup moments)
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 3 \
     --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
-    --out $R/pareto_multi_200k_l3_batchtopk
+    --out $R/pareto_multi_200k_l3_batchtopk_seed0
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 3 \
+    --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 1 --training_tokens 200000 --unigram_strategy data \
+    --out $R/pareto_multi_200k_l3_batchtopk_seed1
+python benchmarks/quality.py --merge $R/pareto_multi_200k_l3_batchtopk_seed{0,1}/quality.json \
+    --out $R/pareto_multi_200k_l3_batchtopk  # one seed per sitting, one sweep (then rm the _seed folders)
+# JumpReLU at both layers: one L0-coefficient grid on both sides (a tokenized JumpReLU is far sparser at
+# the same coefficient); the results page compares each tokenized SAE to its base's frontier at its own L0.
+python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 9 --ks 32 32 32 32 32 32 32 \
+    --l1s 5 5 5 5 5 5 5 --l0s 0.03125 0.125 0.5 2 8 32 128 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' --out $R/pareto_multi_200k_jumprelu_grid
+python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 9 --ks 32 32 --l1s 5 5 \
+    --l0s 0.001953125 0.0078125 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' --out $R/pareto_multi_200k_jumprelu_low
+python benchmarks/quality.py --merge $R/pareto_multi_200k_jumprelu_{grid,low}/quality.json \
+    --out $R/pareto_multi_200k_jumprelu  # the grid widened to lower coefficients in a second sitting
+# L9 TopK at k 32 and 128: the default tokenized SAE beside a lower lookup lr and a halved init, one multi-SAE run
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 128 --l1s 5 5 --l0s 5 5 \
+    --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"lookup_lr_1e_2": {"lookup_lr": 0.01}, "lookup_lr_3e_3": {"lookup_lr": 0.003}, "init_scale_half": {"lookup_init_scale": 0.5}}' \
+    --out $R/lookup_knobs_l9
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 128 --l1s 5 5 --l0s 5 5 \
+    --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}, "init_scale_quarter": {"lookup_init_scale": 0.25}}' \
+    --out $R/lookup_knobs_l3
+# L9 k 128 over one pass: does a longer run (a larger init sample) close the k-128 gap? (not run yet)
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --k 128 --training_tokens 1000000 --seeds 0 \
+    --out $R/length
 # every other architecture: base, per-element and row-wise lookup moments in one multi-SAE run
 python benchmarks/quality.py --engine multi --architectures standard gated jumprelu abstopk matryoshka_batchtopk \
     --layers 9 --ks 32 --l1s 10 --l0s 2 --seeds 0 --training_tokens 200000 --unigram_strategy data \
