@@ -420,7 +420,7 @@ def rowwise_architectures() -> str:
 def lookup_knobs() -> str:
     """TopK at k 32 and 128: the default tokenized SAE beside other lookup settings (lookup
     lr, init scale), one multi-SAE run per layer (results/lookup_knobs_l*)."""
-    files = sorted(RESULTS.glob("lookup_knobs_l*/quality.json"), key=lambda f: int(f.parent.name.rsplit("_l", 1)[1]))
+    files = sorted(RESULTS.glob("lookup_knobs_l*/quality.json"), key=lambda f: f.parent.name.removeprefix("lookup_knobs_l"))
     return "\n\n".join(variants_table(str(f.relative_to(RESULTS))) for f in files)
 
 

@@ -105,6 +105,9 @@ python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks
     --seeds 0 --training_tokens 200000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}, "init_scale_quarter": {"lookup_init_scale": 0.25}}' \
     --out $R/lookup_knobs_l3
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 128 --l1s 5 5 --l0s 5 5 \
+    --seeds 1 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' --out $R/lookup_knobs_l9_seed1
 # L9 k 128 over one pass: does a longer run (a larger init sample) close the k-128 gap? (not run yet)
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --k 128 --training_tokens 1000000 --seeds 0 \
     --out $R/length
