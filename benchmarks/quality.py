@@ -216,10 +216,7 @@ def main() -> None:
     write_json(result, out / "quality.json")
     (out / "quality_partial.json").unlink(missing_ok=True)
     plot(curves, args, out / "quality.png")
-    if len(args.ks) > 1:
-        pareto(summary, out / "pareto.png")
-    gap_along_training(runs, out / "gap.png")
-    print("\n" + table(summary))
+    figures_and_table(runs, summary, out)
 
 
 def replot(partial: Path, out: Path) -> None:
@@ -228,10 +225,7 @@ def replot(partial: Path, out: Path) -> None:
     runs, summary = d["runs"], summarise(d["runs"])
     write_json({**{k: v for k, v in d.items() if k != "runs"}, "stopped_after_runs": len(runs),
                 "replotted_with": command_line(), "summary": summary, "runs": runs}, out / "quality.json")
-    if len({r["k"] for r in runs}) > 1:
-        pareto(summary, out / "pareto.png")
-    gap_along_training(runs, out / "gap.png")
-    print("\n" + table(summary))
+    figures_and_table(runs, summary, out)
 
 
 def merge(files: list[Path], out: Path) -> None:
@@ -273,7 +267,14 @@ def merge(files: list[Path], out: Path) -> None:
                 "settings": settings, "wall_time_s": sum(d["wall_time_s"] for d in ds),
                 "summary": summary, "runs": runs, "runs_together": [t for d in ds for t in d["runs_together"]]},
                out / "quality.json")
-    if len(levels) > 1:
+    figures_and_table(runs, summary, out)
+
+
+def figures_and_table(runs: list[dict], summary: list[dict], out: Path) -> None:
+    """What every way of finishing a sweep (a run, --replot, --merge) draws and prints: the
+    frontier over several sparsity levels (k, or an L1/L0 coefficient), the gap along training,
+    and the table."""
+    if len({r["level"] for r in runs}) > 1:
         pareto(summary, out / "pareto.png")
     gap_along_training(runs, out / "gap.png")
     print("\n" + table(summary))
