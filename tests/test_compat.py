@@ -175,7 +175,7 @@ def test_6_evals_results_have_the_layout_of_saelens_own_evals(model, dataset, tm
         lambda cls, m, s, **kw: from_sae(cls, m, s, **{**kw, "dataset": dataset})))
     theirs = saelens_evals.multiple_evals("rel", "topk", n_eval_reconstruction_batches=1,
                                           n_eval_sparsity_variance_batches=1, eval_batch_size_prompts=2,
-                                          ctx_lens=[32])[0]
+                                          ctx_lens=[32], output_dir=str(tmp_path / "eval_results"))[0]
     ours = evaluate([str(tmp_path / "topk")], model=model, datasets=[dataset], ctx_lens=[32],
                     batch_size_prompts=2, n_eval_reconstruction_batches=1, n_eval_sparsity_variance_batches=1)[0]
 
