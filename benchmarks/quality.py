@@ -19,14 +19,15 @@ against L0, every architecture base vs tokenized, mean over seeds).
 
 A sparsity level i sets k = --ks[i] (TopK, AbsTopK, BatchTopK, Matryoshka; matching
 pursuit's max_iterations), l1_coefficient = --l1s[i] (Standard, Gated) and
-l0_coefficient = --l0s[i] (JumpReLU).
+l0_coefficient = --l0s[i] (JumpReLU); a single value serves every level.
 
     python benchmarks/quality.py --architectures topk jumprelu --layers 3 9 --training_tokens 100000
     python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 \
         --seeds 0 1 --training_tokens 200000
 
 ``--merge`` makes one sweep of runs of the same command for other seeds or sparsity levels (a
-seed, or a wider grid, per sitting), refusing runs whose other settings or lookup moments differ.
+seed, or a wider grid, per sitting), refusing runs whose other settings differ, or whose
+tokenized SAEs were another method (``METHOD_FIELDS``).
 
 ``--tokenized_variants`` (multi engine) trains more tokenized SAEs beside each default one in
 the same run, against the same base (a candidate default, measured on the same batches);
@@ -55,6 +56,9 @@ from sae_lens_tokenized.workbench.runs import evaluate, tokens_to_reach, train_t
 from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
+#: tokenized-config fields whose default has moved (or may): recorded per SAE, and runs that
+#: differ in one are not merged, since "tokenized" meant another method in each
+METHOD_FIELDS = ("lookup_updates", "lookup_init_scale")
 METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "single_token_latents", "train_s")
 
 
@@ -100,8 +104,13 @@ def main() -> None:
         return replot(Path(args.replot), Path(args.out))
     if args.merge:
         return merge([Path(f) for f in args.merge], Path(args.out))
+    n_levels = max(map(len, (args.ks, args.l1s, args.l0s)))
+    for name in ("ks", "l1s", "l0s"):  # one value serves every level (a TopK sweep needs no l1s)
+        if len(getattr(args, name)) == 1:
+            setattr(args, name, getattr(args, name) * n_levels)
     if not len(args.ks) == len(args.l1s) == len(args.l0s):
-        ap.error("--ks, --l1s and --l0s give one value per sparsity level: pass as many of each")
+        ap.error("--ks, --l1s and --l0s give one value per sparsity level: pass as many of each, "
+                 "or one value for every level")
     if args.tokenized_variants and args.engine != "multi":
         ap.error("--tokenized_variants trains beside the default in one multi-SAE run: add --engine multi")
     if unknown := set(args.architecture_overrides) - set(args.architectures):
@@ -140,7 +149,7 @@ def main() -> None:
         print(f"{name} L{layer} level {level} seed {seed}: NMSE {metrics['nmse']:.4f} CE added {metrics['ce_added']:.4f} "
               f"L0 {metrics['l0']:.1f} dead {metrics['dead_latents']}", flush=True)
         return {**metrics, "curve": curve, "train_s": train_s, "unigram_strategy": strategy,
-                "lookup_updates": getattr(sae.cfg, "lookup_updates", None)}  # what "tokenized" meant on the day
+                **{f: getattr(sae.cfg, f, None) for f in METHOD_FIELDS}}  # what "tokenized" meant on the day
 
     def finish(row: dict) -> None:
         reach = tokens_to_reach(row["tokenized"]["curve"], row["base"]["nmse"])
@@ -247,11 +256,11 @@ def merge(files: list[Path], out: Path) -> None:
     if repeated := sorted({k for k in keys if keys.count(k) > 1}):
         raise SystemExit(f"--merge: {repeated[0]} (architecture, layer, (k, l1, l0), seed) repeats across the files; "
                          "merge runs of different seeds or sparsity levels")
-    updates = {side.get("lookup_updates") for r in runs
-               for side in (r["tokenized"], *(r.get("variants") or {}).values())}
-    if len(updates) > 1:
-        raise SystemExit(f"--merge: the tokenized SAEs trained with different lookup_updates {sorted(map(str, updates))}; "
-                         "a mean over them would mix two methods")
+    for field in METHOD_FIELDS:
+        values = {side.get(field) for r in runs for side in (r["tokenized"], *(r.get("variants") or {}).values())}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the tokenized SAEs trained with different {field} {sorted(map(str, values))} "
+                             "(a default moved between the runs, or a run set it); a mean over them would mix two methods")
     levels = sorted({level_of(r) for r in runs})
     for r in runs:
         r["level"] = levels.index(level_of(r))

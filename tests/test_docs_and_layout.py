@@ -84,17 +84,20 @@ def test_a_sweep_run_a_piece_at_a_time_merges_into_the_sweep_run_at_once(tmp_pat
     assert merged["summary"] == quality.summarise(whole["runs"])
     for m, w in zip(merged["summary"], whole["summary"]):  # the committed means, from one run of both seeds
         assert {k: m[k] for k in w} == w
-    # refused: an SAE twice, other settings, or tokenized SAEs of other lookup moments
+    # refused: an SAE twice, other settings, or tokenized SAEs of another method (moments, init scale)
     with pytest.raises(SystemExit, match="repeats across the files"):
         quality.merge([parts[0], piece("again.json", [0], [4])], tmp_path / "x")
     other = json.loads(parts[1].read_text())
     parts[1].write_text(json.dumps({**other, "settings": {**other["settings"], "lr": 1e-3}}))
     with pytest.raises(SystemExit, match=r"other settings .*\(lr\)"):
         quality.merge(parts, tmp_path / "x")
-    other["runs"][0]["tokenized"]["lookup_updates"] = "sparse_rowwise"
-    parts[1].write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="different lookup_updates"):
-        quality.merge(parts, tmp_path / "x")
+    other["settings"]["lr"] = whole["settings"]["lr"]
+    for field, value in (("lookup_updates", "sparse_rowwise"), ("lookup_init_scale", 0.5)):  # a moved default
+        changed = json.loads(json.dumps(other))
+        changed["runs"][0]["tokenized"][field] = value
+        parts[1].write_text(json.dumps(changed))
+        with pytest.raises(SystemExit, match=f"different {field}"):
+            quality.merge(parts, tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing written before a refusal
 
 
