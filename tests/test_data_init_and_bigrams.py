@@ -27,8 +27,10 @@ CTX = 32
 
 
 def data_cfg(model, tokens: int = 2048, **kw):
+    # scale 1.0: these tests check the estimate itself (test_the_default_init_is_half_the_estimate: the scale)
     base = dict(d_in=model.cfg.d_model, d_sae=64, k=4, unigram_strategy="data", lookup_init_tokens=tokens,
-                lookup_init_pseudo_count=0.0, lookup_bigram_pseudo_count=0.0, lookup_init_prior="mean")
+                lookup_init_pseudo_count=0.0, lookup_bigram_pseudo_count=0.0, lookup_init_prior="mean",
+                lookup_init_scale=1.0)
     base.update(kw)
     return runner_cfg(TokenizedTopKTrainingSAEConfig(**base), RESID1, 8_192)
 
@@ -64,7 +66,17 @@ def test_data_init_is_the_per_token_mean_of_the_sample_and_unseen_tokens_get_the
     unseen[seen] = False
     assert unseen.any()
     torch.testing.assert_close(W[unseen], acts.mean(0).expand(int(unseen.sum()), -1), atol=1e-4, rtol=1e-4)
-    assert runner.sae.cfg.lookup_init_scale == 1.0  # the data strategy's default scale
+
+
+def test_the_default_init_is_half_the_estimate_token_and_pair_rows_alike(model, dataset):
+    """Left unset, the scale is 0.5 for the data estimate as for a prompt table, on every row
+    (the full estimate lost to TopK at high k: docs Results, "The lookup's init scale")."""
+    full = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2), override_model=model, override_dataset=dataset)
+    default = TokenizedSAETrainingRunner(data_cfg(model, lookup_ngram=2, lookup_init_scale=None),
+                                         override_model=model, override_dataset=dataset)
+    assert default.sae.cfg.lookup_init_scale == 0.5  # resolved, and saved so in cfg.json
+    assert default.sae.cfg.lookup_bigram_rows > 0
+    torch.testing.assert_close(default.sae.W_lookup.detach(), 0.5 * full.sae.W_lookup.detach())
 
 
 def test_pseudo_count_shrinks_rare_tokens_toward_the_mean(model, dataset):
@@ -325,7 +337,7 @@ def test_auto_measures_the_data_estimate_beside_the_prompts(model, dataset):
     assert "data" in report and "bos,t" in report
     scored = {k: v["nmse"] for k, v in report.items() if "nmse" in v}
     assert runner.sae.cfg.unigram_strategy == min(scored, key=scored.__getitem__)
-    assert runner.sae.cfg.lookup_init_scale == (1.0 if runner.sae.cfg.unigram_strategy == "data" else 0.5)
+    assert runner.sae.cfg.lookup_init_scale == 1.0  # as data_cfg set it, whichever strategy won
 
 
 @pytest.mark.parametrize("prior", ["bos,t", None])  # None: the default, "space,t"
@@ -334,7 +346,7 @@ def test_a_unigram_prior_gives_unseen_tokens_their_own_centred_unigram(model, da
 
     sae_cfg = TokenizedTopKTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=64, k=4, lookup_init_tokens=2048,
                                              lookup_init_pseudo_count=2.0, lookup_bigram_pseudo_count=0.0,
-                                             **({} if prior is None else {"lookup_init_prior": prior}))
+                                             lookup_init_scale=1.0, **({} if prior is None else {"lookup_init_prior": prior}))
     cfg = runner_cfg(sae_cfg, RESID1, 8_192)
     strategy = sae_cfg.lookup_init_prior
     assert strategy == (prior or "space,t")

@@ -18,16 +18,17 @@ from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
 from sae_lens_tokenized.lookup.sparse import TokenizedAdam, stage_for_step
 from sae_lens_tokenized.lookup.strategies import (
     DATA_STRATEGY,
+    DEFAULT_INIT_SCALE,
     PRECOMPUTED_STRATEGY,
     STRATEGIES,
     UnigramStrategy,
     UnigramStrategyError,
-    default_init_scale,
 )
 
 __all__ = [
     "CapturedIds",
     "DATA_STRATEGY",
+    "DEFAULT_INIT_SCALE",
     "DEFAULT_BIGRAM_ROWS",
     "LookupConfig",
     "LookupTrainingConfig",
@@ -41,7 +42,6 @@ __all__ = [
     "TokenizedAdam",
     "UnigramStrategy",
     "UnigramStrategyError",
-    "default_init_scale",
     "previous_token_ids",
     "stage_for_step",
 ]

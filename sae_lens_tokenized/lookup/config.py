@@ -13,13 +13,13 @@ from typing import Any
 
 from sae_lens_tokenized.lookup.strategies import (
     DATA_STRATEGY,
+    DEFAULT_INIT_SCALE,
     PRECOMPUTED_STRATEGY,
     UnigramStrategy,
     UnigramStrategyError,
-    default_init_scale,
 )
 
-__all__ = ["DATA_STRATEGY", "PRECOMPUTED_STRATEGY", "default_init_scale"]  # re-exported for callers
+__all__ = ["DATA_STRATEGY", "PRECOMPUTED_STRATEGY", "DEFAULT_INIT_SCALE"]  # re-exported for callers
 
 
 @dataclass(kw_only=True)
@@ -34,7 +34,7 @@ class LookupConfig:
             ``sae_lens_tokenized.lookup_init``). Recorded so analyses can recompute the same
             unigram table; it has no effect on the forward pass.
         lookup_init_scale: ``W_lookup = lookup_init_scale * U`` at initialisation. ``None``
-            (default) takes the strategy's default (``default_init_scale``).
+            (default) takes ``DEFAULT_INIT_SCALE``.
         lookup_ngram: 1: one row per token (the method). 2: also one row per frequent
             (previous token, token) pair, read instead of the token's row where the pair
             has one; a pair without a row, and a context's first position (no previous

@@ -39,7 +39,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_lens_tokenized.lookup.bigrams import BigramRows
-from sae_lens_tokenized.lookup.config import LAZY_LOOKUP_UPDATES, default_init_scale, validate_lookup_config
+from sae_lens_tokenized.lookup.config import DEFAULT_INIT_SCALE, LAZY_LOOKUP_UPDATES, validate_lookup_config
 from sae_lens_tokenized.lookup.ids import CapturedIds, TokenIdSource, TokenIdsError
 from sae_lens_tokenized.lookup.sparse import SparseRows
 
@@ -298,7 +298,7 @@ class TokenLookupMixin(BigramRows, SparseRows):
         if scale is None:
             scale = self.cfg.lookup_init_scale
         if scale is None:
-            scale = default_init_scale(self.cfg.unigram_strategy)
+            scale = DEFAULT_INIT_SCALE
         rows = self.W_lookup.data[: self.cfg.d_vocab]
         rows.copy_(unigrams).mul_(scale)  # in place: no second table in memory
 

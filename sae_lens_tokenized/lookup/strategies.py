@@ -138,8 +138,8 @@ PRECOMPUTED_STRATEGY = "precomputed"
 AUTO_CANDIDATES = STRATEGIES
 
 
-def default_init_scale(strategy: str) -> float:
-    """The init scale a strategy gets when ``lookup_init_scale`` is left ``None``: 1.0 for
-    ``"data"`` (a mean is already the least-squares row), 0.5 for a prompt table (the
-    authors' final setting)."""
-    return 1.0 if strategy == DATA_STRATEGY else 0.5
+#: ``W_lookup = scale * table`` at init when ``lookup_init_scale`` is left ``None``, whatever the
+#: table: the authors' final setting for their prompt tables (Dooms & Wilhelm, Sec. 3), and
+#: for the data-estimated table too, where the full mean left the SAE firing fewer than k
+#: latents and behind TopK at high k (docs: Results, "The lookup's init scale").
+DEFAULT_INIT_SCALE = 0.5

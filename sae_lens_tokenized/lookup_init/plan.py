@@ -28,10 +28,10 @@ from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.strategies import (
     DATA_STRATEGY,
+    DEFAULT_INIT_SCALE,
     PRECOMPUTED_STRATEGY,
     UnigramStrategy,
     UnigramStrategyError,
-    default_init_scale,
 )
 from sae_lens_tokenized.lookup_init.fit import sample_activations, select_unigram_strategy, unigram_fit, warn_if_sink
 from sae_lens_tokenized.lookup_init.sample import (
@@ -249,7 +249,7 @@ def plan_lookup_init(model: Any, store: Any, cfg: Any, table: torch.Tensor | Non
             if strategy != DATA_STRATEGY:
                 warn_if_sink(fit, str(cfg.model_name), hook)
             report["unigram_fit"] = fit.as_dict()
-    scale = sae_cfg.lookup_init_scale if sae_cfg.lookup_init_scale is not None else default_init_scale(strategy)
+    scale = sae_cfg.lookup_init_scale if sae_cfg.lookup_init_scale is not None else DEFAULT_INIT_SCALE
     plan = LookupInitPlan(table=table, strategy=strategy, scale=scale, report=report)
     if sae_cfg.lookup_ngram == 2:
         assert stats is not None and data_table is not None

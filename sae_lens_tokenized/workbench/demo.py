@@ -108,6 +108,8 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
         r = train_variant(variant, s, bench, data, str(out / folders[variant]))
         r.update(evaluate(r["sae"], s, bench, data))
         r["aux_loss_coefficient"] = r["sae"].cfg.aux_loss_coefficient  # as trained (the tokenized default's, both)
+        if (scale := getattr(r["sae"].cfg, "lookup_init_scale", None)) is not None:
+            r["lookup_init_scale"] = scale  # as resolved (the default moved in 0.3)
         results[names[variant]] = r
 
     print("[4/5] reloading the saved SAEs with SAE.load_from_disk")
