@@ -4,6 +4,9 @@ through SAELens's shuffling buffer and its activation cache, round trips are exa
 bad settings fail before any work."""
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -539,6 +542,38 @@ def test_too_little_disk_for_the_init_sample_stops_before_writing_it(tmp_path, m
     assert list(spill.iterdir()) == []  # not a byte written
     with pytest.raises(ValueError, match=r"lookup_init_hold must be one of \('disk', 'memory'\)"):
         TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_hold="gpu")
+
+
+_HOLD_AND_STOP = """
+import os, signal, sys, torch
+from sae_lens_tokenized.training.activations_store import HeldBatches
+store = HeldBatches()
+with store.holding("disk", expected_rows=8):
+    store._keep_if_holding(torch.zeros(4, 3), 4)
+    store._keep_if_holding(torch.zeros(4, 3), 4)
+print(store._spill.name, flush=True)
+if sys.argv[1] == "served":  # the whole sample trained on: SIGTERM is the process's own again
+    store._next_held(), store._next_held()
+    assert store._spill is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+os.kill(os.getpid(), signal.SIGTERM)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["held", "served"])
+def test_a_run_stopped_by_sigterm_leaves_no_init_sample_on_disk(tmp_path, when):
+    """A cluster's job cancel, or torchrun stopping the ranks that did not fail, sends
+    SIGTERM, which ends Python without its cleanup: the held sample (gigabytes at a large
+    width) would stay in TMPDIR. The process must still end by SIGTERM, its files gone."""
+    import signal
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _HOLD_AND_STOP, when], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    folder = Path(proc.stdout.split()[0])
+    assert folder.parent == tmp_path and "still running" not in proc.stdout
+    assert not folder.exists() and not list(tmp_path.glob("sae_lens_tokenized_init_sample_*"))
 
 
 def test_bigram_statistics_hold_counts_per_pair_and_rows_only_for_the_chosen_pairs():

@@ -28,8 +28,11 @@ precision fails loudly instead of silently corrupting ids).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,7 +146,9 @@ class HeldBatches:
     at a large model's width). ``where="disk"`` (the default) writes each batch to a
     temporary file as it is read (``tempfile.gettempdir()``: set ``TMPDIR`` to move it)
     and deletes it as training takes it, so the run's memory holds one batch of it at a
-    time; ``"memory"`` keeps the batches as they are (on the store's device)."""
+    time; ``"memory"`` keeps the batches as they are (on the store's device). A SIGTERM
+    before the sample is served removes its files too (``_remove_on_sigterm``); only a
+    SIGKILL leaves them."""
 
     #: LLM (or cache) activations this store has read; each is trained on once
     llm_activations_read: int = 0
@@ -167,6 +172,7 @@ class HeldBatches:
             self._held = deque()
         if where == "disk" and self._spill is None:
             self._spill = tempfile.TemporaryDirectory(prefix="sae_lens_tokenized_init_sample_")
+            _remove_on_sigterm(self._spill.name)
         self._expected_rows = expected_rows
         self._holding = True
         try:
@@ -200,8 +206,7 @@ class HeldBatches:
         if isinstance(item, Path):
             item.unlink()
         if not self._held and self._spill is not None:
-            self._spill.cleanup()  # the last one served: nothing of the sample stays on disk
-            self._spill = None
+            self._remove_spill()  # the last one served: nothing of the sample stays on disk
         return batch
 
     def _keep_if_holding(self, batch: Any, rows: int) -> None:
@@ -219,20 +224,55 @@ class HeldBatches:
         torch.save(_compact(batch), path)
         self._held.append((path, rows))
 
+    def _remove_spill(self) -> None:
+        assert self._spill is not None
+        _spills.discard(self._spill.name)
+        self._spill.cleanup()
+        self._spill = None
+        _restore_sigterm()
+
     def _check_free_space(self, folder: Path, batch: Any, rows: int) -> None:
         assert self._expected_rows
         per_row = sum(t.numel() * t.element_size() for t in _flat_tensors((batch,))) / max(rows, 1)
         need = int(per_row * self._expected_rows * 1.05)
         free = shutil.disk_usage(folder).free
         if need > free:
-            self._spill.cleanup()  # type: ignore[union-attr]
-            self._spill = None
+            self._remove_spill()
             raise HeldBatchesError(
                 f"the lookup init's sample ({self._expected_rows:,} activations, about {need / 2**30:.1f} GiB) "
                 f"is held on disk until it is trained on, but {folder.parent} has {free / 2**30:.1f} GiB free. "
                 "Set TMPDIR to a folder with room, lower lookup_init_tokens, or hold it in memory "
                 "(lookup_init_hold='memory')."
             )
+
+
+#: init-sample folders on disk now, removed if SIGTERM stops the process (below)
+_spills: set[str] = set()
+
+
+def _remove_on_sigterm(folder: str) -> None:
+    """Until the init sample is served, a SIGTERM (a cluster's job cancel, torchrun
+    stopping the other ranks when one fails) would end the process without Python's
+    cleanup and leave the sample on disk, gigabytes at a large model's width. Where SIGTERM
+    would simply end the process (its default action, in the main thread), remove the
+    sample's folders first, then end the process by the same signal. A handler of the
+    user's own is left alone."""
+    _spills.add(folder)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _remove_spills_and_end)
+
+
+def _restore_sigterm() -> None:
+    if (not _spills and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _remove_spills_and_end):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _remove_spills_and_end(signum: int, frame: Any) -> None:
+    for folder in list(_spills):
+        shutil.rmtree(folder, ignore_errors=True)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _compact(x: Any) -> Any:
