@@ -299,7 +299,6 @@ def test_a_saelens_cache_carries_previous_ids_for_a_bigram_lookup(tmp_path):
     from test_cached_activations import CONTEXT, cached_cfg, make_cache
     from test_hf_models import tiny_llama
 
-    import tempfile
     hf, tok = tiny_llama()
     folder = tmp_path / "hf"
     hf.save_pretrained(folder)
@@ -527,14 +526,14 @@ def test_too_little_disk_for_the_init_sample_stops_before_writing_it(tmp_path, m
     import shutil
     import tempfile
 
-    from sae_lens_tokenized.training import activations_store
-    from sae_lens_tokenized.training.activations_store import HeldBatchesError
+    from sae_lens_tokenized.training import held_batches
+    from sae_lens_tokenized.training.held_batches import HeldBatchesError
 
     spill = tmp_path / "tmp"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
     real = shutil.disk_usage
-    monkeypatch.setattr(activations_store.shutil, "disk_usage",
+    monkeypatch.setattr(held_batches.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=2048 * 34 * 4 // 2))  # half the sample fits
     cfg = runner_cfg(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, lookup_init_tokens=2048), RESID1, 4096)
     with pytest.raises(HeldBatchesError, match=r"(?s)2,048 activations.*TMPDIR.*lookup_init_hold='memory'"):
@@ -546,7 +545,7 @@ def test_too_little_disk_for_the_init_sample_stops_before_writing_it(tmp_path, m
 
 _HOLD_AND_STOP = """
 import os, signal, sys, torch
-from sae_lens_tokenized.training.activations_store import HeldBatches
+from sae_lens_tokenized.training.held_batches import HeldBatches
 store = HeldBatches()
 with store.holding("disk", expected_rows=8):
     store._keep_if_holding(torch.zeros(4, 3), 4)

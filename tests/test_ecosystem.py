@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from helpers import tiny_tokenizer
-from sae_lens.evals import EvalConfig, run_evals
+from sae_lens.evals import run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.activations_store import ActivationsStore
 from torch import nn
@@ -15,8 +15,6 @@ from sae_lens_tokenized import (
     TokenIdsError,
     TokenizedTopKSAE,
     TokenizedTopKSAEConfig,
-    TokenizedTopKTrainingSAE,
-    TokenizedTopKTrainingSAEConfig,
     error_term_mode,
     token_ids_from,
     token_ids_from_any_model,

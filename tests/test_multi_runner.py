@@ -12,7 +12,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from helpers import cache_prior_tables, runner_cfg, token_dataset
 from sae_lens_tokenized import TokenizedMultiSAETrainingRunner, TokenizedSAETrainingRunner, TokenizedTopKTrainingSAEConfig
-from sae_lens_tokenized.training.activations_store import HeldBatches
+from sae_lens_tokenized.training.held_batches import HeldBatches
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
 EMBED, RESID0 = "hook_embed", "blocks.0.hook_resid_pre"  # W_E[t]; W_E[t] + W_pos[p]

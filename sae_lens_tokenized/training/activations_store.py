@@ -27,13 +27,6 @@ precision fails loudly instead of silently corrupting ids).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import tempfile
-import threading
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,8 +37,8 @@ from sae_lens.training.activations_store import ActivationsStore
 
 from sae_lens_tokenized import parallel
 from sae_lens_tokenized._compat import MAX_PACKABLE_TOKEN_ID
-from sae_lens_tokenized.lookup.config import HOLD_PLACES
 from sae_lens_tokenized.lookup_init.statistics import previous_ids_of_batch
+from sae_lens_tokenized.training.held_batches import HeldBatches
 from sae_lens_tokenized.training.transcoders import TargetColumns
 
 
@@ -129,172 +122,6 @@ def check_cached_token_ids(store: ActivationsStore, d_vocab: int | None) -> None
                 "so ids would be rounded. Train with dtype='float32' (the cache itself may stay "
                 "in lower precision)."
             )
-
-
-class HeldBatchesError(ValueError):
-    """The init sample cannot be held where it was asked to be (e.g. too little disk)."""
-
-
-class HeldBatches:
-    """What a store reads inside ``holding()`` it also keeps, and serves to training first,
-    so activations read before training (the lookups' init sample) are trained on, not
-    read twice. Shared by the single-SAE store and the multi-SAE runner's store, which
-    differ only in what one batch is.
-
-    The sample is the largest thing the default init holds that does not scale with the
-    lookup (``lookup_init_tokens * (d_in + 2) * 4`` bytes for the single store: gigabytes
-    at a large model's width). ``where="disk"`` (the default) writes each batch to a
-    temporary file as it is read (``tempfile.gettempdir()``: set ``TMPDIR`` to move it)
-    and deletes it as training takes it, so the run's memory holds one batch of it at a
-    time; ``"memory"`` keeps the batches as they are (on the store's device). A SIGTERM
-    before the sample is served removes its files too (``_remove_on_sigterm``); only a
-    SIGKILL leaves them."""
-
-    #: LLM (or cache) activations this store has read; each is trained on once
-    llm_activations_read: int = 0
-    #: kept batches, in read order: (the batch, or its file on disk; its rows)
-    _held: deque[tuple[Any, int]] | None = None
-    _holding: bool = False
-    _spill: tempfile.TemporaryDirectory | None = None
-    _spilled: int = 0
-    _expected_rows: int | None = None
-
-    @contextlib.contextmanager
-    def holding(self, where: str = "memory", expected_rows: int | None = None) -> Iterator[None]:
-        """Inside the block, every batch read is also kept; afterwards the kept batches are
-        served first. ``where``: ``"disk"`` or ``"memory"`` (class docstring).
-        ``expected_rows``: how many rows the block will read, so that, on disk, the free
-        space is checked against the whole sample when the first batch arrives, before
-        anything is written."""
-        if where not in HOLD_PLACES:
-            raise ValueError(f"the init sample can be held on {HOLD_PLACES}, not {where!r}")
-        if self._held is None:
-            self._held = deque()
-        if where == "disk" and self._spill is None:
-            self._spill = tempfile.TemporaryDirectory(prefix="sae_lens_tokenized_init_sample_")
-            _remove_on_sigterm(self._spill.name)
-        self._expected_rows = expected_rows
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-
-    @property
-    def held_activations(self) -> int:
-        """Rows kept and not yet served to training."""
-        return sum(n for _, n in self._held or ())
-
-    def held_batches(self) -> Iterator[Any]:
-        """The kept batches in read order, without serving them (a second pass over the
-        init sample: e.g. summing the chosen bigrams' activations). On disk, one is loaded
-        at a time."""
-        for item, _ in list(self._held or ()):
-            yield self._load(item)
-
-    def _load(self, item: Any) -> Any:
-        if isinstance(item, Path):
-            return torch.load(item, weights_only=True)
-        return item
-
-    def _next_held(self) -> Any:
-        """The next kept batch to serve, or None (none left, or still holding)."""
-        if not self._held or self._holding:
-            return None
-        item, _ = self._held.popleft()
-        batch = self._load(item)
-        if isinstance(item, Path):
-            item.unlink()
-        if not self._held and self._spill is not None:
-            self._remove_spill()  # the last one served: nothing of the sample stays on disk
-        return batch
-
-    def _keep_if_holding(self, batch: Any, rows: int) -> None:
-        if not self._holding:
-            return
-        assert self._held is not None
-        if self._spill is None:
-            self._held.append((batch, rows))
-            return
-        folder = Path(self._spill.name)
-        if not self._held and self._expected_rows:
-            self._check_free_space(folder, batch, rows)
-        path = folder / f"{self._spilled:07d}.pt"
-        self._spilled += 1
-        torch.save(_compact(batch), path)
-        self._held.append((path, rows))
-
-    def _remove_spill(self) -> None:
-        assert self._spill is not None
-        _spills.discard(self._spill.name)
-        self._spill.cleanup()
-        self._spill = None
-        _restore_sigterm()
-
-    def _check_free_space(self, folder: Path, batch: Any, rows: int) -> None:
-        assert self._expected_rows
-        per_row = sum(t.numel() * t.element_size() for t in _flat_tensors((batch,))) / max(rows, 1)
-        need = int(per_row * self._expected_rows * 1.05)
-        free = shutil.disk_usage(folder).free
-        if need > free:
-            self._remove_spill()
-            raise HeldBatchesError(
-                f"the lookup init's sample ({self._expected_rows:,} activations, about {need / 2**30:.1f} GiB) "
-                f"is held on disk until it is trained on, but {folder.parent} has {free / 2**30:.1f} GiB free. "
-                "Set TMPDIR to a folder with room, lower lookup_init_tokens, or hold it in memory "
-                "(lookup_init_hold='memory')."
-            )
-
-
-#: init-sample folders on disk now, removed if SIGTERM stops the process (below)
-_spills: set[str] = set()
-
-
-def _remove_on_sigterm(folder: str) -> None:
-    """Until the init sample is served, a SIGTERM (a cluster's job cancel, torchrun
-    stopping the other ranks when one fails) would end the process without Python's
-    cleanup and leave the sample on disk, gigabytes at a large model's width. Where SIGTERM
-    would simply end the process (its default action, in the main thread), remove the
-    sample's folders first, then end the process by the same signal. A handler of the
-    user's own is left alone."""
-    _spills.add(folder)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _remove_spills_and_end)
-
-
-def _restore_sigterm() -> None:
-    if (not _spills and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is _remove_spills_and_end):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _remove_spills_and_end(signum: int, frame: Any) -> None:
-    for folder in list(_spills):
-        shutil.rmtree(folder, ignore_errors=True)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _compact(x: Any) -> Any:
-    """``x`` with every tensor that views a larger storage copied out (``torch.save``
-    writes a view's whole storage)."""
-    if isinstance(x, torch.Tensor):
-        return x if x.untyped_storage().nbytes() == x.numel() * x.element_size() else x.clone()
-    if isinstance(x, dict):
-        return {k: _compact(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_compact(v) for v in x)
-    return x
-
-
-def _flat_tensors(items: Any) -> Iterator[torch.Tensor]:
-    for x in items:
-        if isinstance(x, torch.Tensor):
-            yield x
-        elif isinstance(x, dict):
-            yield from _flat_tensors(x.values())
-        elif isinstance(x, (tuple, list)):
-            yield from _flat_tensors(x)
 
 
 class RankShare:

@@ -44,7 +44,8 @@ from sae_lens_tokenized.lookup_init.plan import check_sae_against_model, plan_lo
 from sae_lens_tokenized.lookup_init.sample import sample_multi_hook_statistics
 from sae_lens_tokenized.models import vocab_size
 from sae_lens_tokenized.splicing import token_ids_from
-from sae_lens_tokenized.training.activations_store import HeldBatches, check_vocab_packable, checked_ids
+from sae_lens_tokenized.training.activations_store import check_vocab_packable, checked_ids
+from sae_lens_tokenized.training.held_batches import HeldBatches
 from sae_lens_tokenized.training.runner import record_activation_counts, saved_lookup_rows
 from sae_lens_tokenized.training.trainer import TokenizedSAETrainer
 
