@@ -23,7 +23,7 @@ l0_coefficient = --l0s[i] (JumpReLU); a single value serves every level.
 
     python benchmarks/quality.py --architectures topk jumprelu --layers 3 9 --training_tokens 100000
     python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 \
-        --seeds 0 1 --training_tokens 200000
+        --l1s 5 --l0s 5 --seeds 0 1 --training_tokens 200000
 
 ``--merge`` makes one sweep of runs of the same command for other seeds or sparsity levels (a
 seed, or a wider grid, per sitting), refusing runs whose other settings differ, or whose

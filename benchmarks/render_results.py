@@ -100,6 +100,7 @@ def demo(name: str = "demo/results.json") -> str:
             f"batch {s['batch']}, lr {s['lr']}, lookup lr {s['lookup_lr']}, seed {s['seed']}"
             + (f", AuxK coefficient {' / '.join(f'{r[side][aux]:g}' for side in sides)}"
                if all((aux := "aux_loss_coefficient") in r[side] for side in sides) else "")
+            + "".join(f", lookup init scale {r[side]['lookup_init_scale']:g}" for side in sides if "lookup_init_scale" in r[side])
             + f"; wall time {d['wall_time_s'] / 60:.1f} min.")
     return table([""] + sides, rows) + note
 
@@ -404,10 +405,15 @@ def sparsity(s: dict) -> str:
 
 
 def lookup_moments(d: dict) -> str:
-    """Which lookup moments a quality.py sweep's tokenized SAEs trained with: recorded per SAE
-    since the default moved to row-wise; sweeps before that ran the per-element default."""
-    updates = d["runs"][0]["tokenized"].get("lookup_updates") or "sparse"
-    return {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
+    """What a quality.py sweep's tokenized SAEs were, in the two settings whose default moved:
+    the lookup moments (recorded per SAE since the move to row-wise; sweeps before it ran
+    per-element) and the init scale (recorded since 0.3; before it, 1.0 for the data
+    estimate and 0.5 for a prompt table)."""
+    tok = d["runs"][0]["tokenized"]
+    updates = tok.get("lookup_updates") or "sparse"
+    moments = {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
+    scale = tok.get("lookup_init_scale") or (1.0 if tok.get("unigram_strategy") == "data" else 0.5)
+    return f"{moments} lookup moments, the lookup started at {scale:g}× its table"
 
 
 def rowwise_architectures() -> str:
@@ -419,9 +425,71 @@ def rowwise_architectures() -> str:
 
 def lookup_knobs() -> str:
     """TopK at k 32 and 128: the default tokenized SAE beside other lookup settings (lookup
-    lr, init scale), one multi-SAE run per layer (results/lookup_knobs_l*)."""
-    files = sorted(RESULTS.glob("lookup_knobs_l*/quality.json"), key=lambda f: f.parent.name.removeprefix("lookup_knobs_l"))
-    return "\n\n".join(variants_table(str(f.relative_to(RESULTS))) for f in files)
+    lr, init scale), one multi-SAE run per layer (the runs that compared more than the
+    init scale; ``init_scale`` has every full-against-half pair)."""
+    return "\n\n".join(variants_table(f"lookup_knobs_{x}/quality.json") for x in ("l9", "l3"))
+
+
+def init_scale() -> str:
+    """The evidence for the lookup's init scale, one row per SAE pair: every run that trained
+    the data-estimated lookup at the whole estimate (1.0, the default before 0.3) beside half
+    (0.5) on the same batches against the same base: the lookup_knobs multi-SAE runs (either
+    side may be the variant), the small-data defaults check (results/defaults_check/init_scale)
+    and the demo before and after the default moved (results/demo_0.2, results/demo)."""
+    rows: list[tuple[tuple, list]] = []
+
+    def reach(*tokens: int | None) -> str:
+        return " / ".join("never" if t is None else "at init" if t == 0 else f"{t / 1000:.0f}k" for t in tokens)
+
+    def add(corpus: str, arch: str, layer: int, level: dict, tokens: int, seed: int, base: dict, whole: dict,
+            half: dict, reached: tuple, source: str) -> None:
+        ce = (f"{base['ce_added']:.3f} / {whole['ce_added']:.3f} / {half['ce_added']:.3f}"
+              if "ce_added" in base else "")
+        l0 = f"{whole['l0']:.0f} / {half['l0']:.0f}" if "l0" in whole else ""
+        key = (corpus != "wiki-summaries-en", corpus, list(ARCHITECTURE_NAMES).index(arch), layer, level.get("k", 0),
+               level["l0_coefficient"] if arch == "jumprelu" else 0, tokens, seed)
+        rows.append((key, [corpus, ARCHITECTURE_NAMES[arch], f"L{layer}", sparsity({"architecture": arch, **level}),
+                           f"{tokens:,}", seed, f"{whole['nmse'] / base['nmse']:.2f}× / {half['nmse'] / base['nmse']:.2f}×",
+                           ce, l0, reach(*reached), source]))
+
+    def scale(side: dict) -> float | None:
+        """A side's init scale: recorded since 0.3; before, 1.0 unless the variant set it."""
+        if set(side.get("overrides") or {}) - {"lookup_init_scale"}:
+            return None  # another knob moved too (e.g. the lookup lr): not a pair
+        return side.get("lookup_init_scale") or (side.get("overrides") or {}).get("lookup_init_scale") or 1.0
+
+    for f in sorted(RESULTS.glob("lookup_knobs*/quality.json")):
+        d = load(str(f.relative_to(RESULTS)))
+        corpus = d["settings"].get("dataset") or "wiki-summaries-en"
+        for r in d["runs"]:
+            sides = [{**r["tokenized"], "tokens_to_reach_base_final_nmse": r["tokens_to_reach_base_final_nmse"]},
+                     *r["variants"].values()]
+            by_scale = {}
+            for side in sides:
+                by_scale.setdefault(scale(side), side)
+            if 1.0 in by_scale and 0.5 in by_scale:
+                whole, half = by_scale[1.0], by_scale[0.5]
+                add(corpus, r["architecture"], r["layer"], r, d["settings"]["training_tokens"], r["seed"], r["base"],
+                    whole, half, (whole["tokens_to_reach_base_final_nmse"], half["tokens_to_reach_base_final_nmse"]),
+                    f.parent.name)
+    for f in sorted((RESULTS / "defaults_check/init_scale").glob("*.json")):
+        d = load(str(f.relative_to(RESULTS)))
+        st = d["settings"]
+        label = next(k for k, ov in json.loads(st["variants"]).items() if ov == {"lookup_init_scale": 0.5})
+        for r in d["runs"]:
+            whole, half = r["tokenized"]["default"], r["tokenized"][label]
+            add(st["dataset"], st["architecture"], st["layer"], {"k": st["k"], "l1_coefficient": 0, "l0_coefficient": 0}, st["training_tokens"], r["seed"],
+                r["topk"], whole, half, (whole["tokens_to_reach_topk_final"], half["tokens_to_reach_topk_final"]),
+                f"defaults_check/init_scale/{f.stem}")
+    before, after = load("demo_0.2/results.json"), load("demo/results.json")
+    s = after["settings"]
+    assert before["settings"] == s and after["results"]["tokenized TopK"]["lookup_init_scale"] == 0.5
+    add("wiki-summaries-en", "topk", int(s["hook_name"].split(".")[1]), {"k": s["k"], "l1_coefficient": 0, "l0_coefficient": 0}, s["training_tokens"], s["seed"],
+        after["results"]["SAELens TopK"], before["results"]["tokenized TopK"], after["results"]["tokenized TopK"],
+        (before["tokens_to_reach_topk_final_nmse"], after["tokens_to_reach_topk_final_nmse"]), "demo_0.2, demo")
+    return table(["corpus", "architecture", "layer", "sparsity", "training tokens", "seed",
+                  "NMSE / base's: scale 1.0 / 0.5", "CE added: base / 1.0 / 0.5", "L0: 1.0 / 0.5",
+                  "tokens to the base's final NMSE: 1.0 / 0.5", "result"], [row for _, row in sorted(rows)])
 
 
 def variants_table(name: str) -> str:
@@ -444,7 +512,7 @@ def variants_table(name: str) -> str:
                    + " / ".join(labels), f"CE added {sides}", f"dead {sides}"], rows)
             + f"\n\n{settings['training_tokens']:,} training tokens, width {settings['expansion']}×, batch "
             f"{settings['batch']}, lr {settings['lr']}, seeds {', '.join(map(str, settings['seeds']))}. tokenized: "
-            f"the defaults when this ran ({lookup_moments(d)} lookup moments). "
+            f"the defaults when this ran ({lookup_moments(d)}). "
             + ", ".join(f"{label}: {overrides({'overrides': ov})}" for label, ov in settings["tokenized_variants"].items())
             + (". Both sides: " + "; ".join(f"{a}: {overrides({'overrides': ov})}" for a, ov in
                                             settings.get("architecture_overrides", {}).items())
@@ -500,8 +568,9 @@ def defaults_check() -> str:
 
 
 def defaults_now() -> str:
-    """The defaults as they are now on the held-out corpus, each base trained at its tokenized
-    version's changed defaults (benchmarks/defaults_check.py, results/defaults_check/current)."""
+    """The defaults of 0.2 (the lookup at the whole estimate) on the held-out corpus, each base
+    trained at its tokenized version's changed defaults (benchmarks/defaults_check.py,
+    results/defaults_check/current)."""
     return _defaults_table("defaults_check/current")
 
 
@@ -652,7 +721,7 @@ def pareto_tables(multi: bool) -> str:
                 for s in d["summary"]]
         variants = "; ".join(f"{v}: {overrides({'overrides': ov})}" for v, ov in tokenized_variants.items())
         text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
-                + (f", tokenized SAEs with {changed}" if changed else f", {lookup_moments(d)} lookup moments")
+                + (f", tokenized SAEs with {changed}" if changed else f", {lookup_moments(d)}")
                 + (f"; beside each tokenized SAE, in the same run, {variants}" if variants else "") + ".\n\n"
                 + table(["architecture", "layer", "sparsity", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
                          "NMSE ratio at the tokenized L0",
@@ -704,7 +773,7 @@ def transcoders() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
+    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, init_scale, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
     default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}

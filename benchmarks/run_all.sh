@@ -5,6 +5,10 @@
 # below had run except the demo: where a command's tokenized SAE is "the default" and its results are not
 # labelled row-wise, it ran per element; to repeat it add lookup_updates="sparse" (quality.py:
 # --tokenized_overrides '{"lookup_updates": "sparse"}'; defaults_check.py: a variant with it).
+# Likewise the lookup's init scale became 0.5 (half the data estimate) in 0.3, after every command below had
+# run except the demo: their "default" tokenized SAE started at the whole estimate; to repeat one, add
+# lookup_init_scale=1.0 the same way (quality.py: --tokenized_overrides '{"lookup_init_scale": 1.0}'; variants
+# set their own scale on top).
 set -euo pipefail
 R=benchmarks/results
 mkdir -p $R/demo $R/analysis
@@ -108,6 +112,31 @@ python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks
 python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 128 --l1s 5 5 --l0s 5 5 \
     --seeds 1 --training_tokens 200000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' --out $R/lookup_knobs_l9_seed1
+# the whole estimate against half before the default moved: layer 3 second seed, BBC News (two seeds),
+# BatchTopK and Matryoshka at layer 9, JumpReLU at layer 3, and Shakespeare at 20k tokens
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 128 --l1s 5 --l0s 5 --seeds 1 \
+    --training_tokens 200000 --unigram_strategy data --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' \
+    --out $R/lookup_knobs_l3_seed1
+for SEED in 0 1; do
+python benchmarks/quality.py --engine multi --dataset bbc-news-en --architectures topk --layers 9 --ks 32 128 --l1s 5 \
+    --l0s 5 --seeds $SEED --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' \
+    --out $R/lookup_knobs_bbc_l9$([ $SEED = 1 ] && echo _seed1)
+done
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 --ks 32 128 \
+    --l1s 5 --l0s 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' --out $R/lookup_knobs_l9_batchtopk
+python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 --ks 32 --l1s 5 --l0s 0.0078125 0.125 \
+    --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' \
+    --tokenized_variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' --out $R/lookup_knobs_l3_jumprelu
+python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --training_tokens 20000 --seeds 0 1 \
+    --variants '{"init_scale_half": {"lookup_init_scale": 0.5}}' --out $R/defaults_check/init_scale
+# after the default moved to half: the whole estimate as the variant, layer 9, k 32, 400k tokens; and the demo
+# of 0.2 (benchmarks/results/demo_0.2: the demo's results.json as committed before the move)
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 --l1s 5 --l0s 5 --seeds 0 \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l9_400k
 # L9 k 128 over one pass: does a longer run (a larger init sample) close the k-128 gap? (not run yet)
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --k 128 --training_tokens 1000000 --seeds 0 \
     --out $R/length
