@@ -137,6 +137,9 @@ python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --trai
 python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 --l1s 5 --l0s 5 --seeds 0 \
     --training_tokens 400000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l9_400k
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 --l1s 5 --l0s 5 --seeds 1 \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l3_400k_seed1
 # L9 k 128 over one pass: does a longer run (a larger init sample) close the k-128 gap? (not run yet)
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --k 128 --training_tokens 1000000 --seeds 0 \
     --out $R/length
