@@ -241,7 +241,7 @@ def merge(files: list[Path], out: Path) -> None:
     """One sweep from runs of the same command for other seeds or other sparsity levels (a seed,
     or a wider grid, per sitting). Refused unless every other setting is the same, no SAE
     (architecture, layer, level, seed) comes twice, and every tokenized SAE trained with the
-    same lookup moments (the default moved once, so the name alone is not trusted)."""
+    same ``METHOD_FIELDS`` (their defaults moved, so the name alone is not trusted)."""
     ds = [json.loads(f.read_text()) for f in files]
     free = ("seeds", "ks", "l1s", "l0s", "out", "merge", "replot")
     same = lambda d: {k: v for k, v in d["settings"].items() if k not in free}  # noqa: E731

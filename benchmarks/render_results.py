@@ -400,8 +400,15 @@ def rowwise_moments() -> str:
 
 def sparsity(s: dict) -> str:
     """A sweep row's sparsity level as the architecture reads it (quality.py's SPARSITY)."""
-    return {"standard": f"l1 {s['l1_coefficient']:g}", "gated": f"l1 {s['l1_coefficient']:g}",
-            "jumprelu": f"l0 {s['l0_coefficient']:g}"}.get(s["architecture"], f"k {s['k']}")
+    knob = {"standard": "l1", "gated": "l1", "jumprelu": "l0"}.get(s["architecture"])
+    return f"{knob} {s[f'{knob}_coefficient']:g}" if knob else f"k {s['k']}"
+
+
+def init_scale_of(side: dict) -> float:
+    """The scale a tokenized SAE's lookup started at: recorded since 0.3; before, its variant's
+    override, else the default of the day (1.0 for the data estimate, 0.5 for a prompt table)."""
+    return (side.get("lookup_init_scale") or (side.get("overrides") or {}).get("lookup_init_scale")
+            or (1.0 if side.get("unigram_strategy") == "data" else 0.5))
 
 
 def lookup_moments(d: dict) -> str:
@@ -412,8 +419,7 @@ def lookup_moments(d: dict) -> str:
     tok = d["runs"][0]["tokenized"]
     updates = tok.get("lookup_updates") or "sparse"
     moments = {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
-    scale = tok.get("lookup_init_scale") or (1.0 if tok.get("unigram_strategy") == "data" else 0.5)
-    return f"{moments} lookup moments, the lookup started at {scale:g}× its table"
+    return f"{moments} lookup moments, the lookup started at {init_scale_of(tok):g}× its table"
 
 
 def rowwise_architectures() -> str:
@@ -453,10 +459,9 @@ def init_scale() -> str:
                            ce, l0, reach(*reached), source]))
 
     def scale(side: dict) -> float | None:
-        """A side's init scale: recorded since 0.3; before, 1.0 unless the variant set it."""
         if set(side.get("overrides") or {}) - {"lookup_init_scale"}:
             return None  # another knob moved too (e.g. the lookup lr): not a pair
-        return side.get("lookup_init_scale") or (side.get("overrides") or {}).get("lookup_init_scale") or 1.0
+        return init_scale_of(side)
 
     for f in sorted(RESULTS.glob("lookup_knobs*/quality.json")):
         d = load(str(f.relative_to(RESULTS)))
@@ -478,13 +483,13 @@ def init_scale() -> str:
         label = next(k for k, ov in json.loads(st["variants"]).items() if ov == {"lookup_init_scale": 0.5})
         for r in d["runs"]:
             whole, half = r["tokenized"]["default"], r["tokenized"][label]
-            add(st["dataset"], st["architecture"], st["layer"], {"k": st["k"], "l1_coefficient": 0, "l0_coefficient": 0}, st["training_tokens"], r["seed"],
+            add(st["dataset"], st["architecture"], st["layer"], {"k": st["k"]}, st["training_tokens"], r["seed"],
                 r["topk"], whole, half, (whole["tokens_to_reach_topk_final"], half["tokens_to_reach_topk_final"]),
                 f"defaults_check/init_scale/{f.stem}")
     before, after = load("demo_0.2/results.json"), load("demo/results.json")
     s = after["settings"]
     assert before["settings"] == s and after["results"]["tokenized TopK"]["lookup_init_scale"] == 0.5
-    add("wiki-summaries-en", "topk", int(s["hook_name"].split(".")[1]), {"k": s["k"], "l1_coefficient": 0, "l0_coefficient": 0}, s["training_tokens"], s["seed"],
+    add("wiki-summaries-en", "topk", int(s["hook_name"].split(".")[1]), {"k": s["k"]}, s["training_tokens"], s["seed"],
         after["results"]["SAELens TopK"], before["results"]["tokenized TopK"], after["results"]["tokenized TopK"],
         (before["tokens_to_reach_topk_final_nmse"], after["tokens_to_reach_topk_final_nmse"]), "demo_0.2, demo")
     return table(["corpus", "architecture", "layer", "sparsity", "training tokens", "seed",
