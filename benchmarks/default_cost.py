@@ -48,12 +48,26 @@ def rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def high_water_mark() -> int:
+    """The kernel's peak RSS of this process since the last reset (VmHWM): exact, where the
+    sampling thread can miss a transient between two samples."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def reset_high_water_mark() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (proc(5), /proc/pid/clear_refs)
+
+
 class PhaseMemory:
-    """Peak RSS per phase, sampled every few milliseconds by a thread."""
+    """Peak RSS per phase: sampled every few milliseconds by a thread, and the kernel's exact
+    high-water mark (reset at each phase)."""
 
     def __init__(self) -> None:
         self.phase = "build"
         self.peaks: dict[str, int] = {}
+        self.exact_peaks: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self._since = time.perf_counter()
         self._stop = False
@@ -67,6 +81,8 @@ class PhaseMemory:
 
     def enter(self, phase: str) -> None:
         self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss())
+        self.exact_peaks[self.phase] = max(self.exact_peaks.get(self.phase, 0), high_water_mark())
+        reset_high_water_mark()
         now = time.perf_counter()
         self.seconds[self.phase] = now - self._since
         self.phase, self._since = phase, now
@@ -166,6 +182,7 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         owned["bigram_rows"] = int(sae.cfg.lookup_bigram_rows)
         owned["held_sample_tokens"] = int(runner.unigram_report["lookup_init"]["tokens_drawn_from_training_stream"])
     return {"built_rss": built, "phase_peak_rss": peaks, "phase_s": mem.seconds, "added_peak": max(peaks.values()) - built,
+            "phase_exact_peak_rss": mem.exact_peaks, "added_exact_peak": max(mem.exact_peaks.values()) - built,
             "step_s": times, "lookup_owned": owned, "steps": len(times)}
 
 
@@ -183,7 +200,7 @@ def main() -> None:
     ap.add_argument("--lookup_init_prior", default="0,t",
                     help="the default's prompt prior, 'space,t', with token 0 as the space: the random model has no tokenizer")
     ap.add_argument("--lookup_updates", default="sparse", choices=["sparse", "sparse_rowwise"],
-                    help="the default: sparse (lazy Adam); sparse_rowwise keeps one second moment per row")
+                    help="sparse: lazy Adam per element; sparse_rowwise (the package default) keeps one second moment per row")
     ap.add_argument("--glibc_mmap_threshold", type=int, default=None,
                     help="fix glibc's mmap and trim thresholds (bytes) in both runs; default: glibc's dynamic threshold")
     ap.add_argument("--warmup", type=int, default=5)
@@ -207,7 +224,8 @@ def main() -> None:
         r["median_step_s"] = statistics.median(r["step_s"][args.warmup:])
         print(f"{variant:16s} median step {r['median_step_s']:.3f}s, adds {r['added_peak'] / 2**20:.0f} MiB "
               f"at peak; phases (MiB above built): " + ", ".join(
-                  f"{k}: {(v - r['built_rss']) / 2**20:.0f}" for k, v in r["phase_peak_rss"].items()), flush=True)
+                  f"{k}: {(v - r['built_rss']) / 2**20:.0f}" for k, v in r["phase_peak_rss"].items())
+              + f"; exact peak adds {r['added_exact_peak'] / 2**20:.0f} MiB", flush=True)
     tok, base = out["tokenized_topk"], out["topk"]
     lookup_bytes = args.d_vocab * args.d_in * 4
     summary = {
@@ -215,6 +233,10 @@ def main() -> None:
         "extra_peak_bytes": tok["added_peak"] - base["added_peak"],
         "lookup_table_bytes_V_d": lookup_bytes,
         "extra_peak_over_V_d_4": (tok["added_peak"] - base["added_peak"]) / lookup_bytes,
+        # the kernel's high-water marks (VmHWM): transients between the thread's samples included
+        "extra_exact_peak_bytes": tok["added_exact_peak"] - base["added_exact_peak"],
+        "extra_exact_peak_over_lookup_table": (tok["added_exact_peak"] - base["added_exact_peak"])
+        / tok["lookup_owned"]["table"],
         "lookup_owned_bytes": tok["lookup_owned"],
         # the init sample, held until trained on: n * (d_in + 2) float32 (the packed rows),
         # in memory or on disk (lookup_init_hold)

@@ -357,6 +357,29 @@ def default_cost() -> str:
     return "\n\n".join(out)
 
 
+def moment_storage() -> str:
+    """Where lazy Adam's moments live: grown by copying as rows are touched (before) against
+    every row reserved at once and committed as written (on the CPU, since 0.3.1), the default
+    lookup trained end to end (benchmarks/default_cost.py; exact peaks from the kernel's VmHWM)."""
+    rows, commands = [], ""
+    for name, storage in (("grown", "grown 1.5× by copying (before)"), ("reserved", "reserved, committed as written")):
+        d = load(f"moment_storage/{name}_V50257.json")
+        sm, tok, base = d["summary"], d["results"]["tokenized_topk"], d["results"]["topk"]
+        owned = sm["lookup_owned_bytes"]
+        rows.append([storage, d["config"]["code"], mib(owned["table"]), mib(owned["optimizer_state"]),
+                     mib(base["added_exact_peak"]), mib(tok["added_exact_peak"]), mib(sm["extra_exact_peak_bytes"]),
+                     mib(sm["extra_exact_peak_bytes"] - owned["table"] - owned["optimizer_state"]),
+                     f"{sm['extra_exact_peak_over_lookup_table']:.2f}×"])
+        commands += command(d)
+    c = d["config"]
+    return (f"V {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']}, {c['training_tokens']:,} "
+            "training tokens, the default lookup (data estimate, bigram rows, row-wise moments), the init sample on disk, "
+            f"glibc's mmap threshold fixed; MiB, each run in a fresh process:\n\n" + table(
+                ["moment storage", "code", "W_lookup (with bigram rows)", "its optimizer state at the end",
+                 "TopK adds (peak)", "tokenized adds (peak)", "extra", "extra beyond table and state",
+                 "extra / W_lookup"], rows) + commands)
+
+
 def rowwise_moments() -> str:
     """Lazy Adam with one second moment per row (``lookup_updates="sparse_rowwise"``, the
     default) against one per element (``"sparse"``, the default before): held-out quality (benchmarks/defaults_check.py,
@@ -436,6 +459,37 @@ def lookup_knobs() -> str:
     return "\n\n".join(variants_table(f"lookup_knobs_{x}/quality.json") for x in ("l9", "l3"))
 
 
+def init_scale_sides(r: dict) -> dict[float, dict]:
+    """A lookup_knobs run's tokenized SAEs that differ from each other in the init scale alone,
+    by scale (the default and its variants; a variant that moved another knob is left out)."""
+    by_scale: dict[float, dict] = {}
+    for side in ({**r["tokenized"], "tokens_to_reach_base_final_nmse": r["tokens_to_reach_base_final_nmse"]},
+                 *r["variants"].values()):
+        if not set(side.get("overrides") or {}) - {"lookup_init_scale"}:
+            by_scale.setdefault(init_scale_of(side), side)
+    return by_scale
+
+
+def init_scale_sweep() -> str:
+    """Held-out NMSE (and CE added) against the init scale, where one multi-SAE run trained
+    three or more scales beside each other on the same batches against the same base."""
+    rows, scales = [], sorted({s for f in RESULTS.glob("lookup_knobs*/quality.json")
+                               for r in load(str(f.relative_to(RESULTS)))["runs"] for s in init_scale_sides(r)})
+    for f in sorted(RESULTS.glob("lookup_knobs*/quality.json")):
+        d = load(str(f.relative_to(RESULTS)))
+        for r in d["runs"]:
+            by_scale = init_scale_sides(r)
+            if len(by_scale) < 3:
+                continue
+            cells = [f"{by_scale[x]['nmse'] / r['base']['nmse']:.2f}× ({by_scale[x]['ce_added']:.3f})"
+                     if x in by_scale else "" for x in scales]
+            rows.append([ARCHITECTURE_NAMES[r["architecture"]], f"L{r['layer']}", sparsity(r),
+                         f"{d['settings']['training_tokens']:,}", r["seed"],
+                         f"{r['base']['nmse']:.3f} ({r['base']['ce_added']:.3f})", *cells, f.parent.name])
+    return table(["architecture", "layer", "sparsity", "training tokens", "seed", "base: NMSE (CE added)",
+                  *(f"scale {x:g}: NMSE / base's (CE added)" for x in scales), "result"], rows)
+
+
 def init_scale() -> str:
     """The evidence for the lookup's init scale, one row per SAE pair: every run that trained
     the data-estimated lookup at the whole estimate (1.0, the default before 0.3) beside half
@@ -458,20 +512,11 @@ def init_scale() -> str:
                            f"{tokens:,}", seed, f"{whole['nmse'] / base['nmse']:.2f}× / {half['nmse'] / base['nmse']:.2f}×",
                            ce, l0, reach(*reached), source]))
 
-    def scale(side: dict) -> float | None:
-        if set(side.get("overrides") or {}) - {"lookup_init_scale"}:
-            return None  # another knob moved too (e.g. the lookup lr): not a pair
-        return init_scale_of(side)
-
     for f in sorted(RESULTS.glob("lookup_knobs*/quality.json")):
         d = load(str(f.relative_to(RESULTS)))
         corpus = d["settings"].get("dataset") or "wiki-summaries-en"
         for r in d["runs"]:
-            sides = [{**r["tokenized"], "tokens_to_reach_base_final_nmse": r["tokens_to_reach_base_final_nmse"]},
-                     *r["variants"].values()]
-            by_scale = {}
-            for side in sides:
-                by_scale.setdefault(scale(side), side)
+            by_scale = init_scale_sides(r)
             if 1.0 in by_scale and 0.5 in by_scale:
                 whole, half = by_scale[1.0], by_scale[0.5]
                 add(corpus, r["architecture"], r["layer"], r, d["settings"]["training_tokens"], r["seed"], r["base"],
@@ -778,7 +823,7 @@ def transcoders() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, init_scale, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
+    demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, init_scale, init_scale_sweep, moment_storage, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
     default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}

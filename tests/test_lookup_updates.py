@@ -3,7 +3,8 @@
 What must hold (training/optim.py): from the same state the first step is the same
 (SAELens's gradient clipping sees the same norm); later, rows a step does not touch stay
 put and keep their moments (lazy Adam); the optimizer state grows with the rows touched,
-never with d_vocab; checkpoints carry it; the step reads nothing back to the host.
+never with d_vocab, whether its storage is reserved at once (the CPU) or grown by copying (a
+GPU); checkpoints carry it; the step reads nothing back to the host.
 """
 
 import copy
@@ -20,7 +21,7 @@ from sae_lens_tokenized import (
     TokenizedTopKTrainingSAE,
     TokenizedTopKTrainingSAEConfig,
 )
-from sae_lens_tokenized.training import TokenizedSAETrainer
+from sae_lens_tokenized.training import TokenizedAdam, TokenizedSAETrainer
 from sae_lens_tokenized.training.activations_store import pack_token_ids
 
 RESID = "blocks.1.hook_resid_pre"
@@ -56,7 +57,21 @@ def one_step(trainer):
     return trainer.step(next(trainer.data_provider))
 
 
-def test_sparse_and_dense_take_the_same_first_step_with_the_same_clipped_norm(monkeypatch):
+@pytest.fixture(params=["reserved", "grown"])
+def storage(request, monkeypatch):
+    """The lazy moments' two storages: every row reserved at once, uncommitted (the CPU's), or
+    grown by copying as rows are touched (a GPU's; forced here on the CPU)."""
+    if request.param == "grown":
+        monkeypatch.setattr(TokenizedAdam, "reserve_devices", ())
+    return request.param
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_sparse_and_dense_take_the_same_first_step_with_the_same_clipped_norm(monkeypatch, storage):
     norms = []
     clip = torch.nn.utils.clip_grad_norm_
 
@@ -79,7 +94,7 @@ def test_sparse_and_dense_take_the_same_first_step_with_the_same_clipped_norm(mo
 
 
 @pytest.mark.parametrize("updates", ["sparse", "sparse_rowwise"])
-def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments(updates):
+def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments(updates, storage):
     sparse, dense = sparse_and_dense_pair(updates)
     first = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(0, 100, (256,)))
     second = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(100, 200, (256,)))
@@ -102,7 +117,7 @@ def test_lazy_semantics_untouched_rows_stay_put_and_keep_their_moments(updates):
     assert not state["exp_avg"][0].any() and not state["exp_avg_sq"][0].any()
 
 
-def test_lookup_memory_follows_the_rows_touched_not_d_vocab():
+def test_lookup_memory_follows_the_rows_touched_not_d_vocab(storage):
     vocab = 200_000
     torch.manual_seed(0)
     cfg = TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=vocab, lookup_ngram=1)
@@ -112,15 +127,66 @@ def test_lookup_memory_follows_the_rows_touched_not_d_vocab():
         one_step(trainer)
     assert sae.W_lookup.grad is None  # no dense [d_vocab, d_in] gradient, ever
     state = trainer.optimizer.state[sae.lookup_rows]
-    moments = sum(state[k].numel() for k in ("exp_avg", "exp_avg_sq"))
     assert int(state["rows_in_use"]) <= 301
-    assert moments <= 2 * 32 * 8 * 256 < 0.05 * 2 * vocab * 32  # capacity ~ rows touched + a few batches
+    capacity = state["exp_avg"].shape[0]
+    # grown: capacity ~ rows touched + a few batches; reserved: every row, of which only the
+    # rows in use are ever written (the next test: only they are committed)
+    if storage == "reserved":
+        assert capacity == vocab + 1
+    else:
+        assert capacity <= 8 * 256
+    moments_in_use = int(state["rows_in_use"]) * (32 + 1) * 4
+    slot_table = (vocab + 1) * 8
+    held = trainer.optimizer.lookup_memory_bytes()
+    assert held - slot_table == pytest.approx(moments_in_use if storage == "reserved" else capacity * 33 * 4, abs=16)
     dense_bytes = 3 * vocab * 32 * 4  # dense Adam: gradient + two moments
-    assert trainer.optimizer.lookup_memory_bytes() < 0.1 * dense_bytes
+    assert held < 0.1 * dense_bytes
+
+
+def test_reserved_moments_commit_memory_only_for_the_rows_written():
+    # every row's moments reserved at once, but the kernel backs only the pages written: the
+    # rows in use. Zero-filled storage (new_zeros) would commit all of it, on the first step.
+    vocab = 1_000_000
+    torch.manual_seed(0)
+    sae = TokenizedTopKTrainingSAE(TokenizedTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4, d_vocab=vocab, lookup_ngram=1))
+    trainer = trainer_for(sae, packed_batches(3, vocab=300))
+    one_step(trainer)  # builds Adam's state of the SAE's own (small) parameters
+    state = trainer.optimizer.state[sae.lookup_rows]
+    reserved = sum(state[k].numel() * state[k].element_size() for k in ("exp_avg", "exp_avg_sq"))
+    assert reserved >= vocab * 33 * 4  # every row is reserved ...
+    del trainer.optimizer.state[sae.lookup_rows]  # ... and reserved again by the next step
+    trainer.optimizer._rows_in_use_bound.clear()
+    trainer.optimizer._host_step.clear()
+    before = rss_bytes()
+    one_step(trainer)
+    slot_table = (vocab + 1) * 8  # written in full (every entry starts at -1)
+    assert rss_bytes() - before < slot_table + 0.1 * reserved
+
+
+def test_a_new_row_s_moments_start_at_zero_whatever_its_storage_held(storage):
+    # the storage past the rows in use is never initialised: poison it, and the run must not change
+    runs = []
+    for poison in (False, True):
+        torch.manual_seed(0)
+        sae = TokenizedTopKTrainingSAE(sae_cfg("sparse_rowwise"))
+        first = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(0, 100, (256,)))
+        second = pack_token_ids(torch.randn(256, 32) * 3, torch.randint(50, 200, (256,)))
+        trainer = trainer_for(sae, [first, second])
+        one_step(trainer)
+        if poison:
+            state = trainer.optimizer.state[sae.lookup_rows]
+            n = int(state["rows_in_use"])
+            assert state["exp_avg"].shape[0] > n
+            state["exp_avg"][n:] = float("nan")
+            state["exp_avg_sq"][n:] = 1e30
+        one_step(trainer)
+        runs.append(sae.W_lookup.detach().clone())
+    assert not runs[1].isnan().any()
+    assert torch.equal(runs[0], runs[1])
 
 
 @pytest.mark.parametrize("updates", ["sparse", "sparse_rowwise"])
-def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_path, updates):
+def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_path, updates, storage):
     batches = packed_batches(5, vocab=300)
     torch.manual_seed(0)
     straight = TokenizedTopKTrainingSAE(sae_cfg(updates))
@@ -133,6 +199,12 @@ def test_a_checkpoint_carries_the_lazy_state_and_resuming_continues_exactly(tmp_
         one_step(t1)
         t1.n_training_steps += 1
     t1.save_checkpoint("ckpt", base_path=tmp_path)
+    # the checkpoint holds the moments of the rows in use, not the storage reserved past them
+    (lazy,) = [st for st in torch.load(tmp_path / "ckpt" / "trainer_state.pt")["optimizer"]["state"].values()
+               if "slot_of" in st]
+    in_use = int(lazy["rows_in_use"])
+    assert lazy["exp_avg"].shape[0] == lazy["exp_avg_sq"].shape[0] == in_use
+    assert t1.optimizer.state[resumed_sae.lookup_rows]["exp_avg"].shape[0] > in_use  # the live state is untouched
     # a fresh process: SAE and trainer rebuilt from the checkpoint alone
     reloaded = TokenizedTopKTrainingSAE.load_from_disk(tmp_path / "ckpt")
     t2 = trainer_for(reloaded, batches[3:])

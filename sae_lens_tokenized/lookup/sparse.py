@@ -27,10 +27,19 @@ and moments. ``lookup_updates="sparse_rowwise"`` (the default) keeps one second 
 row (the mean of the row's squared gradient) instead of one per element, as FBGEMM's
 partial row-wise Adam does for embedding tables: touched * (d_in + 1) floats, so a run that
 touches every row holds about one table of moments instead of two (docs "Results", "One
-second moment per row"). No step reads a value back to the host, except to grow the moment storage,
-which happens O(log) times (capacity grows 1.5x; a host-side upper bound on the rows in use
-decides when to check). Everything lives in ``optimizer.state``, so SAELens's checkpoints
-save it and resuming restores it.
+second moment per row").
+
+Where the moments live: on the CPU, storage for every row is reserved once, uncommitted
+(``new_empty``: the kernel backs a page only when it is first written), and a row's slot is
+written the first time its token is seen, so resident memory follows the rows touched with no
+copy and no host read. Growing by copying (below) holds up to half as many rows again as are
+in use, and the old and the new storage at once while it copies (docs "Results", "Where the
+moments live"). Elsewhere (a GPU allocator commits what it reserves) the storage grows
+1.5x as rows are touched, and no step reads a value back to the host except to grow, O(log)
+times (a host-side upper bound on the rows in use decides when to check). A new row's moments
+are zeroed where they are read, so neither path initialises storage. Everything lives in
+``optimizer.state``, so SAELens's checkpoints save it (the rows in use only) and resuming
+restores it.
 """
 
 from __future__ import annotations
@@ -159,6 +168,10 @@ class TokenizedAdam(Adam):
             supported on a lazy group.
     """
 
+    # devices whose allocator commits memory only where it is written: the moments of every
+    # row are reserved there at once (module docstring)
+    reserve_devices: tuple[str, ...] = ("cpu",)
+
     def __init__(self, params: Any, *, sae: Any, **kwargs: Any):
         super().__init__(params, **kwargs)
         self.sae = sae
@@ -170,6 +183,7 @@ class TokenizedAdam(Adam):
         # what this run asked for; a checkpoint's param_groups would overwrite it on load
         self._rowwise = [group.get("rowwise") for group in self.param_groups]
         self.register_load_state_dict_post_hook(TokenizedAdam._after_load)
+        self.register_state_dict_post_hook(TokenizedAdam._rows_in_use_only)
 
     def _lazy_params(self) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
         for group in self.param_groups:
@@ -204,9 +218,11 @@ class TokenizedAdam(Adam):
             state["slot_of"] = torch.full((vocab + 1,), -1, dtype=torch.long, device=W.device)
             state["slot_of"][vocab] = 0  # padding positions are keyed to the extra id `vocab`
             state["rows_in_use"] = torch.ones((), dtype=torch.long, device=W.device)
-            state["exp_avg"] = torch.zeros(1, W.shape[1], dtype=W.dtype, device=W.device)
+            capacity = vocab + 1 if W.device.type in self.reserve_devices else 1
+            state["exp_avg"] = W.new_empty(capacity, W.shape[1])
             # row-wise: one second moment per row, the mean of its squared gradient
-            state["exp_avg_sq"] = torch.zeros(1, 1 if rowwise else W.shape[1], dtype=W.dtype, device=W.device)
+            state["exp_avg_sq"] = W.new_empty(capacity, 1 if rowwise else W.shape[1])
+            state["exp_avg"][0] = state["exp_avg_sq"][0] = 0
             self._rows_in_use_bound[id(p)] = 1
         self._ensure_capacity(p, state, n, vocab)
 
@@ -221,12 +237,15 @@ class TokenizedAdam(Adam):
         step = self._host_step[id(p)] + 1 if id(p) in self._host_step else int(state["step"].item())
         self._host_step[id(p)] = step
         beta1, beta2 = group["betas"]
-        # Adam's formula, in Adam's order (torch.optim.adam._single_tensor_adam)
-        exp_avg = state["exp_avg"][slot].lerp_(grad, 1 - beta1)
+        # Adam's formula, in Adam's order (torch.optim.adam._single_tensor_adam); a new row's
+        # slot was never written, so its moments start at zero here
+        fresh = new.unsqueeze(1)
+        exp_avg = state["exp_avg"][slot].masked_fill_(fresh, 0).lerp_(grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"][slot].masked_fill_(fresh, 0).mul_(beta2)
         if rowwise:
-            exp_avg_sq = state["exp_avg_sq"][slot].mul_(beta2).add_(grad.square().mean(1, keepdim=True), alpha=1 - beta2)
+            exp_avg_sq.add_(grad.square().mean(1, keepdim=True), alpha=1 - beta2)
         else:
-            exp_avg_sq = state["exp_avg_sq"][slot].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
         state["exp_avg"][slot] = exp_avg
         state["exp_avg_sq"][slot] = exp_avg_sq
         step_size = group["lr"] / (1 - beta1**step)
@@ -248,11 +267,24 @@ class TokenizedAdam(Adam):
                 # reserve rows that are never used (growth stays O(log) copies).
                 new_capacity = min(vocab + 1, max(capacity + capacity // 2, bound + 2 * n))
                 for key in ("exp_avg", "exp_avg_sq"):
-                    old = state[key]
-                    grown = old.new_zeros(new_capacity, old.shape[1])
-                    grown[:capacity] = old
-                    state[key] = grown
+                    state[key] = self._resized(state[key], new_capacity, capacity)
         self._rows_in_use_bound[id(p)] = bound + n
+
+    @staticmethod
+    def _resized(moments: torch.Tensor, rows: int, keep: int) -> torch.Tensor:
+        out = moments.new_empty(rows, moments.shape[1])  # rows past `keep`: zeroed where read
+        out[:keep] = moments[:keep]
+        return out
+
+    def _rows_in_use_only(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        # A checkpoint holds the moments of the rows in use, not the reserved storage past them
+        # (uninitialised). A new dict: Optimizer.state_dict() shares the live state's dicts.
+        for index, st in state_dict["state"].items():
+            if "slot_of" in st:
+                n = int(st["rows_in_use"])
+                state_dict["state"][index] = {**st, "exp_avg": st["exp_avg"][:n].clone(),
+                                              "exp_avg_sq": st["exp_avg_sq"][:n].clone()}
+        return state_dict
 
     def _after_load(self) -> None:
         # Optimizer.load_state_dict casts every state tensor to the parameter's dtype;
@@ -274,12 +306,25 @@ class TokenizedAdam(Adam):
                     )
                 state["slot_of"] = state["slot_of"].long()
                 state["rows_in_use"] = state["rows_in_use"].long()
+                if p.device.type in self.reserve_devices:  # reserve every row again, as a fresh run does
+                    n = int(state["rows_in_use"])
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        state[key] = self._resized(state[key], self.sae.W_lookup.shape[0] + 1, n)
         self._rows_in_use_bound.clear()
         self._host_step.clear()
 
     def lookup_memory_bytes(self) -> int:
-        """Bytes of the lookup's optimizer state, sparse (moments of the rows touched, slot
-        table) or dense (Adam's moments of the whole table)."""
-        lookup = [p for p in (self.sae.W_lookup, self.sae.lookup_rows) if p is not None]
-        return sum(t.numel() * t.element_size() for p in lookup for t in self.state.get(p, {}).values()
-                   if isinstance(t, torch.Tensor))
+        """Bytes the lookup's optimizer state holds: sparse, the moments of the rows in use
+        (of the storage reserved on the CPU, only they are committed; on other devices, the
+        grown capacity) and the slot table; dense, Adam's moments of the whole table."""
+        total = 0
+        for p in (self.sae.W_lookup, self.sae.lookup_rows):
+            state = self.state.get(p, {}) if p is not None else {}
+            for key, t in state.items():
+                if not isinstance(t, torch.Tensor):
+                    continue
+                rows = t.shape[0] if t.ndim else 1
+                if key in ("exp_avg", "exp_avg_sq") and "slot_of" in state and t.device.type in self.reserve_devices:
+                    rows = int(state["rows_in_use"])
+                total += rows * (t[0].numel() if t.ndim else 1) * t.element_size()
+        return total
