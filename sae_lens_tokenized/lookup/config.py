@@ -119,10 +119,10 @@ class LookupTrainingConfig(LookupConfig):
             than one pass over a finite dataset. What was drawn, and which cap applied, is
             recorded in cfg.json (``lookup_init``).
         lookup_init_hold: where that sample waits until training takes it
-            (``n * (d_in + 2) * 4`` bytes): ``"disk"``, temporary files under
-            ``tempfile.gettempdir()`` (set ``TMPDIR`` to move them), each deleted as it is
-            served, so memory holds one batch of it at a time; or ``"memory"``, on the
-            store's device. With too little free disk the run stops before writing any.
+            (``n * (d_in + 2) * 4`` bytes): ``"disk"``, one unnamed temporary file under
+            ``tempfile.gettempdir()`` (set ``TMPDIR`` to move it), closed once served and
+            freed by the system however the process ends, so memory holds one batch of it
+            at a time; or ``"memory"``, on the store's device. With too little free disk the run stops before writing any.
         lookup_init_pseudo_count: shrinkage of data-estimated token rows: a token seen n
             times gets ``(sum + c * prior) / (n + c)``; an unseen token gets the prior.
         lookup_init_prior: the prior of data-estimated token rows: a prompt strategy

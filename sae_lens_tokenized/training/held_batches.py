@@ -9,13 +9,13 @@ it to training first (issue 20, item 2: every activation read is trained on).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,22 @@ class HeldBatches:
 
     The sample is the largest thing the default init holds that does not scale with the
     lookup (``lookup_init_tokens * (d_in + 2) * 4`` bytes for the single store: gigabytes
-    at a large model's width). ``where="disk"`` (the default) writes each batch to a
-    temporary file as it is read (``tempfile.gettempdir()``: set ``TMPDIR`` to move it)
-    and deletes it as training takes it, so the run's memory holds one batch of it at a
-    time; ``"memory"`` keeps the batches as they are (on the store's device). A SIGTERM
-    before the sample is served removes its files too (``_remove_on_sigterm``); only a
-    SIGKILL leaves them."""
+    at a large model's width). ``where="disk"`` (the default) appends each batch to one
+    unnamed temporary file as it is read (``tempfile.gettempdir()``: set ``TMPDIR`` to move
+    it), so the run's memory holds one batch of it at a time, and the file is closed once
+    training has taken the last batch; ``"memory"`` keeps the batches as they are (on the
+    store's device). The file has no name (``tempfile.TemporaryFile``: ``O_TMPFILE``, or
+    unlinked at once), so the kernel frees it when the process ends however it ends: a
+    SIGTERM from a job cancel or from torchrun stopping the other ranks, a SIGKILL, the
+    out-of-memory killer, ``os._exit``. Named files would stay behind, gigabytes at a large
+    model's width."""
 
     #: LLM (or cache) activations this store has read; each is trained on once
     llm_activations_read: int = 0
-    #: kept batches, in read order: (the batch, or its file on disk; its rows)
+    #: kept batches, in read order: (the batch, or where it is in the file; its rows)
     _held: deque[tuple[Any, int]] | None = None
     _holding: bool = False
-    _spill: tempfile.TemporaryDirectory | None = None
-    _spilled: int = 0
+    _spill: _SpillFile | None = None
     _expected_rows: int | None = None
 
     @contextlib.contextmanager
@@ -64,8 +66,7 @@ class HeldBatches:
         if self._held is None:
             self._held = deque()
         if where == "disk" and self._spill is None:
-            self._spill = tempfile.TemporaryDirectory(prefix="sae_lens_tokenized_init_sample_")
-            _remove_on_sigterm(self._spill.name)
+            self._spill = _SpillFile()
         self._expected_rows = expected_rows
         self._holding = True
         try:
@@ -86,8 +87,9 @@ class HeldBatches:
             yield self._load(item)
 
     def _load(self, item: Any) -> Any:
-        if isinstance(item, Path):
-            return torch.load(item, weights_only=True)
+        if isinstance(item, _OnDisk):
+            assert self._spill is not None
+            return self._spill.read(item)
         return item
 
     def _next_held(self) -> Any:
@@ -96,8 +98,6 @@ class HeldBatches:
             return None
         item, _ = self._held.popleft()
         batch = self._load(item)
-        if isinstance(item, Path):
-            item.unlink()
         if not self._held and self._spill is not None:
             self._remove_spill()  # the last one served: nothing of the sample stays on disk
         return batch
@@ -109,20 +109,14 @@ class HeldBatches:
         if self._spill is None:
             self._held.append((batch, rows))
             return
-        folder = Path(self._spill.name)
         if not self._held and self._expected_rows:
-            self._check_free_space(folder, batch, rows)
-        path = folder / f"{self._spilled:07d}.pt"
-        self._spilled += 1
-        torch.save(_compact(batch), path)
-        self._held.append((path, rows))
+            self._check_free_space(self._spill.folder, batch, rows)
+        self._held.append((self._spill.write(batch), rows))
 
     def _remove_spill(self) -> None:
         assert self._spill is not None
-        _spills.discard(self._spill.name)
-        self._spill.cleanup()
+        self._spill.close()
         self._spill = None
-        _restore_sigterm()
 
     def _check_free_space(self, folder: Path, batch: Any, rows: int) -> None:
         assert self._expected_rows
@@ -133,39 +127,52 @@ class HeldBatches:
             self._remove_spill()
             raise HeldBatchesError(
                 f"the lookup init's sample ({self._expected_rows:,} activations, about {need / 2**30:.1f} GiB) "
-                f"is held on disk until it is trained on, but {folder.parent} has {free / 2**30:.1f} GiB free. "
+                f"is held on disk until it is trained on, but {folder} has {free / 2**30:.1f} GiB free. "
                 "Set TMPDIR to a folder with room, lower lookup_init_tokens, or hold it in memory "
                 "(lookup_init_hold='memory')."
             )
 
 
-#: init-sample folders on disk now, removed if SIGTERM stops the process (below)
-_spills: set[str] = set()
+@dataclass(frozen=True)
+class _OnDisk:
+    """Where one kept batch is in the spill file."""
+
+    offset: int
+    length: int
 
 
-def _remove_on_sigterm(folder: str) -> None:
-    """Until the init sample is served, a SIGTERM (a cluster's job cancel, torchrun
-    stopping the other ranks when one fails) would end the process without Python's
-    cleanup and leave the sample on disk, gigabytes at a large model's width. Where SIGTERM
-    would simply end the process (its default action, in the main thread), remove the
-    sample's folders first, then end the process by the same signal. A handler of the
-    user's own is left alone."""
-    _spills.add(folder)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _remove_spills_and_end)
+class _SpillFile:
+    """The init sample on disk: one unnamed temporary file (class docstring of ``HeldBatches``),
+    batches appended as ``torch.save`` bytes and read back by position."""
 
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.gettempdir())
+        self.file = tempfile.TemporaryFile(prefix="sae_lens_tokenized_init_sample_")
+        self.end = 0
 
-def _restore_sigterm() -> None:
-    if (not _spills and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is _remove_spills_and_end):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    def write(self, batch: Any) -> _OnDisk:
+        buffer = io.BytesIO()
+        torch.save(_compact(batch), buffer)
+        data = memoryview(buffer.getbuffer())
+        where = _OnDisk(self.end, len(data))
+        while data:
+            written = os.pwrite(self.file.fileno(), data, self.end)
+            self.end += written
+            data = data[written:]
+        return where
 
+    def read(self, where: _OnDisk) -> Any:
+        chunks, got = [], 0
+        while got < where.length:  # pread may return less than asked (one call: 2 GiB at most)
+            chunk = os.pread(self.file.fileno(), where.length - got, where.offset + got)
+            if not chunk:
+                raise RuntimeError(f"the init sample's file ended {where.length - got} bytes early")
+            chunks.append(chunk)
+            got += len(chunk)
+        return torch.load(io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks)), weights_only=True)
 
-def _remove_spills_and_end(signum: int, frame: Any) -> None:
-    for folder in list(_spills):
-        shutil.rmtree(folder, ignore_errors=True)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    def close(self) -> None:
+        self.file.close()
 
 
 def _compact(x: Any) -> Any:
