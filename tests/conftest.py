@@ -16,8 +16,8 @@ def _free_port() -> int:
 
 # Everything the suite writes outside tmp_path goes under one folder, removed when the session
 # ends: the Hub cache, the package's cache (SmolLM2 converted once, unigram tables: most of a
-# GiB), pytest's own tmp_path folders, and what subprocesses leave (they inherit TMPDIR), e.g.
-# the init sample of a data-parallel rank a test kills on purpose. Left in /tmp, two suite
+# GiB), pytest's own tmp_path folders, and what subprocesses leave (they inherit TMPDIR). Left
+# in /tmp, two suite
 # runs per CI run filled a CI machine's disk.
 _SESSION_TMP = tempfile.mkdtemp(prefix="sltok-tests-")
 atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
