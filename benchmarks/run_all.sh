@@ -183,3 +183,28 @@ python benchmarks/default_cost.py --d_vocab $V --lookup_updates sparse_rowwise -
 done
 python benchmarks/step_time.py --bigram --rowwise --architectures topk --d_vocab 50257 --d_in 256 --d_sae 2048 \
     --batch 4096 --steps 30 --out $R/step_time_bigram_rowwise_V50257.json
+# Where lazy Adam's moments live (0.3.1): the same default_cost run on the code before (grown by copying,
+# the package at 21e655c, this script) and after (reserved on the CPU); the kernel's exact peaks
+for CODE in grown reserved; do  # check out 21e655c's sae_lens_tokenized/ for "grown"
+python benchmarks/default_cost.py --d_vocab 50257 --lookup_updates sparse_rowwise --glibc_mmap_threshold 131072 \
+    --out $R/moment_storage/${CODE}_V50257.json
+done
+# init scales between half and whole, in 400k-token runs: three scales beside each other in one multi-SAE run
+for SEED in 0 1; do
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 128 --l1s 5 --l0s 5 --seeds $SEED \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
+    --out $R/lookup_knobs_l9_k128_400k$([ $SEED = 1 ] && echo _seed1)
+done
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 --l1s 5 --l0s 5 --seeds 0 \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
+    --out $R/lookup_knobs_l3_400k
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 --l1s 5 --l0s 5 --seeds 1 \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
+    --out $R/lookup_knobs_l9_400k_seed1
+# BatchTopK and Matryoshka at layer 9, second seed, the whole estimate beside the default
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 --ks 32 128 \
+    --l1s 5 --l0s 5 --seeds 1 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l9_batchtopk_seed1
