@@ -18,6 +18,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -470,22 +471,28 @@ def init_scale_sides(r: dict) -> dict[float, dict]:
     return by_scale
 
 
-def init_scale_sweep() -> str:
-    """Held-out NMSE (and CE added) against the init scale, where one multi-SAE run trained
-    three or more scales beside each other on the same batches against the same base."""
-    rows, scales = [], sorted({s for f in RESULTS.glob("lookup_knobs*/quality.json")
-                               for r in load(str(f.relative_to(RESULTS)))["runs"] for s in init_scale_sides(r)})
+def init_scale_sweeps() -> Iterator[tuple[str, dict, dict, dict[float, dict]]]:
+    """Every lookup_knobs run (and level) that trained three or more init scales beside each
+    other on the same batches against the same base: (result folder, sweep, run, sides by
+    scale). The sweep table and benchmarks/plot_init_scale.py read these."""
     for f in sorted(RESULTS.glob("lookup_knobs*/quality.json")):
         d = load(str(f.relative_to(RESULTS)))
         for r in d["runs"]:
             by_scale = init_scale_sides(r)
-            if len(by_scale) < 3:
-                continue
-            cells = [f"{by_scale[x]['nmse'] / r['base']['nmse']:.2f}× ({by_scale[x]['ce_added']:.3f})"
-                     if x in by_scale else "" for x in scales]
-            rows.append([ARCHITECTURE_NAMES[r["architecture"]], f"L{r['layer']}", sparsity(r),
-                         f"{d['settings']['training_tokens']:,}", r["seed"],
-                         f"{r['base']['nmse']:.3f} ({r['base']['ce_added']:.3f})", *cells, f.parent.name])
+            if len(by_scale) >= 3:
+                yield f.parent.name, d, r, by_scale
+
+
+def init_scale_sweep() -> str:
+    """Held-out NMSE (and CE added) against the init scale (``init_scale_sweeps``)."""
+    sweeps = list(init_scale_sweeps())
+    rows, scales = [], sorted({x for *_, by_scale in sweeps for x in by_scale})
+    for name, d, r, by_scale in sweeps:
+        cells = [f"{by_scale[x]['nmse'] / r['base']['nmse']:.2f}× ({by_scale[x]['ce_added']:.3f})"
+                 if x in by_scale else "" for x in scales]
+        rows.append([ARCHITECTURE_NAMES[r["architecture"]], f"L{r['layer']}", sparsity(r),
+                     f"{d['settings']['training_tokens']:,}", r["seed"],
+                     f"{r['base']['nmse']:.3f} ({r['base']['ce_added']:.3f})", *cells, name])
     return table(["architecture", "layer", "sparsity", "training tokens", "seed", "base: NMSE (CE added)",
                   *(f"scale {x:g}: NMSE / base's (CE added)" for x in scales), "result"], rows)
 
