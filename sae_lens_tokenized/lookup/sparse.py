@@ -53,6 +53,10 @@ from torch import nn
 from torch.optim import Adam
 
 
+#: the per-row moment tensors of a lazy group's state (the rest: slot table, counters)
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
 def distinct_slots(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The distinct values of ``keys`` [n] with every shape fixed by ``n`` (sort + cumsum,
     no ``unique()``, so no host sync): ``(order, slot, rows)``, where sorted position ``i``
@@ -266,7 +270,7 @@ class TokenizedAdam(Adam):
                 # table, and a run touches rows ever more slowly, so doubling would mostly
                 # reserve rows that are never used (growth stays O(log) copies).
                 new_capacity = min(vocab + 1, max(capacity + capacity // 2, bound + 2 * n))
-                for key in ("exp_avg", "exp_avg_sq"):
+                for key in MOMENTS:
                     state[key] = self._resized(state[key], new_capacity, capacity)
         self._rows_in_use_bound[id(p)] = bound + n
 
@@ -282,8 +286,7 @@ class TokenizedAdam(Adam):
         for index, st in state_dict["state"].items():
             if "slot_of" in st:
                 n = int(st["rows_in_use"])
-                state_dict["state"][index] = {**st, "exp_avg": st["exp_avg"][:n].clone(),
-                                              "exp_avg_sq": st["exp_avg_sq"][:n].clone()}
+                state_dict["state"][index] = {**st, **{key: st[key][:n].clone() for key in MOMENTS}}
         return state_dict
 
     def _after_load(self) -> None:
@@ -308,7 +311,7 @@ class TokenizedAdam(Adam):
                 state["rows_in_use"] = state["rows_in_use"].long()
                 if p.device.type in self.reserve_devices:  # reserve every row again, as a fresh run does
                     n = int(state["rows_in_use"])
-                    for key in ("exp_avg", "exp_avg_sq"):
+                    for key in MOMENTS:
                         state[key] = self._resized(state[key], self.sae.W_lookup.shape[0] + 1, n)
         self._rows_in_use_bound.clear()
         self._host_step.clear()
@@ -324,7 +327,7 @@ class TokenizedAdam(Adam):
                 if not isinstance(t, torch.Tensor):
                     continue
                 rows = t.shape[0] if t.ndim else 1
-                if key in ("exp_avg", "exp_avg_sq") and "slot_of" in state and t.device.type in self.reserve_devices:
+                if key in MOMENTS and "slot_of" in state and t.device.type in self.reserve_devices:
                     rows = int(state["rows_in_use"])
                 total += rows * (t[0].numel() if t.ndim else 1) * t.element_size()
         return total
