@@ -137,9 +137,6 @@ python benchmarks/defaults_check.py --dataset shakespeare-plays --layer 3 --trai
 python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 --l1s 5 --l0s 5 --seeds 0 \
     --training_tokens 400000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l9_400k
-python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 --l1s 5 --l0s 5 --seeds 1 \
-    --training_tokens 400000 --unigram_strategy data \
-    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l3_400k_seed1
 # L9 k 128 over one pass: does a longer run (a larger init sample) close the k-128 gap? (not run yet)
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --k 128 --training_tokens 1000000 --seeds 0 \
     --out $R/length
@@ -151,8 +148,7 @@ python benchmarks/quality.py --engine multi --architectures standard gated jumpr
 # the advantage as a run grows: one pass (1M tokens) at layer 3 (AuxK 1.0 then) and at layer 9
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 1000000 --seeds 0 \
     --out $R/length
-python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --training_tokens 1000000 --seeds 0 \
-    --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/length
+# (layer 9 before 0.3: --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}'; remade at half, below)
 # AuxK and the BatchTopK family (run when both sides defaulted to SAELens's aux_loss_coefficient=1.0; the
 # tokenized ones, and the workbench's bases beside them, now default to 1/32: to repeat the 1.0 rows, add
 # '"aux_1": {"aux_loss_coefficient": 1.0}' to both variant lists)
@@ -204,6 +200,25 @@ python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks
     --training_tokens 400000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
     --out $R/lookup_knobs_l9_400k_seed1
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 --l1s 5 --l0s 5 --seeds 1 \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
+    --out $R/lookup_knobs_l3_400k_seed1
+python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 64 --l1s 5 --l0s 5 --seeds 0 \
+    --training_tokens 400000 --unigram_strategy data \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
+    --out $R/lookup_knobs_l9_k64_400k
+# JumpReLU at layer 3 on a second seed, the whole estimate beside the default (half)
+python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 --ks 32 --l1s 5 --l0s 0.0078125 0.125 \
+    --seeds 1 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' \
+    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l3_jumprelu_seed1
+# the advantage as a run grows, at today's default (half) with the whole estimate beside it: one pass, layer 9, k 32
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --training_tokens 1000000 --seeds 0 \
+    --variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/length
+# where the extra memory is at the last step (default_cost.py's last_step_extra): V 50,257 (the reserved run
+# above, remade with it) and the sweeps issue's own setting, V 131,072
+python benchmarks/default_cost.py --d_vocab 131072 --lookup_updates sparse_rowwise --glibc_mmap_threshold 131072 --code 0.3.1
 # BatchTopK and Matryoshka at layer 9, second seed, the whole estimate beside the default
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 --ks 32 128 \
     --l1s 5 --l0s 5 --seeds 1 --training_tokens 200000 --unigram_strategy data \
