@@ -255,8 +255,10 @@ class TokenizedAdam(Adam):
         step_size = group["lr"] / (1 - beta1**step)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
         # Padding positions (rows 0, scratch slot 0) add exactly zero: no position reads their
-        # staged row, so their gradient is 0 and the scratch moments stay 0 forever.
-        W.index_add_(0, rows, (exp_avg / denom * -step_size).to(W.dtype))
+        # staged row, so their gradient is 0 and the scratch moments stay 0 forever. The
+        # gathered first moments are stored above, so the update is made in their place
+        # (the same operations in the same order: no two more batch-sized temporaries).
+        W.index_add_(0, rows, exp_avg.div_(denom).mul_(-step_size).to(W.dtype))
 
     def _ensure_capacity(self, p: torch.Tensor, state: dict[str, Any], n: int, vocab: int) -> None:
         capacity = state["exp_avg"].shape[0]
