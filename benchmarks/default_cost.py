@@ -24,11 +24,18 @@ the interleaved in-process ratio.
 later blocks come from the heap and freed ones stay resident: the run's peak then counts
 memory the process no longer uses. Fixing it separates what a run holds from what the
 allocator keeps.
+
+At the last step (when the lookup's state is largest) each run also records where its
+memory is: the step's exact peak, and what stays resident after it by mapping (anonymous:
+tensors; heap: glibc's arena, before and after ``malloc_trim``; files: library code). The
+summary's ``last_step_extra`` is tokenized minus TopK per part, beside the lookup's own parts
+(the table, its optimizer state, the staged rows), so what is neither is located.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -58,6 +65,33 @@ def high_water_mark() -> int:
 def reset_high_water_mark() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS (proc(5), /proc/pid/clear_refs)
+
+
+def resident_by_kind() -> dict[str, int]:
+    """Resident bytes by mapping (/proc/self/smaps): ``heap`` (glibc's arena: small blocks,
+    and the free ones it has not returned), ``anonymous`` (large blocks: tensors above
+    glibc's mmap threshold), ``files`` (the libraries' code and data)."""
+    kinds = {"heap": 0, "anonymous": 0, "files": 0, "other": 0}
+    kind = "other"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if not head[0].endswith(":"):  # a mapping's header: range, perms, offset, dev, inode[, path]
+                path = head[5].strip() if len(head) > 5 else ""
+                kind = ("heap" if path == "[heap]" else "anonymous" if not path
+                        else "files" if path.startswith("/") else "other")
+            elif head[0] == "Rss:":
+                kinds[kind] += int(head[1]) * 1024
+    return kinds
+
+
+def malloc_trim() -> bool:
+    """Return the heap's free blocks to the system (glibc's ``malloc_trim(0)``), so what stays
+    resident is what the process holds."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 class PhaseMemory:
@@ -155,13 +189,26 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     times: list[float] = []
     from sae_lens.training.sae_trainer import SAETrainer
     original = SAETrainer.step
+    last_step = -(-args.training_tokens // args.batch)  # SAELens steps until the run's tokens are trained
+    last: dict[str, Any] = {}
 
     def timed(self: Any, batch: torch.Tensor) -> Any:
         if not times:
             mem.enter("training")
+        if len(times) + 1 == last_step:  # the last step, when the lookup's state is largest: its own peak
+            mem.exact_peaks["training"] = max(mem.exact_peaks.get("training", 0), high_water_mark())
+            reset_high_water_mark()
+            last["rss_before"] = rss()
         t0 = time.perf_counter()
         out = original(self, batch)
         times.append(time.perf_counter() - t0)
+        if len(times) == last_step:
+            last.update(exact_peak=high_water_mark(), rss_after=rss(), by_kind=resident_by_kind())
+            last["trimmed"] = malloc_trim()
+            last["rss_after_trim"], last["by_kind_after_trim"] = rss(), resident_by_kind()
+            rows = getattr(self.sae, "lookup_rows", None)
+            if rows is not None:  # the step's staged rows (kept between steps); its gradient lives in the step
+                last["staged_rows_bytes"] = rows.numel() * rows.element_size()
         return out
 
     SAETrainer.step = timed  # type: ignore[method-assign]
@@ -183,7 +230,7 @@ def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         owned["held_sample_tokens"] = int(runner.unigram_report["lookup_init"]["tokens_drawn_from_training_stream"])
     return {"built_rss": built, "phase_peak_rss": peaks, "phase_s": mem.seconds, "added_peak": max(peaks.values()) - built,
             "phase_exact_peak_rss": mem.exact_peaks, "added_exact_peak": max(mem.exact_peaks.values()) - built,
-            "step_s": times, "lookup_owned": owned, "steps": len(times)}
+            "step_s": times, "lookup_owned": owned, "steps": len(times), "last_step": last}
 
 
 def main() -> None:
@@ -245,6 +292,21 @@ def main() -> None:
         "lookup_updates": args.lookup_updates,
         "glibc_mmap_threshold": args.glibc_mmap_threshold,
     }
+    lt, lb = tok["last_step"], base["last_step"]
+    if lt and lb:  # where the extra is at the last step (tokenized minus TopK, bytes)
+        owned = tok["lookup_owned"]
+        summary["last_step_extra"] = {
+            "exact_peak": lt["exact_peak"] - lb["exact_peak"],
+            "resident_after": lt["rss_after"] - lb["rss_after"],
+            **{f"{k}_after": lt["by_kind"][k] - lb["by_kind"][k] for k in ("anonymous", "heap", "files")},
+            "heap_after_malloc_trim": lt["by_kind_after_trim"]["heap"] - lb["by_kind_after_trim"]["heap"],
+            # resident beyond the lookup's own parts, once the heap's free blocks are returned
+            "table_and_state": owned["table"] + owned["optimizer_state"],
+            "staged_rows": lt.get("staged_rows_bytes", 0),
+        }
+        e = summary["last_step_extra"]
+        e["in_the_step"] = e["exact_peak"] - e["resident_after"]  # the step's transients (its gradient, Adam's rows)
+        e["anonymous_beyond_table_state_and_staged_rows"] = e["anonymous_after"] - e["table_and_state"] - e["staged_rows"]
     print(json.dumps(summary, indent=1))
     suffix = ("" if args.lookup_init_hold == "disk" else f"_{args.lookup_init_hold}") + (
         "" if args.lookup_updates == "sparse" else f"_{args.lookup_updates}") + (

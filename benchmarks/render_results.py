@@ -58,7 +58,7 @@ def pct(x: float | None) -> str:
 
 
 def mib(b: float) -> str:
-    return f"{b / 2**20:,.0f}"
+    return f"{round(b / 2**20):,}"  # round() first: no "-0" for a difference of a few pages
 
 
 def times(x: float | None) -> str:
@@ -373,12 +373,35 @@ def moment_storage() -> str:
                      f"{sm['extra_exact_peak_over_lookup_table']:.2f}×"])
         commands += command(d)
     c = d["config"]
-    return (f"V {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']}, {c['training_tokens']:,} "
-            "training tokens, the default lookup (data estimate, bigram rows, row-wise moments), the init sample on disk, "
-            f"glibc's mmap threshold fixed; MiB, each run in a fresh process:\n\n" + table(
-                ["moment storage", "code", "W_lookup (with bigram rows)", "its optimizer state at the end",
-                 "TopK adds (peak)", "tokenized adds (peak)", "extra", "extra beyond table and state",
-                 "extra / W_lookup"], rows) + commands)
+    out = (f"V {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']}, {c['training_tokens']:,} "
+           "training tokens, the default lookup (data estimate, bigram rows, row-wise moments), the init sample on disk, "
+           f"glibc's mmap threshold fixed; MiB, each run in a fresh process:\n\n" + table(
+               ["moment storage", "code", "W_lookup (with bigram rows)", "its optimizer state at the end",
+                "TopK adds (peak)", "tokenized adds (peak)", "extra", "extra beyond table and state",
+                "extra / W_lookup"], rows) + commands)
+    return out + "\n\n" + last_step_extra()
+
+
+def last_step_extra() -> str:
+    """Where the tokenized run's extra memory is at its last step, part by part (tokenized
+    minus TopK; benchmarks/default_cost.py's ``last_step_extra``): the lookup's own parts, and
+    what is neither."""
+    rows, commands = [], ""
+    for name in ("moment_storage/reserved_V50257.json", "default_cost_V131072_sparse_rowwise_fixed_mmap.json",
+                 "moment_storage/reserved_V262144.json"):
+        d = load(name)
+        e, owned = d["summary"]["last_step_extra"], d["summary"]["lookup_owned_bytes"]
+        rows.append([f"{d['config']['d_vocab']:,}", mib(owned["table"]), mib(owned["optimizer_state"]), mib(e["staged_rows"]),
+                     mib(e["anonymous_beyond_table_state_and_staged_rows"]), mib(e["heap_after_malloc_trim"]),
+                     mib(e["heap_after"] - e["heap_after_malloc_trim"]), mib(e["files_after"]), mib(e["in_the_step"]),
+                     mib(e["exact_peak"]), f"{e['exact_peak'] / owned['table']:.2f}×"])
+        commands += command(d)
+    c = d["config"]
+    return (f"Where the extra is at the last step (tokenized minus TopK, MiB; d_in {c['d_in']}, batch {c['batch']}; "
+            "the state is largest then):\n\n" + table(
+                ["V", "W_lookup", "its optimizer state", "staged rows (batch × d_in)", "other tensors",
+                 "heap in use", "heap free, not returned", "library pages", "transients in the step",
+                 "extra at the step's peak", "/ W_lookup"], rows) + commands)
 
 
 def rowwise_moments() -> str:
@@ -487,7 +510,8 @@ def init_scale_sweep() -> str:
     """Held-out NMSE (and CE added) against the init scale (``init_scale_sweeps``)."""
     sweeps = list(init_scale_sweeps())
     rows, scales = [], sorted({x for *_, by_scale in sweeps for x in by_scale})
-    for name, d, r, by_scale in sweeps:
+    for name, d, r, by_scale in sorted(sweeps, key=lambda w: (w[2]["layer"], w[2].get("k", 0),
+                                                            w[1]["settings"]["training_tokens"], w[2]["seed"])):
         cells = [f"{by_scale[x]['nmse'] / r['base']['nmse']:.2f}× ({by_scale[x]['ce_added']:.3f})"
                  if x in by_scale else "" for x in scales]
         rows.append([ARCHITECTURE_NAMES[r["architecture"]], f"L{r['layer']}", sparsity(r),

@@ -217,8 +217,10 @@ python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --training_tokens 1000000 --seeds 0 \
     --variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/length
 # where the extra memory is at the last step (default_cost.py's last_step_extra): V 50,257 (the reserved run
-# above, remade with it) and the sweeps issue's own setting, V 131,072
+# above, remade with it), the sweeps issue's own setting, V 131,072, and V 262,144
 python benchmarks/default_cost.py --d_vocab 131072 --lookup_updates sparse_rowwise --glibc_mmap_threshold 131072 --code 0.3.1
+python benchmarks/default_cost.py --d_vocab 262144 --lookup_updates sparse_rowwise --glibc_mmap_threshold 131072 --code 0.3.1 \
+    --out $R/moment_storage/reserved_V262144.json
 # BatchTopK and Matryoshka at layer 9, second seed, the whole estimate beside the default
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 --ks 32 128 \
     --l1s 5 --l0s 5 --seeds 1 --training_tokens 200000 --unigram_strategy data \
