@@ -46,6 +46,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from matplotlib.ticker import NullFormatter
 
 from render_results import sparsity  # benchmarks/: the sparsity labels the results page uses
 
@@ -409,6 +410,9 @@ def pareto(summary: list[dict], path: Path) -> None:
                    ylabel="× fewer training tokens", xscale="log")
         for ax in axes[i]:
             ax.grid(alpha=0.3, which="both")
+            lo, hi = ax.get_xlim()
+            if hi > 10 * lo:  # matplotlib labels a log axis's minor ticks up to about 1.5 decades: they overlap
+                ax.xaxis.set_minor_formatter(NullFormatter())
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
     save_figure(fig, path, dpi=90)

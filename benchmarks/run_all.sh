@@ -213,6 +213,10 @@ python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 
     --seeds 1 --training_tokens 200000 --unigram_strategy data \
     --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l3_jumprelu_seed1
+# JumpReLU's frontier at layer 3 at today's default (half), base and tokenized at each coefficient
+python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 --ks 32 32 32 32 \
+    --l1s 5 5 5 5 --l0s 0.125 0.5 2 8 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' --out $R/pareto_multi_200k_jumprelu_half
 # the advantage as a run grows, at today's default (half) with the whole estimate beside it: one pass, layer 9, k 32
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --training_tokens 1000000 --seeds 0 \
     --variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/length
