@@ -220,6 +220,8 @@ python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 
 # the advantage as a run grows, at today's default (half) with the whole estimate beside it: one pass, layer 9, k 32
 python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 9 --training_tokens 1000000 --seeds 0 \
     --variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/length
+python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 1000000 --seeds 0 \
+    --variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/length
 # where the extra memory is at the last step (default_cost.py's last_step_extra): V 50,257 (the reserved run
 # above, remade with it), the sweeps issue's own setting, V 131,072, and V 262,144
 python benchmarks/default_cost.py --d_vocab 131072 --lookup_updates sparse_rowwise --glibc_mmap_threshold 131072 --code 0.3.1
