@@ -46,6 +46,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+
 from matplotlib.ticker import NullFormatter
 
 from render_results import sparsity  # benchmarks/: the sparsity labels the results page uses

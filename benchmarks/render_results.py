@@ -373,13 +373,12 @@ def moment_storage() -> str:
                      f"{sm['extra_exact_peak_over_lookup_table']:.2f}×"])
         commands += command(d)
     c = d["config"]
-    out = (f"V {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']}, {c['training_tokens']:,} "
+    return (f"V {c['d_vocab']:,}, d_in {c['d_in']}, d_sae {c['d_sae']}, batch {c['batch']}, {c['training_tokens']:,} "
            "training tokens, the default lookup (data estimate, bigram rows, row-wise moments), the init sample on disk, "
            f"glibc's mmap threshold fixed; MiB, each run in a fresh process:\n\n" + table(
                ["moment storage", "code", "W_lookup (with bigram rows)", "its optimizer state at the end",
                 "TopK adds (peak)", "tokenized adds (peak)", "extra", "extra beyond table and state",
-                "extra / W_lookup"], rows) + commands)
-    return out + "\n\n" + last_step_extra()
+                "extra / W_lookup"], rows) + commands + "\n\n" + last_step_extra())
 
 
 def last_step_extra() -> str:

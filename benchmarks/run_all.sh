@@ -145,10 +145,10 @@ python benchmarks/quality.py --engine multi --architectures standard gated jumpr
     --layers 9 --ks 32 --l1s 10 --l0s 2 --seeds 0 --training_tokens 200000 --unigram_strategy data \
     --architecture_overrides '{"jumprelu": {"jumprelu_ste_to_input": true}}' \
     --tokenized_variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}' --out $R/rowwise_architectures
-# the advantage as a run grows: one pass (1M tokens) at layer 3 (AuxK 1.0 then) and at layer 9
-python benchmarks/defaults_check.py --dataset wiki-summaries-en --layer 3 --training_tokens 1000000 --seeds 0 \
-    --out $R/length
-# (layer 9 before 0.3: --variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}'; remade at half, below)
+# the advantage as a run grows, one pass (1M tokens): the runs of 0.2 (results/length_0.2) were
+# `defaults_check.py --dataset wiki-summaries-en --training_tokens 1000000 --seeds 0 --out $R/length` with 0.2's
+# package, at layer 3 (AuxK 1.0 then) and at layer 9 (--variants '{"rowwise": {"lookup_updates": "sparse_rowwise"}}');
+# remade at today's defaults below
 # AuxK and the BatchTopK family (run when both sides defaulted to SAELens's aux_loss_coefficient=1.0; the
 # tokenized ones, and the workbench's bases beside them, now default to 1/32: to repeat the 1.0 rows, add
 # '"aux_1": {"aux_loss_coefficient": 1.0}' to both variant lists)
@@ -186,28 +186,14 @@ python benchmarks/default_cost.py --d_vocab 50257 --lookup_updates sparse_rowwis
     --out $R/moment_storage/${CODE}_V50257.json
 done
 # init scales between half and whole, in 400k-token runs: three scales beside each other in one multi-SAE run
-for SEED in 0 1; do
-python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 128 --l1s 5 --l0s 5 --seeds $SEED \
+for RUN in "9 128 0 lookup_knobs_l9_k128_400k" "9 128 1 lookup_knobs_l9_k128_400k_seed1" "3 32 0 lookup_knobs_l3_400k" \
+           "9 32 1 lookup_knobs_l9_400k_seed1" "3 32 1 lookup_knobs_l3_400k_seed1" "9 64 0 lookup_knobs_l9_k64_400k"; do
+set -- $RUN  # layer, k, seed, result folder
+python benchmarks/quality.py --engine multi --architectures topk --layers $1 --ks $2 --l1s 5 --l0s 5 --seeds $3 \
     --training_tokens 400000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
-    --out $R/lookup_knobs_l9_k128_400k$([ $SEED = 1 ] && echo _seed1)
+    --out $R/$4
 done
-python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 --l1s 5 --l0s 5 --seeds 0 \
-    --training_tokens 400000 --unigram_strategy data \
-    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
-    --out $R/lookup_knobs_l3_400k
-python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 32 --l1s 5 --l0s 5 --seeds 1 \
-    --training_tokens 400000 --unigram_strategy data \
-    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
-    --out $R/lookup_knobs_l9_400k_seed1
-python benchmarks/quality.py --engine multi --architectures topk --layers 3 --ks 32 --l1s 5 --l0s 5 --seeds 1 \
-    --training_tokens 400000 --unigram_strategy data \
-    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
-    --out $R/lookup_knobs_l3_400k_seed1
-python benchmarks/quality.py --engine multi --architectures topk --layers 9 --ks 64 --l1s 5 --l0s 5 --seeds 0 \
-    --training_tokens 400000 --unigram_strategy data \
-    --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}, "init_scale_three_quarters": {"lookup_init_scale": 0.75}}' \
-    --out $R/lookup_knobs_l9_k64_400k
 # JumpReLU at layer 3 on a second seed, the whole estimate beside the default (half)
 python benchmarks/quality.py --engine multi --architectures jumprelu --layers 3 --ks 32 --l1s 5 --l0s 0.0078125 0.125 \
     --seeds 1 --training_tokens 200000 --unigram_strategy data \
