@@ -855,11 +855,40 @@ def transcoders() -> str:
             f"{s['heldout_rows']} rows for NMSE and latents (live: 16+ firings), {s['ce_rows']} for CE." + command(d))
 
 
+def jumps() -> str:
+    """Tokenized TopK at layer 9 with per-step probes: lazy Adam as it is, each row's own bias
+    correction, a lower lookup lr (benchmarks/jumps.py, results/jumps/*/jumps.json)."""
+    rows, commands = [], []
+    for f in sorted((RESULTS / "jumps").glob("*/jumps.json")):
+        d = json.loads(f.read_text())
+        st = d["settings"]
+        label = "row's own bias correction" if st["row_bias_correction"] else "lazy Adam (the default)"
+        label += f", lookup lr {st['lookup_lr']:g}" if "lookup_lr" in st else ", lookup lr 0.03"
+        for name, steps in d["steps"].items():
+            curve = d["curves"][name]
+            late = [(t, v) for t, v in curve if t >= 100_000]
+            t_max, v_max = max(late, key=lambda p: p[1])
+            low = min(v for t, v in curve if t < 100_000 and t > 0)
+            new = [s["nmse_new"] / s["nmse_seen"] for s in steps if s["nmse_new"] and s["nmse_seen"]]
+            worst = max((s for s in steps if s["samples"] >= 100_000), key=lambda s: s["nmse"])
+            rows.append([label, name.split("_k")[-1], f4(curve[-1][1]), f"{f4(low)}",
+                         f"{f4(v_max)} at {t_max // 1000}k", f"{v_max / low:.2f}×",
+                         f"{worst['nmse']:.3f} at {worst['samples'] // 1000}k: {worst['nmse_new']:.3f} / {worst['nmse_seen']:.3f}",
+                         f"{sorted(new)[len(new) // 2]:.2f}",
+                         f"{min(s['update_rms'] for s in steps):.4f}-{max(s['update_rms'] for s in steps):.4f}"])
+        commands.append(d["command"])
+    return (table(["lookup updates", "k", "held-out NMSE at the end", "lowest before 100k", "highest after 100k",
+                   "highest / lowest", "worst batch NMSE after 100k: at rows first touched / the rest",
+                   "median batch NMSE ratio, first-touched rows / the rest", "lookup update RMS per step"], rows)
+            + "\n\nLayer 9, 200k training tokens, seed 0, one multi-SAE run per line pair. Commands: "
+            + "; ".join(f"`{c}`" for c in commands) + ".")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, init_scale, init_scale_sweep, moment_storage, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length)}
+    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length, jumps)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

@@ -217,3 +217,15 @@ python benchmarks/default_cost.py --d_vocab 262144 --lookup_updates sparse_rowwi
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 --ks 32 128 \
     --l1s 5 --l0s 5 --seeds 1 --training_tokens 200000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l9_batchtopk_seed1
+# TopK's frontier at today's defaults (half; both layers, five k), a seed per sitting, merged
+for seed in 0 1; do
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
+    --l0s 5 5 5 5 5 --seeds $seed --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k_half_seed$seed
+done
+python benchmarks/quality.py --merge $R/pareto_multi_200k_half_seed{0,1}/quality.json \
+    --out $R/pareto_multi_200k_half  # (then rm the _seed folders)
+# the late jumps at layer 9: per-step probes, lazy Adam's bias correction against each row's own
+python benchmarks/jumps.py --ks 16 32 --out $R/jumps/default
+python benchmarks/jumps.py --ks 16 32 --row_bias_correction --out $R/jumps/row_bias_correction
+python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --out $R/jumps/lookup_lr_0.01
+python benchmarks/jumps.py --plot $R/jumps/{default,row_bias_correction,lookup_lr_0.01}/jumps.json --out $R/jumps
