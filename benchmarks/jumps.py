@@ -20,11 +20,13 @@ instead of one scaled by the global step's corrections. The probe rescales each 
 ``TokenizedAdam``'s update by ``(1 - b1^t) / (1 - b1^k) * sqrt((1 - b2^k) / (1 - b2^t))``,
 with k the row's own count (exact up to Adam's eps). It does not change its arithmetic. The
 same command with and without it tests whether the jumps come from rows first touched late.
+``--lookup_lr`` and ``--aux_loss_coefficient`` (both sides' AuxK) test the step size and AuxK.
 
   python benchmarks/jumps.py --ks 16 32 --out benchmarks/results/jumps/default
   python benchmarks/jumps.py --ks 16 32 --row_bias_correction --out benchmarks/results/jumps/row_bias_correction
   python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --out benchmarks/results/jumps/lookup_lr_0.01
-  python benchmarks/jumps.py --plot benchmarks/results/jumps/{default,row_bias_correction,lookup_lr_0.01}/jumps.json \
+  python benchmarks/jumps.py --ks 16 32 --aux_loss_coefficient 0 --out benchmarks/results/jumps/auxk_0
+  python benchmarks/jumps.py --plot benchmarks/results/jumps/{default,row_bias_correction,lookup_lr_0.01,auxk_0}/jumps.json \
       --out benchmarks/results/jumps
 """
 
@@ -120,11 +122,13 @@ def plot(files: list[Path], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
-    for colour, f in zip(("C0", "C3", "C2"), files):
+    for colour, f in zip(("C0", "C3", "C2", "C4"), files):
         d = json.loads(f.read_text())
         label = ("row's own bias correction" if d["settings"]["row_bias_correction"] else "default (lazy Adam)")
         if d["settings"].get("lookup_lr", CompareSettings.lookup_lr) != CompareSettings.lookup_lr:
             label += f", lookup lr {d['settings']['lookup_lr']:g}"
+        if d["settings"].get("aux_loss_coefficient") is not None:
+            label += f", AuxK {d['settings']['aux_loss_coefficient']:g}"
         for style, name in zip(("-", "--", ":"), d["steps"]):  # the tokenized SAEs
             curve, k = d["curves"][name], name.split("_k")[-1]
             axes[0].plot([t for t, _ in curve], [v for _, v in curve], style, color=colour, label=f"{label}, k {k}")
@@ -159,6 +163,7 @@ def main() -> None:
     ap.add_argument("--curve_points", type=int, default=32)
     ap.add_argument("--row_bias_correction", action="store_true")
     ap.add_argument("--lookup_lr", type=float, default=CompareSettings.lookup_lr)
+    ap.add_argument("--aux_loss_coefficient", type=float, help="AuxK's coefficient (default: the config's)")
     ap.add_argument("--base", action="store_true", help="train TopK beside each tokenized SAE")
     ap.add_argument("--plot", type=Path, nargs="+", help="draw these runs' jumps.json side by side, and stop")
     ap.add_argument("--out", type=Path, required=True)
@@ -169,9 +174,11 @@ def main() -> None:
     probe_trainer_steps()
     bench = Workbench.offline()
     hook = f"blocks.{args.layer}.hook_resid_pre"
+    aux = {"aux_loss_coefficient": args.aux_loss_coefficient} if args.aux_loss_coefficient is not None else {}
+    extra = {"topk": aux, "tokenized_topk": aux}
     members = {f"{arch}_k{k}": (arch, CompareSettings(hook_name=hook, k=k, training_tokens=args.training_tokens,
                                                        seed=args.seed, n_curve_points=args.curve_points,
-                                                       lookup_lr=args.lookup_lr))
+                                                       lookup_lr=args.lookup_lr, extra=extra))
                for k in args.ks for arch in (("topk", "tokenized_topk") if args.base else ("tokenized_topk",))}
     r = wruns.train_together(members, bench, {hook: bench.heldout(hook)})
     out = {"command": command_line(), "settings": vars(args) | {"out": str(args.out)},

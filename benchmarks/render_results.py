@@ -857,13 +857,14 @@ def transcoders() -> str:
 
 def jumps() -> str:
     """Tokenized TopK at layer 9 with per-step probes: lazy Adam as it is, each row's own bias
-    correction, a lower lookup lr (benchmarks/jumps.py, results/jumps/*/jumps.json)."""
+    correction, a lower lookup lr, no AuxK (benchmarks/jumps.py, results/jumps/*/jumps.json)."""
     rows, commands = [], []
     for f in sorted((RESULTS / "jumps").glob("*/jumps.json")):
         d = json.loads(f.read_text())
         st = d["settings"]
         label = "row's own bias correction" if st["row_bias_correction"] else "lazy Adam (the default)"
         label += f", lookup lr {st['lookup_lr']:g}" if "lookup_lr" in st else ", lookup lr 0.03"
+        label += f", AuxK {st['aux_loss_coefficient']:g}" if st.get("aux_loss_coefficient") is not None else ""
         for name, steps in d["steps"].items():
             curve = d["curves"][name]
             late = [(t, v) for t, v in curve if t >= 100_000]

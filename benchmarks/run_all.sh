@@ -228,4 +228,5 @@ python benchmarks/quality.py --merge $R/pareto_multi_200k_half_seed{0,1}/quality
 python benchmarks/jumps.py --ks 16 32 --out $R/jumps/default
 python benchmarks/jumps.py --ks 16 32 --row_bias_correction --out $R/jumps/row_bias_correction
 python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --out $R/jumps/lookup_lr_0.01
-python benchmarks/jumps.py --plot $R/jumps/{default,row_bias_correction,lookup_lr_0.01}/jumps.json --out $R/jumps
+python benchmarks/jumps.py --ks 16 32 --aux_loss_coefficient 0 --out $R/jumps/auxk_0
+python benchmarks/jumps.py --plot $R/jumps/{default,row_bias_correction,lookup_lr_0.01,auxk_0}/jumps.json --out $R/jumps
