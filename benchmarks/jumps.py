@@ -1,8 +1,8 @@
 """What happens at the late jumps of a tokenized SAE's held-out NMSE (layer 9, low k).
 
 At today's defaults, the frontier (docs "Results", the frontier) has tokenized TopK at layer
-9, k 16 and 32 jump late in a 200k-token run. The jumps come at the same point of the stream
-on every seed, and TopK on the same batches has none. This script trains tokenized TopK at
+9, k 16 and 32 jump late in a 200k-token run, in the same stretch of the stream on every
+seed, and TopK on the same batches has none. This script trains tokenized TopK at
 each k (with ``--base``, TopK beside it) in one multi-SAE run, at the frontier's settings.
 At every step of every tokenized SAE it records:
 
@@ -18,8 +18,8 @@ as in lazy Adam and SparseAdam, which ``TokenizedAdam`` follows. With the probe,
 touched at step t takes Adam's first step (``lr`` per element, in the gradient's direction)
 instead of one scaled by the global step's corrections. The probe rescales each row of
 ``TokenizedAdam``'s update by ``(1 - b1^t) / (1 - b1^k) * sqrt((1 - b2^k) / (1 - b2^t))``,
-with k the row's own count (exact up to Adam's eps). It does not change its arithmetic. The
-same command with and without it tests whether the jumps come from rows first touched late.
+with k the row's own count (exact up to Adam's eps), and leaves ``TokenizedAdam`` itself
+unchanged. The same command with and without it tests whether the jumps come from rows first touched late.
 ``--lookup_lr`` and ``--aux_loss_coefficient`` (both sides' AuxK) test the step size and AuxK.
 
   python benchmarks/jumps.py --ks 16 32 --out benchmarks/results/jumps/default
@@ -44,6 +44,8 @@ from sae_lens_tokenized.workbench import Workbench
 from sae_lens_tokenized.workbench import runs as wruns
 from sae_lens_tokenized.workbench.report import command_line, write_json
 from sae_lens_tokenized.workbench.settings import CompareSettings
+
+from render_results import jumps_label  # benchmarks/: one label for the table and the plot
 
 #: per tokenized SAE (by id): its step records
 LOG: dict[int, list[dict[str, Any]]] = {}
@@ -121,14 +123,10 @@ def plot(files: list[Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 5.2))
     for colour, f in zip(("C0", "C3", "C2", "C4"), files):
         d = json.loads(f.read_text())
-        label = ("row's own bias correction" if d["settings"]["row_bias_correction"] else "default (lazy Adam)")
-        if d["settings"].get("lookup_lr", CompareSettings.lookup_lr) != CompareSettings.lookup_lr:
-            label += f", lookup lr {d['settings']['lookup_lr']:g}"
-        if d["settings"].get("aux_loss_coefficient") is not None:
-            label += f", AuxK {d['settings']['aux_loss_coefficient']:g}"
+        label = jumps_label(d["settings"])
         for style, name in zip(("-", "--", ":"), d["steps"]):  # the tokenized SAEs
             curve, k = d["curves"][name], name.split("_k")[-1]
             axes[0].plot([t for t, _ in curve], [v for _, v in curve], style, color=colour, label=f"{label}, k {k}")
@@ -136,20 +134,19 @@ def plot(files: list[Path], path: Path) -> None:
             axes[2].plot([s["samples"] for s in steps], [s.get("update_rms") for s in steps], style, color=colour,
                          lw=0.8, label=f"{label}, k {k}")
         name, steps = list(d["steps"].items())[-1]
-        axes[3].plot([s["samples"] for s in steps], [s["nmse_new"] for s in steps], color=colour, lw=0.8,
-                     label=f"{label}, k {name.split('_k')[-1]}: at rows first touched")
-        axes[3].plot([s["samples"] for s in steps], [s["nmse_seen"] for s in steps], ":", color=colour, lw=0.8,
-                     label="... at the rest")
+        axes[3].plot([s["samples"] for s in steps], [s["nmse_new"] for s in steps], color=colour, lw=0.8)
+        axes[3].plot([s["samples"] for s in steps], [s["nmse_seen"] for s in steps], ":", color=colour, lw=0.8)
         axes[1].plot([s["samples"] for s in steps], [s["new_rows"] for s in steps], color="0.3", lw=0.8)
     axes[0].set(title="held-out NMSE (tokenized TopK)", xlabel="training tokens", yscale="log")
     axes[1].set(title="lookup rows first touched, per step", xlabel="training tokens", yscale="log")
     axes[2].set(title="RMS of the lookup's update, per step", xlabel="training tokens", yscale="log")
-    axes[3].set(title="the batch's NMSE (training)", xlabel="training tokens", yscale="log")
+    axes[3].set(title=f"the batch's NMSE at k {name.split('_k')[-1]}:\nrows first touched (solid), the rest (dotted)",
+                xlabel="training tokens", yscale="log")
+    axes[3].title.set_fontsize(9)
     for ax in axes:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
-    axes[0].legend(fontsize=7)
-    axes[3].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 

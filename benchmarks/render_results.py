@@ -855,16 +855,24 @@ def transcoders() -> str:
             f"{s['heldout_rows']} rows for NMSE and latents (live: 16+ firings), {s['ce_rows']} for CE." + command(d))
 
 
+def jumps_label(settings: dict) -> str:
+    """What a benchmarks/jumps.py run changed, for its table row and its plot's legend (runs
+    saved before ``--lookup_lr`` and ``--aux_loss_coefficient`` existed ran at the defaults)."""
+    label = "row's own bias correction" if settings["row_bias_correction"] else "lazy Adam (the default)"
+    label += f", lookup lr {settings.get('lookup_lr', 0.03):g}"
+    aux = settings.get("aux_loss_coefficient")
+    return label + (f", AuxK {aux:g}" if aux is not None else "")
+
+
 def jumps() -> str:
     """Tokenized TopK at layer 9 with per-step probes: lazy Adam as it is, each row's own bias
     correction, a lower lookup lr, no AuxK (benchmarks/jumps.py, results/jumps/*/jumps.json)."""
-    rows, commands = [], []
+    rows, commands, runs = [], [], set()
     for f in sorted((RESULTS / "jumps").glob("*/jumps.json")):
         d = json.loads(f.read_text())
         st = d["settings"]
-        label = "row's own bias correction" if st["row_bias_correction"] else "lazy Adam (the default)"
-        label += f", lookup lr {st['lookup_lr']:g}" if "lookup_lr" in st else ", lookup lr 0.03"
-        label += f", AuxK {st['aux_loss_coefficient']:g}" if st.get("aux_loss_coefficient") is not None else ""
+        label = jumps_label(st)
+        runs.add((st["layer"], st["training_tokens"], st["seed"]))
         for name, steps in d["steps"].items():
             curve = d["curves"][name]
             late = [(t, v) for t, v in curve if t >= 100_000]
@@ -872,7 +880,7 @@ def jumps() -> str:
             low = min(v for t, v in curve if t < 100_000 and t > 0)
             new = [s["nmse_new"] / s["nmse_seen"] for s in steps if s["nmse_new"] and s["nmse_seen"]]
             worst = max((s for s in steps if s["samples"] >= 100_000), key=lambda s: s["nmse"])
-            rows.append([label, name.split("_k")[-1], f4(curve[-1][1]), f"{f4(low)}",
+            rows.append([label, name.split("_k")[-1], f4(curve[-1][1]), f4(low),
                          f"{f4(v_max)} at {t_max // 1000}k", f"{v_max / low:.2f}×",
                          f"{worst['nmse']:.3f} at {worst['samples'] // 1000}k: {worst['nmse_new']:.3f} / {worst['nmse_seen']:.3f}",
                          f"{sorted(new)[len(new) // 2]:.2f}",
@@ -881,7 +889,8 @@ def jumps() -> str:
     return (table(["lookup updates", "k", "held-out NMSE at the end", "lowest before 100k", "highest after 100k",
                    "highest / lowest", "worst batch NMSE after 100k: at rows first touched / the rest",
                    "median batch NMSE ratio, first-touched rows / the rest", "lookup update RMS per step"], rows)
-            + "\n\nLayer 9, 200k training tokens, seed 0, one multi-SAE run per line pair. Commands: "
+            + "\n\n" + "; ".join(f"Layer {layer}, {tokens:,} training tokens, seed {seed}" for layer, tokens, seed in sorted(runs))
+            + ", one multi-SAE run per pair of lines. Commands: "
             + "; ".join(f"`{c}`" for c in commands) + ".")
 
 
