@@ -60,7 +60,7 @@ from sae_lens_tokenized.analysis.plotting import new_figure, save_figure
 
 #: tokenized-config fields whose default has moved (or may): recorded per SAE, and runs that
 #: differ in one are not merged, since "tokenized" meant another method in each
-METHOD_FIELDS = ("lookup_updates", "lookup_init_scale")
+METHOD_FIELDS = ("lookup_updates", "lookup_init_scale", "auxk_relu")
 METRICS = ("nmse", "ce_added", "kl_div_with_sae", "l0", "dead_latents", "single_token_latents", "train_s")
 
 

@@ -461,11 +461,17 @@ def lookup_moments(d: dict) -> str:
     """What a quality.py sweep's tokenized SAEs were, in the two settings whose default moved:
     the lookup moments (recorded per SAE since the move to row-wise; sweeps before it ran
     per-element) and the init scale (recorded since 0.3; before it, 1.0 for the data
-    estimate and 0.5 for a prompt table)."""
+    estimate and 0.5 for a prompt table), and for the TopK family what AuxK decodes (recorded
+    since 0.4; before it, SAELens's raw pre-activations)."""
     tok = d["runs"][0]["tokenized"]
     updates = tok.get("lookup_updates") or "sparse"
     moments = {"sparse_rowwise": "row-wise", "sparse": "per-element"}.get(updates, updates)
-    return f"{moments} lookup moments, the lookup started at {init_scale_of(tok):g}× its table"
+    text = f"{moments} lookup moments, the lookup started at {init_scale_of(tok):g}× its table"
+    if tok.get("auxk_relu"):
+        return text + ", AuxK on ReLU'd activations"
+    if all(r["architecture"] in ("topk", "batchtopk", "matryoshka_batchtopk") for r in d["runs"]):
+        return text + ", AuxK on raw pre-activations"
+    return text
 
 
 def rowwise_architectures() -> str:
@@ -857,19 +863,28 @@ def transcoders() -> str:
 
 def jumps_label(settings: dict) -> str:
     """What a benchmarks/jumps.py run changed, for its table row and its plot's legend (runs
-    saved before ``--lookup_lr`` and ``--aux_loss_coefficient`` existed ran at the defaults)."""
-    label = "row's own bias correction" if settings["row_bias_correction"] else "lazy Adam (the default)"
+    saved before ``--lookup_lr``, ``--aux_loss_coefficient`` and ``--aux_acts`` existed ran
+    at the defaults of their day)."""
+    label = "row's own bias correction" if settings["row_bias_correction"] else "lazy Adam"
     label += f", lookup lr {settings.get('lookup_lr', 0.03):g}"
     aux = settings.get("aux_loss_coefficient")
-    return label + (f", AuxK {aux:g}" if aux is not None else "")
+    if aux == 0:
+        label += ", no AuxK"
+    else:
+        label += f", AuxK {aux:g}" if aux is not None else ""
+        label += {"relu": ", AuxK on ReLU'd activations", "raw": ", AuxK on raw pre-activations",
+                  "raw_no_b_dec": ", AuxK on raw pre-activations, no AuxK gradient to b_dec"}[settings["aux_acts"]]
+    return label + (", TopK beside" if settings["base"] else "")
 
 
 def jumps() -> str:
     """Tokenized TopK at layer 9 with per-step probes: lazy Adam as it is, each row's own bias
-    correction, a lower lookup lr, no AuxK (benchmarks/jumps.py, results/jumps/*/jumps.json)."""
+    correction, a lower lookup lr, no AuxK, and AuxK on raw and on ReLU'd activations with
+    TopK beside (benchmarks/jumps.py, results/jumps/*/jumps.json)."""
     rows, commands, runs = [], [], set()
-    for f in sorted((RESULTS / "jumps").glob("*/jumps.json")):
-        d = json.loads(f.read_text())
+    files = [(json.loads(f.read_text()), f) for f in (RESULTS / "jumps").glob("*/jumps.json")]
+    # the lookup probes first, then AuxK with TopK beside: raw, then ReLU'd
+    for d, f in sorted(files, key=lambda p: (p[0]["settings"]["base"], p[0]["settings"]["aux_acts"] == "relu", p[1].parent.name)):
         st = d["settings"]
         label = jumps_label(st)
         runs.add((st["layer"], st["training_tokens"], st["seed"]))
@@ -878,20 +893,31 @@ def jumps() -> str:
             late = [(t, v) for t, v in curve if t >= 100_000]
             t_max, v_max = max(late, key=lambda p: p[1])
             low = min(v for t, v in curve if t < 100_000 and t > 0)
-            new = [s["nmse_new"] / s["nmse_seen"] for s in steps if s["nmse_new"] and s["nmse_seen"]]
-            worst = max((s for s in steps if s["samples"] >= 100_000), key=lambda s: s["nmse"])
-            rows.append([label, name.split("_k")[-1], f4(curve[-1][1]), f4(low),
-                         f"{f4(v_max)} at {t_max // 1000}k", f"{v_max / low:.2f}×",
-                         f"{worst['nmse']:.3f} at {worst['samples'] // 1000}k: {worst['nmse_new']:.3f} / {worst['nmse_seen']:.3f}",
-                         f"{sorted(new)[len(new) // 2]:.2f}",
-                         f"{min(s['update_rms'] for s in steps):.4f}-{max(s['update_rms'] for s in steps):.4f}"])
+            row = [label, name.replace("tokenized_topk", "tokenized").replace("_k", ", k "), f4(curve[-1][1]), f4(low),
+                   f"{f4(v_max)} at {t_max // 1000}k", f"{v_max / low:.2f}×"]
+            if name.startswith("tokenized"):
+                new = [s["nmse_new"] / s["nmse_seen"] for s in steps if s["nmse_new"] and s["nmse_seen"]]
+                worst = max((s for s in steps if s["samples"] >= 100_000), key=lambda s: s["nmse"])
+                row += [f"{worst['nmse']:.3f} at {worst['samples'] // 1000}k: {worst['nmse_new']:.3f} / {worst['nmse_seen']:.3f}",
+                        f"{sorted(new)[len(new) // 2]:.2f}",
+                        f"{min(s['update_rms'] for s in steps):.4f}-{max(s['update_rms'] for s in steps):.4f}"]
+            else:
+                row += ["–"] * 3
+            if "dead" in steps[0]:  # runs that recorded AuxK's side
+                row += [f"{steps[-1]['dead']:,}", f"{max(s.get('aux_negative', 0) for s in steps):.2f}",
+                        f"{max(s['b_dec_step'] for s in steps):.3f}"]
+            else:
+                row += ["–"] * 3
+            rows.append(row)
         commands.append(d["command"])
-    return (table(["lookup updates", "k", "held-out NMSE at the end", "lowest before 100k", "highest after 100k",
+    return (table(["run", "SAE", "held-out NMSE at the end", "lowest before 100k", "highest after 100k",
                    "highest / lowest", "worst batch NMSE after 100k: at rows first touched / the rest",
-                   "median batch NMSE ratio, first-touched rows / the rest", "lookup update RMS per step"], rows)
+                   "median batch NMSE ratio, first-touched rows / the rest", "lookup update RMS per step",
+                   "dead latents at the end (of 4,608; 50-step window)",
+                   "largest share of negative values among those AuxK decodes", "largest change of b_dec in one step"],
+                  rows)
             + "\n\n" + "; ".join(f"Layer {layer}, {tokens:,} training tokens, seed {seed}" for layer, tokens, seed in sorted(runs))
-            + ", one multi-SAE run per pair of lines. Commands: "
-            + "; ".join(f"`{c}`" for c in commands) + ".")
+            + ", one multi-SAE run per group of lines. Commands: " + "; ".join(f"`{c}`" for c in commands) + ".")
 
 
 RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (

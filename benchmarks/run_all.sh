@@ -217,16 +217,25 @@ python benchmarks/default_cost.py --d_vocab 262144 --lookup_updates sparse_rowwi
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 --ks 32 128 \
     --l1s 5 --l0s 5 --seeds 1 --training_tokens 200000 --unigram_strategy data \
     --tokenized_variants '{"init_scale_whole": {"lookup_init_scale": 1.0}}' --out $R/lookup_knobs_l9_batchtopk_seed1
-# TopK's frontier at today's defaults (half; both layers, five k), a seed per sitting, merged
-for seed in 0 1; do
-python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
-    --l0s 5 5 5 5 5 --seeds $seed --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k_half_seed$seed
-done
-python benchmarks/quality.py --merge $R/pareto_multi_200k_half_seed{0,1}/quality.json \
-    --out $R/pareto_multi_200k_half  # (then rm the _seed folders)
-# the late jumps at layer 9: per-step probes, lazy Adam's bias correction against each row's own
-python benchmarks/jumps.py --ks 16 32 --out $R/jumps/default
-python benchmarks/jumps.py --ks 16 32 --row_bias_correction --out $R/jumps/row_bias_correction
-python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --out $R/jumps/lookup_lr_0.01
-python benchmarks/jumps.py --ks 16 32 --aux_loss_coefficient 0 --out $R/jumps/auxk_0
+# TopK's frontier at the defaults of 0.3 (half; AuxK on raw pre-activations), as it ran on 0.3;
+# on 0.4 the same command decodes ReLU'd activations in AuxK (the sweep below):
+#   for seed in 0 1; do python benchmarks/quality.py --engine multi --architectures topk --layers 3 9
+#     --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds $seed --training_tokens 200000
+#     --unigram_strategy data --out $R/pareto_multi_200k_half_seed$seed; done
+#   python benchmarks/quality.py --merge $R/pareto_multi_200k_half_seed{0,1}/quality.json --out $R/pareto_multi_200k_half
+# the late jumps at layer 9: per-step probes, lazy Adam's bias correction against each row's own,
+# the lookup lr, no AuxK, then AuxK's values raw (SAELens; the default up to 0.3) and ReLU'd (0.4)
+python benchmarks/jumps.py --ks 16 32 --aux_acts raw --out $R/jumps/default
+python benchmarks/jumps.py --ks 16 32 --row_bias_correction --aux_acts raw --out $R/jumps/row_bias_correction
+python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --aux_acts raw --out $R/jumps/lookup_lr_0.01
+python benchmarks/jumps.py --ks 16 32 --aux_loss_coefficient 0 --aux_acts raw --out $R/jumps/auxk_0
 python benchmarks/jumps.py --plot $R/jumps/{default,row_bias_correction,lookup_lr_0.01,auxk_0}/jumps.json --out $R/jumps
+python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw --out $R/jumps/auxk_raw_base
+python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --out $R/jumps/auxk_relu_base
+python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw_no_b_dec --out $R/jumps/auxk_raw_no_b_dec_base
+python benchmarks/jumps.py --plot_auxk $R/jumps/auxk_{raw,raw_no_b_dec,relu}_base/jumps.json --out $R/jumps
+# TopK's frontier at today's defaults (0.4: AuxK on ReLU'd activations), a seed per sitting
+for seed in 0; do
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
+    --l0s 5 5 5 5 5 --seeds $seed --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k_relu_seed$seed
+done

@@ -1,3 +1,3 @@
 """The package version (one place; read by the Hub model card without importing the package)."""
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"

@@ -10,10 +10,11 @@ from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingS
 
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
+from sae_lens_tokenized.saes.auxk import ReluAuxKFields, ReluAuxKMixin
 
 
 @dataclass(kw_only=True)
-class TokenizedBatchTopKTrainingSAEConfig(LookupTrainingConfig, BatchTopKTrainingSAEConfig):
+class TokenizedBatchTopKTrainingSAEConfig(ReluAuxKFields, LookupTrainingConfig, BatchTopKTrainingSAEConfig):
     """``BatchTopKTrainingSAEConfig`` + the lookup's fields, with one default changed:
     ``aux_loss_coefficient`` is 1/32 (the value of Gao et al. 2024, who introduced AuxK),
     not SAELens's 1.0.
@@ -27,5 +28,5 @@ class TokenizedBatchTopKTrainingSAEConfig(LookupTrainingConfig, BatchTopKTrainin
     aux_loss_coefficient: float = 1 / 32
 
 
-class TokenizedBatchTopKTrainingSAE(TokenLookupMixin, BatchTopKTrainingSAE):
+class TokenizedBatchTopKTrainingSAE(ReluAuxKMixin, TokenLookupMixin, BatchTopKTrainingSAE):
     cfg: TokenizedBatchTopKTrainingSAEConfig  # type: ignore[assignment]

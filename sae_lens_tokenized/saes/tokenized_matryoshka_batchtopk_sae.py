@@ -18,10 +18,11 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
 
 from sae_lens_tokenized.lookup.config import LookupTrainingConfig
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
+from sae_lens_tokenized.saes.auxk import ReluAuxKFields, ReluAuxKMixin
 
 
 @dataclass(kw_only=True)
-class TokenizedMatryoshkaBatchTopKTrainingSAEConfig(LookupTrainingConfig, MatryoshkaBatchTopKTrainingSAEConfig):
+class TokenizedMatryoshkaBatchTopKTrainingSAEConfig(ReluAuxKFields, LookupTrainingConfig, MatryoshkaBatchTopKTrainingSAEConfig):
     """``MatryoshkaBatchTopKTrainingSAEConfig`` (``matryoshka_widths``, ...) + the lookup's
     fields, with ``aux_loss_coefficient`` 1/32 (Gao et al. 2024's AuxK value) instead of
     SAELens's 1.0, as for tokenized BatchTopK: at SAELens's value its AuxK revivals cost the
@@ -31,5 +32,5 @@ class TokenizedMatryoshkaBatchTopKTrainingSAEConfig(LookupTrainingConfig, Matryo
     aux_loss_coefficient: float = 1 / 32
 
 
-class TokenizedMatryoshkaBatchTopKTrainingSAE(TokenLookupMixin, MatryoshkaBatchTopKTrainingSAE):
+class TokenizedMatryoshkaBatchTopKTrainingSAE(ReluAuxKMixin, TokenLookupMixin, MatryoshkaBatchTopKTrainingSAE):
     cfg: TokenizedMatryoshkaBatchTopKTrainingSAEConfig  # type: ignore[assignment]

@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from sae_lens_tokenized.lookup.config import LookupConfig, LookupTrainingConfig
 from sae_lens_tokenized.lookup.mixin import TokenLookupMixin
+from sae_lens_tokenized.saes.auxk import ReluAuxKFields, ReluAuxKMixin
 
 
 class RawTopK(nn.Module):
@@ -45,7 +46,7 @@ class TokenizedTopKSAEConfig(LookupConfig, TopKSAEConfig):
 
 
 @dataclass(kw_only=True)
-class TokenizedTopKTrainingSAEConfig(LookupTrainingConfig, TopKTrainingSAEConfig):
+class TokenizedTopKTrainingSAEConfig(ReluAuxKFields, LookupTrainingConfig, TopKTrainingSAEConfig):
     """``TokenizedTopKTrainingSAEConfig(d_in=768, d_sae=12288, k=30)``; ``d_vocab`` is
     taken from the model by the runner when left out.
 
@@ -72,7 +73,7 @@ class TokenizedTopKSAE(TokenLookupMixin, TopKSAE):
         return _topk(self.cfg)
 
 
-class TokenizedTopKTrainingSAE(TokenLookupMixin, TopKTrainingSAE):
+class TokenizedTopKTrainingSAE(ReluAuxKMixin, TokenLookupMixin, TopKTrainingSAE):
     cfg: TokenizedTopKTrainingSAEConfig  # type: ignore[assignment]
 
     @override
