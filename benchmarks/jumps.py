@@ -1,10 +1,11 @@
 """What happens at the late jumps of a tokenized SAE's held-out NMSE (layer 9, low k).
 
-At today's defaults, the frontier (docs "Results", the frontier) has tokenized TopK at layer
-9, k 16 and 32 jump late in a 200k-token run, in the same stretch of the stream on every
-seed, and TopK on the same batches has none. This script trains tokenized TopK at
-each k (with ``--base``, TopK beside it) in one multi-SAE run, at the frontier's settings.
-At every step of every tokenized SAE it records:
+Up to 0.3 the frontier (docs "Results", the frontier) had tokenized TopK at layer 9, k 16 and
+32 jump late in a 200k-token run, in the same stretch of the stream on every seed, and TopK
+on the same batches had none. This script trains tokenized TopK at each k (with ``--base``,
+TopK beside it) in one multi-SAE run, at the frontier's settings. At every step of every SAE
+it records the batch's NMSE, the dead latents, AuxK's loss, the share of negative values
+among those AuxK decodes and the change of ``b_dec``; for the tokenized SAEs also:
 
 * the batch's NMSE, for the positions whose lookup row is touched for the first time at
   this step (its lazy Adam moments start from zero there) and for the rest;
@@ -20,13 +21,20 @@ instead of one scaled by the global step's corrections. The probe rescales each 
 ``TokenizedAdam``'s update by ``(1 - b1^t) / (1 - b1^k) * sqrt((1 - b2^k) / (1 - b2^t))``,
 with k the row's own count (exact up to Adam's eps), and leaves ``TokenizedAdam`` itself
 unchanged. The same command with and without it tests whether the jumps come from rows first touched late.
-``--lookup_lr`` and ``--aux_loss_coefficient`` (both sides' AuxK) test the step size and AuxK.
+``--lookup_lr`` and ``--aux_loss_coefficient`` (both sides' AuxK) test the step size and AuxK;
+``--aux_acts`` what AuxK decodes (ReLU'd activations, the default since 0.4; SAELens's raw
+pre-activations; or raw ones whose gradient is kept from ``b_dec``, a probe).
 
-  python benchmarks/jumps.py --ks 16 32 --out benchmarks/results/jumps/default
-  python benchmarks/jumps.py --ks 16 32 --row_bias_correction --out benchmarks/results/jumps/row_bias_correction
-  python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --out benchmarks/results/jumps/lookup_lr_0.01
-  python benchmarks/jumps.py --ks 16 32 --aux_loss_coefficient 0 --out benchmarks/results/jumps/auxk_0
+  python benchmarks/jumps.py --ks 16 32 --aux_acts raw --out benchmarks/results/jumps/default
+  python benchmarks/jumps.py --ks 16 32 --row_bias_correction --aux_acts raw --out benchmarks/results/jumps/row_bias_correction
+  python benchmarks/jumps.py --ks 16 32 --lookup_lr 0.01 --aux_acts raw --out benchmarks/results/jumps/lookup_lr_0.01
+  python benchmarks/jumps.py --ks 16 32 --aux_loss_coefficient 0 --aux_acts raw --out benchmarks/results/jumps/auxk_0
   python benchmarks/jumps.py --plot benchmarks/results/jumps/{default,row_bias_correction,lookup_lr_0.01,auxk_0}/jumps.json \
+      --out benchmarks/results/jumps
+  python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw --out benchmarks/results/jumps/auxk_raw_base
+  python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw_no_b_dec --out benchmarks/results/jumps/auxk_raw_no_b_dec_base
+  python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --out benchmarks/results/jumps/auxk_relu_base
+  python benchmarks/jumps.py --plot_auxk benchmarks/results/jumps/auxk_{raw,raw_no_b_dec,relu}_base/jumps.json \
       --out benchmarks/results/jumps
 """
 
@@ -166,7 +174,7 @@ def four_panels() -> tuple[Any, Any, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 5.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 5.6))
     return matplotlib, fig, axes
 
 
@@ -227,7 +235,7 @@ def plot_auxk(files: list[Path], path: Path) -> None:
     axes[1].set(title="dead latents (50 steps without firing)", xlabel="training tokens")
     axes[2].set(title="share of negative values among those AuxK decodes", xlabel="training tokens")
     axes[3].set(title="change of b_dec in one step (L2)", xlabel="training tokens", yscale="log")
-    save_panels(matplotlib, fig, axes, path, legend_height=0.2, ncol=2)
+    save_panels(matplotlib, fig, axes, path, legend_height=0.27, ncol=2)
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ paper, OpenAI's code and EleutherAI's sparsify those pass through the TopK's ReL
 latent whose pre-activation is negative adds nothing. SAELens (6.53-6.54,
 ``calculate_topk_aux_acts``) decodes the raw pre-activations, so once fewer than ``k_aux``
 dead latents are positive the rest are decoded with negative values. That regression can
-grow as the dead latents run out, and its gradient reaches ``b_dec`` through the encoder's
-input; a tokenized SAE's held-out NMSE then jumps late in training, and with the ReLU it did
-not (docs "Results", "The late jumps at layer 9").
+grow as the dead latents run out, reviving latents with weights fitted to negative values; a
+tokenized SAE's held-out NMSE then jumps late in training, and with the ReLU it did not,
+though fewer dead latents come back (docs "Results", "The late jumps at layer 9").
 
 The override is the smallest there is: SAELens's own ``calculate_aux_loss`` runs unchanged,
 on ``hidden_pre.relu()``. ReLU is monotone, so the same dead latents are picked wherever
