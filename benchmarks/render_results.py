@@ -874,6 +874,7 @@ def jumps_label(settings: dict) -> str:
         label += f", AuxK {aux:g}" if aux is not None else ""
         label += {"relu": ", AuxK on ReLU'd activations", "raw": ", AuxK on raw pre-activations",
                   "raw_no_b_dec": ", AuxK on raw pre-activations, no AuxK gradient to b_dec"}[settings["aux_acts"]]
+    label += f", seed {settings['seed']}" if settings["seed"] else ""
     return label + (", TopK beside" if settings["base"] else "")
 
 

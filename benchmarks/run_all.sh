@@ -234,6 +234,9 @@ python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw --out $R/jumps/auxk_
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --out $R/jumps/auxk_relu_base
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw_no_b_dec --out $R/jumps/auxk_raw_no_b_dec_base
 python benchmarks/jumps.py --plot_auxk $R/jumps/auxk_{raw,raw_no_b_dec,relu}_base/jumps.json --out $R/jumps
+for acts in relu raw; do  # a second seed of the two
+python benchmarks/jumps.py --ks 16 32 --base --aux_acts $acts --seed 1 --out $R/jumps/auxk_${acts}_base_seed1
+done
 # TopK's frontier at today's defaults (0.4: AuxK on ReLU'd activations), a seed per sitting
 for seed in 0; do
 python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
