@@ -91,6 +91,12 @@ SAE does.
    Tests: ``test_transcoders.py::test_rows_carry_*`` (TransformerLens) and
    ``::test_a_transcoder_trains_on_a_hugging_face_model_mlp`` (each row's target is the
    MLP of its input).
+11. **What the TopK family's AuxK reads** [§16]. ``TopKTrainingSAE.calculate_aux_loss`` (and
+   BatchTopK's, inherited, and Matryoshka's) reads ``hidden_pre`` only to pick the top
+   ``k_aux`` dead latents and decode their values (``calculate_topk_aux_acts``, raw
+   pre-activations); ``saes/auxk.py`` passes ``hidden_pre.relu()`` so they decode as the
+   paper's activations. Tests: ``test_auxk.py`` (SAELens's own loss and gradients where
+   every pick is positive; zero decode and no gradient where every pick is negative).
 """
 
 from __future__ import annotations
