@@ -238,7 +238,15 @@ for acts in relu raw; do  # a second seed of the two
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts $acts --seed 1 --out $R/jumps/auxk_${acts}_base_seed1
 done
 # TopK's frontier at today's defaults (0.4: AuxK on ReLU'd activations), a seed per sitting
-for seed in 0; do
+for seed in 0 1; do
 python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
     --l0s 5 5 5 5 5 --seeds $seed --training_tokens 200000 --unigram_strategy data --out $R/pareto_multi_200k_relu_seed$seed
 done
+python benchmarks/quality.py --merge $R/pareto_multi_200k_relu_seed{0,1}/quality.json \
+    --out $R/pareto_multi_200k_relu  # then rm the _seed folders
+# AuxK at 1.0 with the ReLU, both sides (is the larger coefficient safe now, and does it revive more latents?)
+python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --aux_loss_coefficient 1 --out $R/jumps/auxk_relu_1_base
+# BatchTopK and Matryoshka BatchTopK at layer 9 at today's defaults (one seed, one multi-SAE run)
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 \
+    --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --out $R/pareto_multi_200k_l9_batchtopk_relu

@@ -78,8 +78,11 @@ def test_a_sweep_run_a_piece_at_a_time_merges_into_the_sweep_run_at_once(tmp_pat
     # a seed per sitting, and a wider grid in another sitting (its levels renumbered there)
     parts = [piece("seed0.json", [0], [0, 1, 2, 3, 4]), piece("seed1_k8_16.json", [1], [0, 1]),
              piece("seed1_k32_to_128.json", [1], [2, 3, 4])]
+    noted = json.loads(parts[1].read_text())  # a note on a piece stays with the sweep
+    parts[1].write_text(json.dumps({**noted, "note": "a field added after the run"}))
     quality.merge(parts, tmp_path / "merged")
     merged = json.loads((tmp_path / "merged/quality.json").read_text())
+    assert merged["note"] == f"{tmp_path.name}/seed1_k8_16.json: a field added after the run"
     assert (merged["settings"]["seeds"], merged["settings"]["ks"]) == ([0, 1], whole["settings"]["ks"])
     assert merged["summary"] == quality.summarise(whole["runs"])
     for m, w in zip(merged["summary"], whole["summary"]):  # the committed means, from one run of both seeds
