@@ -201,14 +201,28 @@ def strategy_cosines() -> str:
 
 
 def trained_lookup() -> str:
+    """The demo SAE's trained lookup (``analyze lookup``, results/analysis/lookup.json). A
+    lookup started from a prompt table is also compared with that table (its rows' cosine
+    to their init, detection with the raw table); a data-estimated one has no saved table,
+    and a bigram lookup adds its pair rows."""
     d = load("analysis/lookup.json")
     det = d["last_token_detection"]
-    rows = [["last-token detection, trained lookup", pct(det["trained_lookup"])],
-            ["last-token detection, unigram table", pct(det["unigram_table"])],
-            ["positions", det["n_positions"]],
-            ["lookup_sim mean / max", f"{f3(d['lookup_sim_mean'])} / {f3(d['lookup_sim_max'])}"],
-            ["rows moved from their init", f"{d['rows_moved_from_init']:,} of {d['n_rows']:,}"],
-            ["cosine to init, median / mean", f"{f3(d['cosine_to_init_median'])} / {f3(d['cosine_to_init_mean'])}"]]
+    rows = [["lookup", f"{d['unigram_strategy']} estimate, started at {d['lookup_init_scale']:g}×, "
+                       f"{d.get('lookup_ngram', 1)}-gram, {d['n_rows']:,} rows"],
+            ["last-token detection, trained lookup", pct(det["trained_lookup"])]]
+    if "unigram_table" in det:
+        rows.append(["last-token detection, unigram table", pct(det["unigram_table"])])
+    rows.append(["positions", f"{det['n_positions']:,}"])
+    if "lookup_sim_mean" in d:
+        rows += [["lookup_sim mean / max", f"{f3(d['lookup_sim_mean'])} / {f3(d['lookup_sim_max'])}"],
+                 ["rows moved from their init", f"{d['rows_moved_from_init']:,} of {d['n_rows']:,}"],
+                 ["cosine to init, median / mean", f"{f3(d['cosine_to_init_median'])} / {f3(d['cosine_to_init_mean'])}"]]
+    if b := d.get("bigrams"):
+        rows += [["pair rows", f"{b['bigram_rows']:,}"],
+                 ["positions reading a pair row", pct(b["positions_reading_a_bigram_row"])],
+                 ["last-bigram detection (among pair rows)", pct(b["last_bigram_detection"])],
+                 ["row norm median, pair / token rows", f"{b['bigram_row_norm_median']:.1f} / {b['token_row_norm_median']:.1f}"],
+                 ["pair row's cosine to its token's row, median", f3(b["bigram_row_cosine_to_token_row_median"])]]
     return table(["the demo's trained lookup", ""], rows) + command(d)
 
 

@@ -123,13 +123,12 @@ def run_analyze(ns: argparse.Namespace) -> None:
         result = analysis.massive_activations(model, tokens, hooks)
         analysis.plot_massive(result, str(out / "massive.png"))
     else:
-        from sae_lens import SAE
-
+        from sae_lens_tokenized.integrations.offline import load_saved_sae
         from sae_lens_tokenized.lookup_init.unigrams import get_unigram_table
 
         if not ns.sae:
             raise SystemExit("analyze lookup needs --sae PATH (a saved tokenized SAE folder)")
-        sae = SAE.load_from_disk(ns.sae)
+        sae = load_saved_sae(ns.sae, ns.device)
         # where the lookup's rows live: a transcoder's lookup is in its output space
         hook = getattr(sae.cfg.metadata, "hook_name_out", None) or sae.cfg.metadata.hook_name
         # a data-estimated lookup has no prompt table to compare with

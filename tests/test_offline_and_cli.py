@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from sae_lens_tokenized.integrations.offline import (
     WIKI_DATASET,
     OfflineResourceError,
     load_offline_dataset,
+    load_saved_sae,
     load_smollm2,
     wiki_summaries,
 )
@@ -142,7 +145,7 @@ def test_demo_quick_writes_table_plot_and_saes(quick_demo):
         assert len(tokens) == 4 + 2 and all(a < b for a, b in zip(tokens, tokens[1:])), label
     assert "tokens to reach TopK's final NMSE" in (out / "table.txt").read_text()
     for variant in ("topk", "tokenized"):
-        SAE.load_from_disk(out / f"sae_{variant}")
+        load_saved_sae(out / f"sae_{variant}")
         assert summary["results"][("SAELens TopK" if variant == "topk" else "tokenized TopK")]["reload_max_abs_diff"] < 1e-4
 
 
@@ -211,17 +214,44 @@ def test_evals_and_lookup_page_on_the_demo_s_saes(tmp_path, quick_demo):
     """The offline default end to end: `evals` (SAELens's metrics, ids from the model) on
     the demo's two SAEs, and `analyze lookup` writing the lookup page of its bigram SAE."""
     out, _ = quick_demo
-    main(["evals", str(out / "sae_tokenized"), str(out / "sae_topk"), "--ctx_lens", "32",
-          "--batch_size_prompts", "4", "--n_eval_reconstruction_batches", "2", "--output_dir", str(tmp_path / "ev")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["evals", str(out / "sae_tokenized"), str(out / "sae_topk"), "--ctx_lens", "32",
+              "--batch_size_prompts", "4", "--n_eval_reconstruction_batches", "2", "--output_dir", str(tmp_path / "ev")])
     results = json.loads((tmp_path / "ev" / "all_eval_results.json").read_text())
     assert [r["sae_cfg"]["architecture"] for r in results] == ["tokenized_topk", "topk"]
     assert all(r["eval_cfg"]["dataset"] == "wiki-summaries-en" for r in results)
     for r in results:
         assert 0 < r["metrics"]["model_performance_preservation"]["ce_loss_score"] <= 1.05
-    main(["analyze", "lookup", "--sae", str(out / "sae_tokenized"), "--layers", "3", "--n_sequences", "2",
-          "--seq_len", "32", "--out", str(tmp_path / "an")])
+        main(["analyze", "lookup", "--sae", str(out / "sae_tokenized"), "--layers", "3", "--n_sequences", "2",
+              "--seq_len", "32", "--out", str(tmp_path / "an")])
+    # both load the model as from_pretrained_no_processing, so SAELens's advice to do so is not the user's
+    assert not [w for w in caught if "model_from_pretrained_kwargs" in str(w.message)]
     page = (tmp_path / "an" / "lookup.html").read_text()
     assert page.count("<tr data-token=") > 20 and "Pair rows read by this text" in page
+    result = json.loads((tmp_path / "an" / "lookup.json").read_text())
+    assert result["unigram_strategy"] == "data" and result["lookup_ngram"] == 2
+    assert 0 < result["last_token_detection"]["trained_lookup"] <= 1 and result["bigrams"]["bigram_rows"] > 0
+
+
+def test_load_saved_sae_hides_only_the_advice_its_loaders_already_follow(tmp_path, quick_demo):
+    """The demo's SAE records center_writing_weights=False (SAELens's runner): loading it
+    is quiet. Recording a kwarg that no-processing loading does not set brings SAELens's
+    advice back, since then it is the user's to act on."""
+    out, _ = quick_demo
+    cfg = json.loads((out / "sae_topk" / "cfg.json").read_text())
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == {"center_writing_weights": False}
+    for kwargs, warned in (({"center_writing_weights": False}, False), ({"fold_ln": True}, True),
+                           ({"center_writing_weights": False, "n_devices": 2}, True)):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        shutil.copytree(out / "sae_topk", folder)
+        cfg["metadata"]["model_from_pretrained_kwargs"] = kwargs
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sae = load_saved_sae(folder)
+        assert any("model_from_pretrained_kwargs" in str(w.message) for w in caught) == warned, kwargs
+        assert sae.cfg.metadata.model_from_pretrained_kwargs == kwargs
 
 
 def test_demo_and_workbench_pass_the_lookup_prior_to_the_config():

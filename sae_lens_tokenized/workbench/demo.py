@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,9 +83,7 @@ def format_table(results: dict[str, dict[str, Any]], extra: list[tuple[str, str,
 
 
 def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
-    from sae_lens import SAE
-
-    from sae_lens_tokenized.integrations.offline import SMOLLM2
+    from sae_lens_tokenized.integrations.offline import SMOLLM2, load_saved_sae
 
     s = settings_from_args(ns)
     out = Path(ns.out)
@@ -114,10 +111,7 @@ def run_demo(ns: argparse.Namespace) -> dict[str, Any]:
 
     print("[4/5] reloading the saved SAEs with SAE.load_from_disk")
     for variant in s.variants:
-        with warnings.catch_warnings():
-            # SAELens advises how to load the *model* for this SAE; the demo already has it
-            warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
-            loaded = SAE.load_from_disk(out / folders[variant])
+        loaded = load_saved_sae(out / folders[variant])
         trained = results[names[variant]]["sae"]
         x, ids, prev = (t[:256] for t in data.eval)
         kw = {"token_ids": ids, "prev_token_ids": prev} if variant.startswith("tokenized") else {}
