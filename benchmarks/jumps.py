@@ -277,7 +277,8 @@ def main() -> None:
                for k in args.ks for arch in (("topk", "tokenized_topk") if args.base else ("tokenized_topk",))}
     r = wruns.train_together(members, bench, {hook: bench.heldout(hook)})
     out = {"command": command_line(), "settings": vars(args) | {"out": str(args.out)},
-           "curves": r["curves"], "steps": {name: LOG.get(id(sae), []) for name, sae in r["saes"].items()}}
+           "curves": r["curves"], "steps": {name: LOG.get(id(sae), []) for name, sae in r["saes"].items()},
+           "d_sae": {name: sae.cfg.d_sae for name, sae in r["saes"].items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(out, args.out / "jumps.json")
     for name, curve in r["curves"].items():

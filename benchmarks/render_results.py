@@ -483,7 +483,10 @@ def lookup_moments(d: dict) -> str:
     text = f"{moments} lookup moments, the lookup started at {init_scale_of(tok):g}× its table"
     if tok.get("auxk_relu"):
         return text + ", AuxK on ReLU'd activations"
-    if all(r["architecture"] in ("topk", "batchtopk", "matryoshka_batchtopk") for r in d["runs"]):
+    # the architectures with AuxK when sweeps did not yet record it: history, so a literal
+    # (this script reads JSON only and does not import the package)
+    if tok.get("auxk_relu") is False or all(
+            r["architecture"] in ("topk", "batchtopk", "matryoshka_batchtopk") for r in d["runs"]):
         return text + ", AuxK on raw pre-activations"
     return text
 
@@ -919,7 +922,7 @@ def jumps() -> str:
             else:
                 row += ["–"] * 3
             if "dead" in steps[0]:  # runs that recorded AuxK's side
-                row += [f"{steps[-1]['dead']:,}", f"{max(s.get('aux_negative', 0) for s in steps):.2f}",
+                row += [f"{steps[-1]['dead']:,} of {d['d_sae'][name]:,}", f"{max(s.get('aux_negative', 0) for s in steps):.2f}",
                         f"{max(s['b_dec_step'] for s in steps):.3f}"]
             else:
                 row += ["–"] * 3
@@ -928,7 +931,7 @@ def jumps() -> str:
     return (table(["run", "SAE", "held-out NMSE at the end", "lowest before 100k", "highest after 100k",
                    "highest / lowest", "worst batch NMSE after 100k: at rows first touched / the rest",
                    "median batch NMSE ratio, first-touched rows / the rest", "lookup update RMS per step",
-                   "dead latents at the end (of 4,608; 50-step window)",
+                   "dead latents at the end (50-step window)",
                    "largest share of negative values among those AuxK decodes", "largest change of b_dec in one step"],
                   rows)
             + "\n\n" + "; ".join(f"Layer {layer}, {tokens:,} training tokens, seed {seed}" for layer, tokens, seed in sorted(runs))
