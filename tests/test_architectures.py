@@ -135,6 +135,10 @@ def test_every_inherited_default_is_saelens_s_but_the_listed_ones(arch):
     s = CompareSettings()
     matched = sae_config(base_architecture(arch), s, D_IN, V).to_dict()
     assert {k: matched[k] for k in differs} == differs
+    # ... unless the comparison sets them: then both sides train at the value it set
+    told = {k: base[k] for k in differs}
+    both = CompareSettings(extra={base_architecture(arch): told, arch: told})
+    assert {k: sae_config(a, both, D_IN, V).to_dict()[k] for a in (arch, base_architecture(arch)) for k in told} == told
     # an explicit value is kept, and cfg.json records the one trained with
     for field, value in CHANGED_DEFAULTS.get(arch, {}).items():
         told = train_cfg(**args, d_vocab=V, **{field: base[field]})

@@ -85,11 +85,13 @@ def sae_config(arch: str, s: CompareSettings, d_in: int, d_vocab: int, overrides
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(SPARSITY)} or "
                          f"their tokenized versions {ARCHITECTURES}")
     d_sae = s.expansion * d_in
-    kw: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, **SPARSITY[base](s, d_sae), **s.extra.get(arch, {})}
+    kw: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, **SPARSITY[base](s, d_sae)}
     if not is_tokenized(arch) and "tokenized_" + arch in ARCHITECTURES:
         # the base trains at the defaults its tokenized version changes (BatchTopK's AuxK
-        # coefficient), so that the two differ by the lookup alone
+        # coefficient), so that the two differ by the lookup alone; a value set in
+        # ``s.extra`` (next) is the user's and wins
         kw.update(changed_defaults("tokenized_" + arch))
+    kw.update(s.extra.get(arch, {}))
     if is_tokenized(arch):
         kw.update(d_vocab=d_vocab, lookup_lr=s.lookup_lr, unigram_strategy=s.unigram_strategy,
                   lookup_init_scale=s.lookup_init_scale, lookup_ngram=s.lookup_ngram,
