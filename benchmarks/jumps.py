@@ -34,7 +34,8 @@ pre-activations; or raw ones whose gradient is kept from ``b_dec``, a probe).
   python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw --out benchmarks/results/jumps/auxk_raw_base
   python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw_no_b_dec --out benchmarks/results/jumps/auxk_raw_no_b_dec_base
   python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --out benchmarks/results/jumps/auxk_relu_base
-  python benchmarks/jumps.py --plot_auxk benchmarks/results/jumps/auxk_{raw,raw_no_b_dec,relu}_base/jumps.json \
+  python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --aux_loss_coefficient 1 --out benchmarks/results/jumps/auxk_relu_1_base
+  python benchmarks/jumps.py --plot_auxk benchmarks/results/jumps/auxk_{raw,raw_no_b_dec,relu,relu_1}_base/jumps.json \
       --out benchmarks/results/jumps
 """
 

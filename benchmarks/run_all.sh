@@ -233,7 +233,6 @@ python benchmarks/jumps.py --plot $R/jumps/{default,row_bias_correction,lookup_l
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw --out $R/jumps/auxk_raw_base
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --out $R/jumps/auxk_relu_base
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts raw_no_b_dec --out $R/jumps/auxk_raw_no_b_dec_base
-python benchmarks/jumps.py --plot_auxk $R/jumps/auxk_{raw,raw_no_b_dec,relu}_base/jumps.json --out $R/jumps
 for acts in relu raw; do  # a second seed of the two
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts $acts --seed 1 --out $R/jumps/auxk_${acts}_base_seed1
 done
@@ -244,8 +243,10 @@ python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --
 done
 python benchmarks/quality.py --merge $R/pareto_multi_200k_relu_seed{0,1}/quality.json \
     --out $R/pareto_multi_200k_relu  # then rm the _seed folders
-# AuxK at 1.0 with the ReLU, both sides (is the larger coefficient safe now, and does it revive more latents?)
+# AuxK at 1.0 with the ReLU, both sides (is the larger coefficient safe now, and does it revive more latents?);
+# the committed run's TopK trained at 1/32 (a workbench bug since fixed; its JSON's note says so)
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --aux_loss_coefficient 1 --out $R/jumps/auxk_relu_1_base
+python benchmarks/jumps.py --plot_auxk $R/jumps/auxk_{raw,raw_no_b_dec,relu,relu_1}_base/jumps.json --out $R/jumps
 # BatchTopK and Matryoshka BatchTopK at layer 9 at today's defaults (one seed, one multi-SAE run)
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 \
     --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
