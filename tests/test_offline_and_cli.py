@@ -234,6 +234,11 @@ def test_evals_and_lookup_page_on_the_demo_s_saes(tmp_path, quick_demo):
     assert 0 < result["last_token_detection"]["trained_lookup"] <= 1 and result["bigrams"]["bigram_rows"] > 0
 
 
+def test_load_saved_sae_names_a_folder_that_is_not_a_saved_sae(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved SAE folder"):
+        load_saved_sae(tmp_path)
+
+
 def test_load_saved_sae_hides_only_the_advice_its_loaders_already_follow(tmp_path, quick_demo):
     """The demo's SAE records center_writing_weights=False (SAELens's runner): loading it
     is quiet. Recording a kwarg that no-processing loading does not set brings SAELens's

@@ -197,6 +197,9 @@ def load_saved_sae(path: str | Path, device: str = "cpu") -> Any:
 
     from sae_lens import SAE
 
+    if not (Path(path) / "cfg.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved SAE folder (no cfg.json in it); pass the folder "
+                                "SAE.save_model or a runner's output_path wrote")
     cfg = json.loads((Path(path) / "cfg.json").read_text())
     kwargs = (cfg.get("metadata") or {}).get("model_from_pretrained_kwargs") or cfg.get("model_from_pretrained_kwargs") or {}
     with warnings.catch_warnings():
