@@ -892,9 +892,7 @@ def jumps_label(settings: dict) -> str:
         label += {"relu": ", AuxK on ReLU'd activations", "raw": ", AuxK on raw pre-activations",
                   "raw_no_b_dec": ", AuxK on raw pre-activations, no AuxK gradient to b_dec"}[settings["aux_acts"]]
     label += f", seed {settings['seed']}" if settings["seed"] else ""
-    # a run whose TopK did not train at the coefficient asked for both sides records its own
-    topk_aux = settings.get("aux_loss_coefficient_topk")
-    return label + (", TopK beside" if settings["base"] else "") + (f" at AuxK {topk_aux:g}" if topk_aux is not None else "")
+    return label + (", TopK beside" if settings["base"] else "")
 
 
 def jumps() -> str:

@@ -243,8 +243,7 @@ python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --
 done
 python benchmarks/quality.py --merge $R/pareto_multi_200k_relu_seed{0,1}/quality.json \
     --out $R/pareto_multi_200k_relu  # then rm the _seed folders
-# AuxK at 1.0 with the ReLU, both sides (is the larger coefficient safe now, and does it revive more latents?);
-# the committed run's TopK trained at 1/32 (a workbench bug since fixed; its JSON's note says so)
+# AuxK at 1.0 with the ReLU, both sides (is the larger coefficient safe now, and does it revive more latents?)
 python benchmarks/jumps.py --ks 16 32 --base --aux_acts relu --aux_loss_coefficient 1 --out $R/jumps/auxk_relu_1_base
 python benchmarks/jumps.py --plot_auxk $R/jumps/auxk_{raw,raw_no_b_dec,relu,relu_1}_base/jumps.json --out $R/jumps
 # BatchTopK and Matryoshka BatchTopK at layer 9 at today's defaults (one seed, one multi-SAE run)
