@@ -273,13 +273,13 @@ def merge(files: list[Path], out: Path) -> None:
               for r in runs for sides in [{"base": r["base"], "tokenized": r["tokenized"], **(r.get("variants") or {})}]
               for side in sides}
     # a note on a piece (a field added after its run, say) stays with the sweep, naming its piece
-    notes = {"note": "; ".join(f"{f.parent.name}/{f.name}: {d['note']}" for f, d in zip(files, ds) if d.get("note"))}
+    note = "; ".join(f"{f.parent.name}/{f.name}: {d['note']}" for f, d in zip(files, ds) if d.get("note"))
     out.mkdir(parents=True, exist_ok=True)
     plot(curves, argparse.Namespace(**settings), out / "quality.png")
     write_json({"command": " && ".join(d["command"] for d in ds), "merged_with": command_line(),
                 "settings": settings, "wall_time_s": sum(d["wall_time_s"] for d in ds),
                 "summary": summary, "runs": runs, "runs_together": [t for d in ds for t in d["runs_together"]],
-                **(notes if notes["note"] else {})},
+                **({"note": note} if note else {})},
                out / "quality.json")
     figures_and_table(runs, summary, out)
 

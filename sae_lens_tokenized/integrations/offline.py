@@ -120,6 +120,12 @@ def _verify(model: Any, folder: Path) -> dict[str, float]:
     return {"max_abs_logit_diff": diff, "max_abs_logit": scale}
 
 
+# What TransformerLens's ``from_pretrained_no_processing`` sets, and so what ``load_model``
+# (and ``load_smollm2``'s ``load_and_process_state_dict``) already load with.
+NO_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                 "fold_value_biases": False, "refactor_factored_attn_matrices": False}
+
+
 def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, verify: bool = True) -> Any:
     """SmolLM2-135M-Instruct as a HookedSAETransformer, fully offline.
 
@@ -147,14 +153,7 @@ def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, verify
     state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model=hf_model, dtype=dtype)
     del hf_model
     model = HookedSAETransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    model.load_and_process_state_dict(state_dict, **NO_PROCESSING)
     model.to(device)
     model.eval()
     if verify:
@@ -176,12 +175,6 @@ def load_model(name: str, device: str = "cpu") -> Any:
     from sae_lens import HookedSAETransformer
 
     return HookedSAETransformer.from_pretrained_no_processing(name, device=device)
-
-
-# What TransformerLens's ``from_pretrained_no_processing`` sets, and so what ``load_model``
-# (and ``load_smollm2``'s ``load_and_process_state_dict``) already load with.
-NO_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
-                 "fold_value_biases": False, "refactor_factored_attn_matrices": False}
 
 
 def load_saved_sae(path: str | Path, device: str = "cpu") -> Any:
