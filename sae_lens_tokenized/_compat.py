@@ -97,6 +97,11 @@ SAE does.
    pre-activations); ``saes/auxk.py`` passes ``hidden_pre.relu()`` so they decode as the
    paper's activations. Tests: ``test_auxk.py`` (SAELens's own loss and gradients where
    every pick is positive; zero decode and no gradient where every pick is negative).
+12. **The text of SAELens's model-loading advice** (6.53-6.54, ``SAE.__init__``: "This SAE
+   has non-empty model_from_pretrained_kwargs"). ``integrations.offline.load_saved_sae``
+   hides it by that text where this package's loaders already follow it. Tests:
+   ``test_offline_and_cli.py::test_load_saved_sae_hides_only_the_advice_its_loaders_already_follow``
+   (quiet for the runner's kwargs, the advice back for others; a reworded warning fails it).
 """
 
 from __future__ import annotations
