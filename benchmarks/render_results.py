@@ -814,6 +814,8 @@ def pareto_tables(multi: bool) -> str:
         tokens = settings["training_tokens"] if settings else int(d["command"].split("--training_tokens ")[1].split()[0])
         engine = ("one multi-SAE run per seed" if settings.get("engine") == "multi" else "one runner per SAE")
         changed = ", ".join(f"`{k}={v}`" for k, v in (settings.get("tokenized_overrides") or {}).items())
+        both = "; ".join(f"{ARCHITECTURE_NAMES[a]}: " + ", ".join(f"`{k}={v}`" for k, v in fields.items())
+                         for a, fields in (settings.get("architecture_overrides") or {}).items())
         tokenized_variants = settings.get("tokenized_variants") or {}
         labels = list(tokenized_variants)
         rows = [[s["architecture"], f"L{s['layer']}", sparsity(s), f"{s['l0_base']:.0f} / {s['l0_tokenized']:.0f}",
@@ -828,6 +830,7 @@ def pareto_tables(multi: bool) -> str:
         variants = "; ".join(f"{v}: {overrides({'overrides': ov})}" for v, ov in tokenized_variants.items())
         text = (f"**`{f.parent.name}`**: {tokens:,} training tokens, {engine}"
                 + (f", tokenized SAEs with {changed}" if changed else f", {lookup_moments(d)}")
+                + (f"; both sides with {both}" if both else "")
                 + (f"; beside each tokenized SAE, in the same run, {variants}" if variants else "") + ".\n\n"
                 + table(["architecture", "layer", "sparsity", "L0 base / tok.", "NMSE base / tok.", "NMSE ratio",
                          "NMSE ratio at the tokenized L0",
@@ -842,6 +845,52 @@ def pareto_tables(multi: bool) -> str:
     if not out:
         raise FileNotFoundError(f"no benchmarks/results/pareto_*/quality.json made with --engine "
                                 f"{'multi' if multi else 'single'}: run benchmarks/quality.py with several --ks")
+    return "\n\n".join(out)
+
+
+#: frontier sweeps rerun with AuxK at SAELens's coefficient on both sides, beside the sweep at
+#: the tokenized default's 1/32 on the same seeds and batches
+AUXK_FRONTIERS = (("pareto_multi_200k_relu", "pareto_multi_200k_relu_auxk1"),
+                  ("pareto_multi_200k_l9_batchtopk_relu", "pareto_multi_200k_l9_batchtopk_relu_auxk1"))
+
+
+def late_rise(curve: list[list[float]]) -> float:
+    """A held-out NMSE curve's highest point after 100k training tokens over its lowest
+    before: above 1 a run got worse late (the jumps of results.md#the-late-jumps-at-layer-9)."""
+    return max(v for t, v in curve if t >= 100_000) / min(v for t, v in curve if 0 < t < 100_000)
+
+
+def auxk_frontier() -> str:
+    """The frontier at AuxK 1/32 (the tokenized default, the workbench trains the base at it
+    too) and at 1.0 (SAELens's), AuxK on ReLU'd activations for the tokenized SAEs and raw for
+    the bases at both: each point on the seeds both sweeps ran (results/pareto_*_auxk1 beside
+    the sweep they repeat)."""
+    out = []
+    for default, rerun in AUXK_FRONTIERS:
+        if not (RESULTS / rerun / "quality.json").exists():
+            continue
+        at = {}
+        for coef, name in (("1/32", default), ("1.0", rerun)):
+            for r in load(f"{name}/quality.json")["runs"]:
+                at[(r["architecture"], r["layer"], r["k"], r["seed"], coef)] = r
+        seeds = sorted({key[3] for key in at if key[4] == "1.0"})
+        rows = []
+        for arch, layer, k, seed, coef in sorted(at, key=lambda key: (key[:4], key[4] != "1/32")):
+            if seed not in seeds:
+                continue
+            r = at[(arch, layer, k, seed, coef)]
+            b, t = r["base"], r["tokenized"]
+            rows.append([ARCHITECTURE_NAMES[arch], f"L{layer}", k, seed, coef, f"{f4(b['nmse'])} / {f4(t['nmse'])}",
+                         f3(t["nmse"] / b["nmse"]), f"{f3(b['ce_added'])} / {f3(t['ce_added'])}",
+                         f"{b['dead_latents']:,} / {t['dead_latents']:,}",
+                         f"{late_rise(b['curve']):.2f}× / {late_rise(t['curve']):.2f}×"])
+        out.append(f"**`{rerun}`** against **`{default}`**:\n\n" + table(
+            ["architecture", "layer", "k", "seed", "AuxK coefficient (both sides)", "held-out NMSE base / tok.",
+             "tok. / base", "CE added base / tok.", "dead on held-out text base / tok.",
+             "highest NMSE after 100k / lowest before, base / tok."], rows) + command(load(f"{rerun}/quality.json")))
+    if not out:
+        raise FileNotFoundError("no benchmarks/results/pareto_*_auxk1/quality.json: run benchmarks/quality.py with "
+                                "--architecture_overrides setting aux_loss_coefficient to 1.0 (benchmarks/run_all.sh)")
     return "\n\n".join(out)
 
 
@@ -942,7 +991,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, init_scale, init_scale_sweep, moment_storage, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, prior, length, jumps)}
+    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, auxk_frontier, prior, length, jumps)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

@@ -250,3 +250,12 @@ python benchmarks/jumps.py --plot_auxk $R/jumps/auxk_{raw,raw_no_b_dec,relu,relu
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 \
     --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
     --out $R/pareto_multi_200k_l9_batchtopk_relu
+# The two frontiers above rerun with AuxK at SAELens's 1.0 on both sides (seed 0, the same batches):
+# does the larger coefficient revive the tokenized SAEs' dead latents without costing NMSE or a jump?
+python benchmarks/quality.py --engine multi --architectures topk --layers 3 9 --ks 8 16 32 64 128 --l1s 5 5 5 5 5 \
+    --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"topk": {"aux_loss_coefficient": 1.0}}' --out $R/pareto_multi_200k_relu_auxk1
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 9 \
+    --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --architecture_overrides '{"batchtopk": {"aux_loss_coefficient": 1.0}, "matryoshka_batchtopk": {"aux_loss_coefficient": 1.0}}' \
+    --out $R/pareto_multi_200k_l9_batchtopk_relu_auxk1
