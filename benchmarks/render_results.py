@@ -894,6 +894,19 @@ def auxk_frontier() -> str:
     return "\n\n".join(out)
 
 
+def auxk_l3_batchtopk() -> str:
+    """BatchTopK and Matryoshka BatchTopK at layer 3, where they swung at AuxK 1.0 with raw
+    values: the tokenized SAE at its default 1/32 and at 1.0 beside it (ReLU'd AuxK both),
+    the base at 1/32, one multi-SAE run (results/auxk_l3_batchtopk)."""
+    d = load("auxk_l3_batchtopk/quality.json")
+    rises = table(["architecture", "k", "highest NMSE after 100k / lowest before: base / tokenized / "
+                   + " / ".join(d["settings"]["tokenized_variants"])],
+                  [[ARCHITECTURE_NAMES[r["architecture"]], r["k"],
+                    " / ".join(f"{late_rise(side['curve']):.2f}×" for side in (r["base"], r["tokenized"], *r["variants"].values()))]
+                   for r in d["runs"]])
+    return variants_table("auxk_l3_batchtopk/quality.json") + "\n\n" + rises
+
+
 def data_parallel() -> str:
     """1 process vs 2 gloo ranks; the lookup sync vs a dense all-reduce, per step (benchmarks/data_parallel.py)."""
     d = load("data_parallel.json")
@@ -991,7 +1004,7 @@ RENDERERS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     demo, lookup_prior_demo, lookup_alone, defaults_check, defaults_now, rowwise_moments, lookup_knobs, init_scale, init_scale_sweep, moment_storage, pareto, pareto_earlier, lookup_variants, dead_latents, architectures, topk_in_depth,
     strategies_training, strategy_cosines, trained_lookup, bos_positions, lookup_updates, speed,
     unigram_throughput, unigram_multi_hook, saebench_core, saebench_absorption, saebench_spelling, multi_runner,
-    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, auxk_frontier, prior, length, jumps)}
+    default_cost, touched_rows, rowwise_architectures, init_sample_size, data_parallel, transcoders, auxk, auxk_matched, auxk_frontier, auxk_l3_batchtopk, prior, length, jumps)}
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([a-z_]+) -->\n)(.*?)(<!-- /results -->)", re.S)

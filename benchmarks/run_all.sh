@@ -259,3 +259,8 @@ python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka
     --ks 8 16 32 64 128 --l1s 5 5 5 5 5 --l0s 5 5 5 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
     --architecture_overrides '{"batchtopk": {"aux_loss_coefficient": 1.0}, "matryoshka_batchtopk": {"aux_loss_coefficient": 1.0}}' \
     --out $R/pareto_multi_200k_l9_batchtopk_relu_auxk1
+# BatchTopK and Matryoshka BatchTopK at layer 3 (where they swung at 1.0 with raw values): the tokenized SAE
+# at 1.0 beside the default one at 1/32, one multi-SAE run
+python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 3 --ks 16 32 \
+    --l1s 5 5 --l0s 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
+    --tokenized_variants '{"auxk_1": {"aux_loss_coefficient": 1.0}}' --out $R/auxk_l3_batchtopk
