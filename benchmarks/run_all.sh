@@ -264,3 +264,5 @@ python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka
 python benchmarks/quality.py --engine multi --architectures batchtopk matryoshka_batchtopk --layers 3 --ks 16 32 \
     --l1s 5 5 --l0s 5 5 --seeds 0 --training_tokens 200000 --unigram_strategy data \
     --tokenized_variants '{"auxk_1": {"aux_loss_coefficient": 1.0}}' --out $R/auxk_l3_batchtopk
+# SAELens's TopK at 1.0 with the ReLU where the frontier's TopK (raw values) rose late: layer 9, k 64 and 128
+python benchmarks/jumps.py --ks 64 128 --base --aux_acts relu --aux_loss_coefficient 1 --out $R/jumps/auxk_relu_1_base_k64_128
