@@ -865,29 +865,27 @@ def auxk_frontier() -> str:
     too) and at 1.0 (SAELens's), AuxK on ReLU'd activations for the tokenized SAEs and raw for
     the bases at both: each point on the seeds both sweeps ran (results/pareto_*_auxk1 beside
     the sweep they repeat)."""
+    def key(r: dict) -> tuple:  # one point of a sweep
+        return r["architecture"], r["layer"], r["k"], r["seed"]
+
     out = []
     for default, rerun in AUXK_FRONTIERS:
         if not (RESULTS / rerun / "quality.json").exists():
             continue
-        at = {}
-        for coef, name in (("1/32", default), ("1.0", rerun)):
-            for r in load(f"{name}/quality.json")["runs"]:
-                at[(r["architecture"], r["layer"], r["k"], r["seed"], coef)] = r
-        seeds = sorted({key[3] for key in at if key[4] == "1.0"})
+        again = load(f"{rerun}/quality.json")
+        before = {key(r): r for r in load(f"{default}/quality.json")["runs"]}
         rows = []
-        for arch, layer, k, seed, coef in sorted(at, key=lambda key: (key[:4], key[4] != "1/32")):
-            if seed not in seeds:
-                continue
-            r = at[(arch, layer, k, seed, coef)]
-            b, t = r["base"], r["tokenized"]
-            rows.append([ARCHITECTURE_NAMES[arch], f"L{layer}", k, seed, coef, f"{f4(b['nmse'])} / {f4(t['nmse'])}",
-                         f3(t["nmse"] / b["nmse"]), f"{f3(b['ce_added'])} / {f3(t['ce_added'])}",
-                         f"{b['dead_latents']:,} / {t['dead_latents']:,}",
-                         f"{late_rise(b['curve']):.2f}× / {late_rise(t['curve']):.2f}×"])
+        for r1 in sorted(again["runs"], key=key):
+            for coef, r in (("1/32", before[key(r1)]), ("1.0", r1)):
+                b, t = r["base"], r["tokenized"]
+                rows.append([ARCHITECTURE_NAMES[r["architecture"]], f"L{r['layer']}", r["k"], r["seed"], coef,
+                             f"{f4(b['nmse'])} / {f4(t['nmse'])}", f3(t["nmse"] / b["nmse"]),
+                             f"{f3(b['ce_added'])} / {f3(t['ce_added'])}", f"{b['dead_latents']:,} / {t['dead_latents']:,}",
+                             f"{late_rise(b['curve']):.2f}× / {late_rise(t['curve']):.2f}×"])
         out.append(f"**`{rerun}`** against **`{default}`**:\n\n" + table(
             ["architecture", "layer", "k", "seed", "AuxK coefficient (both sides)", "held-out NMSE base / tok.",
              "tok. / base", "CE added base / tok.", "dead on held-out text base / tok.",
-             "highest NMSE after 100k / lowest before, base / tok."], rows) + command(load(f"{rerun}/quality.json")))
+             "highest NMSE after 100k / lowest before, base / tok."], rows) + command(again))
     if not out:
         raise FileNotFoundError("no benchmarks/results/pareto_*_auxk1/quality.json: run benchmarks/quality.py with "
                                 "--architecture_overrides setting aux_loss_coefficient to 1.0 (benchmarks/run_all.sh)")
